@@ -1,0 +1,24 @@
+.PHONY: run test test-postgres lint engine web worker clean
+
+run:            ## install what is missing and start every process (Ctrl-C stops them)
+	@scripts/run.sh
+
+test:           ## install what is missing, start needed services, run lint and the whole suite
+	@scripts/test.sh
+
+test-postgres:  ## the non-browser suite against a local PostgreSQL
+	@scripts/test.sh --postgres
+
+lint:
+	@.venv/bin/ruff check .
+
+# The processes one by one (after `make run` has installed everything once).
+web:
+	@.venv/bin/daphne -b 127.0.0.1 -p $${ASYNCLM_PORT:-8000} webapp.asgi:application
+engine:
+	@.venv/bin/python manage.py run_engine
+worker:
+	@.venv/bin/celery -A webapp worker -Q default,tools --loglevel INFO
+
+clean:          ## remove the virtualenv and local state (models, database)
+	rm -rf .venv var

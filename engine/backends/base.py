@@ -1,0 +1,65 @@
+"""The per-step contract between the engine core and a model backend.
+
+A backend owns model weights; a Sequence is one task's KV state on top of them. The core drives
+a sequence token by token: `append` evaluates tokens onto the KV cache (the prompt, one sampled
+token, or later an interrupt's tokens without re-prefilling anything), `logits` exposes the
+next-token distribution, and `truncate` rolls the cache back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence as Seq
+
+import numpy as np
+
+from engine.catalog import ModelSpec
+
+
+class BackendError(Exception):
+    """The backend cannot serve a request (context full, model failed to load, ...)."""
+
+
+class Sequence(ABC):
+    @property
+    @abstractmethod
+    def n_tokens(self) -> int: ...
+
+    @abstractmethod
+    def append(self, ids: Seq[int]) -> None:
+        """Evaluate `ids` on top of the current KV state."""
+
+    @abstractmethod
+    def logits(self) -> np.ndarray:
+        """Next-token logits after the last append (1-D, vocabulary sized)."""
+
+    @abstractmethod
+    def truncate(self, n_tokens: int) -> None:
+        """Forget everything after the first `n_tokens` tokens."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Give the KV state back to the backend."""
+
+
+class Backend(ABC):
+    spec: ModelSpec
+
+    @property
+    @abstractmethod
+    def n_ctx(self) -> int: ...
+
+    @abstractmethod
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Token ids of `text`; `special=True` parses template markers like <|im_start|>."""
+
+    @abstractmethod
+    def token_bytes(self, token_id: int) -> bytes:
+        """Raw bytes of one token (may be part of a multi-byte character)."""
+
+    @abstractmethod
+    def stop_ids(self) -> frozenset[int]:
+        """Ids that end generation (end of sequence, end of turn)."""
+
+    @abstractmethod
+    def open_sequence(self) -> Sequence: ...

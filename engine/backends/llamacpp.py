@@ -1,0 +1,125 @@
+"""Embedded CPU backend on llama-cpp-python.
+
+KV design: a `Llama` object holds exactly one sequence, so each task gets its own `Llama` context
+over the same memory-mapped GGUF weights (each extra context costs ~126 MB at n_ctx 4096 and
+~0.3 s to create; decoding round-robin over several gives the same aggregate tok/s as one).
+Contexts are pooled and reset between tasks. The scheduler interleaves tasks round-robin, one
+token per step, so a waiting task never costs decode steps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence as Seq
+from pathlib import Path
+
+import numpy as np
+
+from engine.backends.base import Backend, BackendError, Sequence
+from engine.catalog import ModelSpec
+
+
+class LlamaSequence(Sequence):
+    def __init__(self, backend: LlamaCppBackend, llama) -> None:  # noqa: ANN001
+        self._backend = backend
+        self._llama = llama
+        self._closed = False
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self._llama.n_tokens)
+
+    def append(self, ids: Seq[int]) -> None:
+        if not ids:
+            return
+        if self.n_tokens + len(ids) > self._backend.n_ctx:
+            raise BackendError(
+                f"context full: {self.n_tokens} + {len(ids)} tokens exceed n_ctx={self._backend.n_ctx}"
+            )
+        self._llama.eval(list(ids))
+
+    def logits(self) -> np.ndarray:
+        if self.n_tokens == 0:
+            raise BackendError("no logits before the first append")
+        ptr = self._llama._ctx.get_logits()  # last position's logits (logits_all=False)
+        return np.ctypeslib.as_array(ptr, shape=(self._backend.n_vocab,)).copy()
+
+    def truncate(self, n_tokens: int) -> None:
+        if not 0 <= n_tokens <= self.n_tokens:
+            raise BackendError(f"cannot truncate to {n_tokens} tokens (have {self.n_tokens})")
+        # eval() clears the KV cells from n_tokens on before writing, so this is a rollback.
+        self._llama.n_tokens = n_tokens
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._backend._release(self._llama)
+
+
+class LlamaCppBackend(Backend):
+    def __init__(self, spec: ModelSpec, path: Path, *, n_ctx: int = 4096, n_threads: int = 2,
+                 max_idle_contexts: int = 4) -> None:
+        import llama_cpp
+
+        self.spec = spec
+        self._path = str(path)
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads
+        self._max_idle = max_idle_contexts
+        self._idle: list = []
+        self._lock = threading.Lock()
+        self._llama_cls = llama_cpp.Llama
+        try:
+            first = self._new_context()
+        except Exception as exc:  # llama.cpp raises ValueError on unreadable files
+            raise BackendError(f"could not load {spec.name} from {path}: {exc}") from exc
+        self._tokenizer = first
+        self._idle.append(first)
+        self.n_vocab = int(first.n_vocab())
+        self._piece_cache: dict[int, bytes] = {}
+        self._stop = frozenset(
+            {int(first.token_eos())}
+            | {ids[0] for s in spec.stop_tokens if len(ids := self.tokenize(s, special=True)) == 1}
+        )
+
+    def _new_context(self):  # noqa: ANN202
+        return self._llama_cls(
+            model_path=self._path,
+            n_ctx=self._n_ctx,
+            n_batch=256,
+            n_threads=self._n_threads,
+            n_threads_batch=self._n_threads,
+            logits_all=False,
+            verbose=False,
+        )
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return list(self._tokenizer.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        piece = self._piece_cache.get(token_id)
+        if piece is None:
+            piece = self._tokenizer.detokenize([token_id], special=False)
+            self._piece_cache[token_id] = piece
+        return piece
+
+    def stop_ids(self) -> frozenset[int]:
+        return self._stop
+
+    def open_sequence(self) -> LlamaSequence:
+        with self._lock:
+            llama = self._idle.pop() if self._idle else None
+        if llama is None:
+            llama = self._new_context()
+        llama.reset()
+        return LlamaSequence(self, llama)
+
+    def _release(self, llama) -> None:  # noqa: ANN001
+        llama.reset()
+        with self._lock:
+            if len(self._idle) < self._max_idle or llama is self._tokenizer:
+                self._idle.append(llama)

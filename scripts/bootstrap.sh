@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install what is missing, idempotently: system packages, the virtualenv with pinned
+# requirements (llama-cpp-python compiled with portable CPU flags), and model files.
+# usage: scripts/bootstrap.sh [--dev] [--models "name ..."]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+dev=0
+models="${ASYNCLM_DEFAULT_MODEL:-qwen2.5-coder-0.5b}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dev) dev=1 ;;
+    --models) models="$2"; shift ;;
+    *) die "unknown option $1" ;;
+  esac
+  shift
+done
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v cmake >/dev/null || missing+=(cmake)
+command -v g++ >/dev/null || missing+=(g++)
+command -v make >/dev/null || missing+=(make)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ "$dev" = 1 ]; then
+  command -v chromium >/dev/null || missing+=(chromium)
+fi
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+
+reqs=requirements/base.txt
+[ "$dev" = 1 ] && reqs=requirements/dev.txt
+stamp="$VENV/.installed-$(cat requirements/*.txt | sha256sum | cut -c1-16)-$dev"
+if [ ! -f "$stamp" ]; then
+  [ -x "$PY" ] || { say "creating virtualenv in .venv"; python3 -m venv "$VENV"; }
+  say "installing Python requirements from $reqs (the first time compiles llama-cpp-python: 5-10 min)"
+  # Portable flags: -march=native crashed in the AMX matmul on this kind of CPU.
+  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+    "$PY" -m pip install --progress-bar off -r "$reqs" 2>&1 | pip_filter
+  "$PY" -c "import django, channels, celery, llama_cpp" || die "Python requirements did not install; see the output above"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+else
+  say "Python requirements up to date"
+fi
+
+for model in $models; do
+  "$PY" -m engine.modelfiles ensure "$model" --dir "${ASYNCLM_MODEL_DIR:-$ROOT/var/models}" 2>&1 | pip_filter
+done

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# `make test`: install what is missing, start the services the suite needs, run everything.
+# usage: scripts/test.sh [--postgres]   (--postgres: the non-browser suite against PostgreSQL)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+postgres=0
+[ "${1:-}" = "--postgres" ] && postgres=1
+
+scripts/bootstrap.sh --dev --models "qwen2.5-coder-0.5b smollm2-135m"
+export PATH="$VENV/bin:$PATH"
+export DJANGO_SETTINGS_MODULE=webapp.settings.test
+mkdir -p var
+
+cleanup=()
+on_exit() { for cmd in "${cleanup[@]}"; do eval "$cmd" || true; done; }
+trap on_exit EXIT
+
+if redis_answers "$REDIS_URL"; then
+  say "using the Redis server at $REDIS_URL"
+else
+  port=$(free_port)
+  say "no Redis answers at $REDIS_URL: starting a private one on port $port"
+  redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "${TMPDIR:-/tmp}" \
+    --daemonize yes --pidfile "$ROOT/var/test-redis.pid" >/dev/null
+  cleanup+=("kill \$(cat '$ROOT/var/test-redis.pid')")
+  export REDIS_URL="redis://127.0.0.1:$port/0"
+  for _ in $(seq 50); do redis_answers "$REDIS_URL" && break; sleep 0.1; done
+fi
+# Tests use their own Redis database number so they never touch a running service's keys.
+export REDIS_URL="${REDIS_URL%/*}/${ASYNCLM_TEST_REDIS_DB:-13}"
+
+if [ "$postgres" = 1 ]; then
+  export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/asynclm}"
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    say "starting PostgreSQL"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+    for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+  fi
+  say "running the non-browser suite against PostgreSQL ($DATABASE_URL)"
+  python -m pytest -m "not browser" tests
+  exit 0
+fi
+
+say "lint (ruff)"
+ruff check .
+say "unit and integration tests"
+python -m pytest -m "not browser" tests
+say "browser tests (headless chromium)"
+python -m pytest -m browser tests/browser

@@ -1,0 +1,77 @@
+// Live trace of one task: catch up from the server, then follow live events over a websocket.
+// Reconnects with ?after=<last seq> so no event is shown twice or skipped.
+(function () {
+  "use strict";
+  const root = document.getElementById("task");
+  if (!root) return;
+  const output = document.getElementById("output");
+  const statusEl = document.getElementById("status");
+  const reasonEl = document.getElementById("reason");
+  const liveEl = document.getElementById("live");
+  let lastSeq = 0;
+  let finished = false;
+  let retry = 0;
+
+  function setStatus(status) {
+    statusEl.textContent = status;
+    statusEl.className = "status status-" + status;
+  }
+
+  function showMetrics(metrics) {
+    if (!metrics) return;
+    document.querySelectorAll("[data-metric]").forEach(function (el) {
+      const value = metrics[el.dataset.metric];
+      if (value === undefined || value === null) return;
+      el.textContent = value + (el.dataset.unit ? " " + el.dataset.unit : "");
+    });
+  }
+
+  function apply(event) {
+    if (event.seq <= lastSeq) return;
+    lastSeq = event.seq;
+    const p = event.payload;
+    if (event.kind === "token") {
+      const span = document.createElement("span");
+      span.className = "tok";
+      span.dataset.seq = event.seq;
+      span.textContent = p.text;
+      output.appendChild(span);
+    } else if (event.kind === "status") {
+      setStatus(p.status);
+    } else if (event.kind === "prefill") {
+      showMetrics({prompt_tokens: p.prompt_tokens, prefill_ms: p.ms});
+    } else if (event.kind === "warning") {
+      reasonEl.hidden = false;
+      reasonEl.textContent = p.message;
+    } else if (event.kind === "finish") {
+      finished = true;
+      setStatus(p.status);
+      if (p.reason) { reasonEl.hidden = false; reasonEl.textContent = p.reason; }
+      showMetrics(p.metrics);
+      liveEl.textContent = "finished (" + p.finish_reason + ")";
+      const warning = document.getElementById("engine-warning");
+      if (warning) warning.remove();
+    }
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const ws = new WebSocket(scheme + location.host + root.dataset.wsPath + "?after=" + lastSeq);
+    ws.onopen = function () { retry = 0; if (!finished) liveEl.textContent = "live"; };
+    ws.onmessage = function (msg) {
+      const data = JSON.parse(msg.data);
+      if (data.type === "events") data.events.forEach(apply);
+    };
+    ws.onclose = function (ev) {
+      if (finished) { ws.onclose = null; return; }
+      if (ev.code === 4401 || ev.code === 4404) { liveEl.textContent = "not allowed"; return; }
+      liveEl.textContent = "reconnecting…";
+      retry = Math.min(retry + 1, 6);
+      setTimeout(connect, 250 * Math.pow(2, retry));
+    };
+    window.asynclmSocket = ws;
+  }
+
+  showMetrics(JSON.parse(document.getElementById("initial-metrics").textContent || "{}"));
+  connect();
+})();

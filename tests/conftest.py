@@ -1,0 +1,148 @@
+"""Shared fixtures: users, the real Redis, and the real processes (engine, Celery worker, web)
+started as subprocesses against the test database."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+from engine import health
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    # A forked child deadlocks once asgiref has run in the parent.
+    multiprocessing.set_start_method("spawn", force=True)
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """The real Redis on the tests' own database number, emptied before each test."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    from webapp.core.redis import client as web_client
+
+    web_client.cache_clear()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_user(django_user_model) -> Callable[..., object]:
+    def make(username: str = "alice", password: str = "pw-for-tests-123", **extra):
+        return django_user_model.objects.create_user(username=username, password=password, **extra)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob")
+
+
+@pytest.fixture
+def test_model() -> str:
+    return settings.ASYNCLM_TEST_MODEL
+
+
+def database_url() -> str:
+    """The URL of the database the test process is using, for subprocesses to share it."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="webapp.settings.test",
+        DATABASE_URL=database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+class Proc:
+    """A real service process with its output kept in a log file for failure messages."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before {what}:\n{self.output()}")
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: timed out waiting for {what}:\n{self.output()}")
+
+    def kill(self, sig: int = 15, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, 9)
+                self.popen.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def start_engine(tmp_path, redis_client) -> Iterator[Callable[..., Proc]]:
+    procs: list[Proc] = []
+
+    def start(engine_id: str = "engine-test", preload: str | None = None, **env: str) -> Proc:
+        preload = settings.ASYNCLM_TEST_MODEL if preload is None else preload
+        proc = Proc(engine_id, [sys.executable, "manage.py", "run_engine", "--id", engine_id, "--preload", preload],
+                    subprocess_env(**env), tmp_path)
+        procs.append(proc)
+        proc.wait_until(lambda: any(b["id"] == engine_id for b in health.alive(redis_client, "engine")),
+                        60, "its first heartbeat")
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+
+
+@pytest.fixture
+def celery_worker_proc(tmp_path, redis_client) -> Iterator[Proc]:
+    name = f"worker-test-{os.getpid()}@localhost"
+    proc = Proc("celery", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--pool", "solo",
+                           "-Q", "default,tools", "-n", name, "--loglevel", "INFO"],
+                subprocess_env(), tmp_path)
+    proc.wait_until(lambda: any(b["id"] == name for b in health.alive(redis_client, "worker")),
+                    60, "its first heartbeat")
+    yield proc
+    proc.kill()

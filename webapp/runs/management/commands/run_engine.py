@@ -1,0 +1,96 @@
+"""The engine worker: a long-running process that decodes submitted tasks."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import redis
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from engine import health
+from engine.backends.base import Backend
+from engine.backends.llamacpp import LlamaCppBackend
+from engine.catalog import UnknownModel, get_model
+from engine.intake import Intake
+from engine.modelfiles import ModelFileError, verified_path
+from engine.proc import EngineConfig, EngineProcess
+from engine.publish import TracePublisher
+from engine.scheduler import Scheduler
+from webapp.runs.store import DjangoTaskStore
+
+
+class BackendCache:
+    """Loads each model once, on first use; a model that fails to load fails its tasks with the
+    reason, and is tried again for the next task (the file may have been fixed)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Backend] = {}
+
+    def __call__(self, name: str) -> Backend:
+        backend = self._loaded.get(name)
+        if backend is None:
+            spec = get_model(name)
+            path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
+            backend = LlamaCppBackend(spec, path, n_ctx=settings.ASYNCLM_N_CTX,
+                                      n_threads=settings.ASYNCLM_ENGINE_THREADS,
+                                      max_idle_contexts=settings.ASYNCLM_ENGINE_MAX_ACTIVE)
+            self._loaded[name] = backend
+        return backend
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._loaded)
+
+
+def wait_for_redis(client: redis.Redis, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.RedisError as exc:
+            if time.monotonic() > deadline:
+                raise CommandError(f"Redis at {settings.REDIS_URL} is not reachable: {exc}") from exc
+            time.sleep(0.5)
+
+
+class Command(BaseCommand):
+    help = "Run an engine worker: take tasks from the Redis intake and decode them."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--preload", default=settings.ASYNCLM_DEFAULT_MODEL,
+                            help="comma-separated models to load at start (default: the default model)")
+        parser.add_argument("--id", default="", help="engine id (default: engine-<host>-<pid>)")
+        parser.add_argument("--max-active", type=int, default=settings.ASYNCLM_ENGINE_MAX_ACTIVE)
+        parser.add_argument("--redis-wait", type=float, default=15.0,
+                            help="seconds to wait for Redis at start")
+
+    def handle(self, *args, preload, id, max_active, redis_wait, **options):
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
+        wait_for_redis(client, redis_wait)
+        backends = BackendCache()
+        for name in filter(None, (n.strip() for n in preload.split(","))):
+            try:
+                backends(name)
+            except (UnknownModel, ModelFileError) as exc:
+                raise CommandError(str(exc)) from exc
+            self.stdout.write(f"engine: loaded {name}")
+        config = EngineConfig(engine_id=id or health.process_id("engine"), max_active=max_active,
+                              heartbeat_ttl=settings.ASYNCLM_HEARTBEAT_TTL, models=backends.names)
+        engine = EngineProcess(
+            config, Scheduler(backends), Intake(client), DjangoTaskStore(),
+            TracePublisher(settings.REDIS_URL, get_channel_layer()), client,
+        )
+
+        def stop(signum, frame):  # noqa: ARG001
+            engine.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.stdout.write(f"engine {config.engine_id}: waiting for tasks")
+        sys.stdout.flush()
+        engine.run()

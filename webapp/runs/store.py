@@ -1,0 +1,65 @@
+"""The engine's TaskStore over the Django models: status transitions and batched trace events."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from engine.messages import TraceEvent
+from webapp.runs.models import Task
+from webapp.runs.models import TraceEvent as TraceEventRow
+
+
+class DjangoTaskStore:
+    def start(self, task_id: int, engine_id: str) -> str | None:
+        with transaction.atomic():
+            task = Task.objects.select_for_update().filter(pk=task_id).first()
+            if task is None:
+                return None
+            before = task.status
+            if before == Task.Status.QUEUED:
+                task.status = Task.Status.RUNNING
+                task.engine_id = engine_id
+                task.started_at = timezone.now()
+                task.save(update_fields=["status", "engine_id", "started_at"])
+            return before
+
+    def status_of(self, task_id: int) -> str | None:
+        return Task.objects.filter(pk=task_id).values_list("status", flat=True).first()
+
+    def save_events(self, events: list[TraceEvent]) -> None:
+        rows = [TraceEventRow(task_id=e.task_id, seq=e.seq, t_ms=e.t_ms, kind=e.kind, payload=e.payload)
+                for e in events]
+        # A task deleted mid-run loses its events, not the engine.
+        existing = set(Task.objects.filter(pk__in={e.task_id for e in events}).values_list("pk", flat=True))
+        TraceEventRow.objects.bulk_create([r for r in rows if r.task_id in existing], ignore_conflicts=True)
+
+    def finish(self, task_id: int, status: str, reason: str, text: str, metrics: dict) -> None:
+        Task.objects.filter(pk=task_id).exclude(status__in=Task.FINAL).update(
+            status=status, status_reason=reason, final_text=text, metrics=metrics,
+            finished_at=timezone.now(),
+        )
+
+    def fail_abandoned(self, task_id: int, reason: str) -> TraceEvent | None:
+        with transaction.atomic():
+            task = Task.objects.select_for_update().filter(pk=task_id).first()
+            if task is None or task.is_final:
+                return None
+            stored = TraceEventRow.objects.filter(task_id=task_id)
+            last = stored.aggregate(m=Max("seq"))["m"] or 0
+            # Keep what the dead engine had already streamed and stored.
+            text = "".join(e.payload.get("text", "") for e in stored.filter(kind="token"))
+            t_ms = (timezone.now() - task.started_at).total_seconds() * 1000 if task.started_at else 0.0
+            event = TraceEvent(task_id=task_id, seq=last + 1, t_ms=round(t_ms, 3), kind="finish", payload={
+                "status": "failed", "reason": reason, "finish_reason": "failed", "text": text,
+                "metrics": task.metrics,
+            })
+            TraceEventRow.objects.create(task=task, seq=event.seq, t_ms=event.t_ms, kind=event.kind,
+                                         payload=event.payload)
+            task.status = Task.Status.FAILED
+            task.status_reason = reason
+            task.final_text = text
+            task.finished_at = timezone.now()
+            task.save(update_fields=["status", "status_reason", "final_text", "finished_at"])
+            return event

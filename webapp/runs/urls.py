@@ -1,0 +1,8 @@
+from django.urls import path
+
+from webapp.runs import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("tasks/<int:pk>/", views.task_detail, name="task_detail"),
+]

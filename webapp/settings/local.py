@@ -1,0 +1,27 @@
+"""Settings for `make run` on a developer's machine."""
+
+from django.core.exceptions import ImproperlyConfigured
+
+from webapp.settings.base import *  # noqa: F403
+from webapp.settings.base import VAR_DIR, env
+
+DEBUG = env.bool("DJANGO_DEBUG", True)
+
+
+def _local_secret_key() -> str:
+    # Generated once and kept in the git-ignored var/ folder, so sessions survive restarts.
+    path = VAR_DIR / "secret-key.txt"
+    if path.exists():
+        return path.read_text().strip()
+    import secrets
+
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", "") or _local_secret_key()
+if not SECRET_KEY:
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY is empty")

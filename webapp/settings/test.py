@@ -1,0 +1,16 @@
+"""Settings for pytest: the same services as local, a file test database so subprocesses see it."""
+
+from webapp.settings.base import *  # noqa: F403
+from webapp.settings.base import DATABASES, VAR_DIR, env
+
+SECRET_KEY = "test-secret-key-not-for-production-use-0123456789"
+DEBUG = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The engine and web processes started by integration tests open the same file.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+
+# Plumbing tests use the fast model; behaviour tests ask for the default model explicitly.
+ASYNCLM_TEST_MODEL = env.str("ASYNCLM_TEST_MODEL", "smollm2-135m")

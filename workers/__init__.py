@@ -1,0 +1,1 @@
+"""Celery workers: they execute function calls (next issue) and report their health."""
