@@ -35,4 +35,4 @@ free_port() {
 }
 
 # Drop the noise this machine's pip configuration prints for every package; keep the exit status.
-pip_filter() { grep -v -e "is ignored: it is neither a file nor a directory" -e "^Requirement already satisfied" || true; }
+pip_filter() { grep -v -e "is ignored: it is neither a file nor a directory" -e "^Requirement already satisfied" -e "^Looking in" || true; }

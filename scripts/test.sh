@@ -28,8 +28,8 @@ else
   export REDIS_URL="redis://127.0.0.1:$port/0"
   for _ in $(seq 50); do redis_answers "$REDIS_URL" && break; sleep 0.1; done
 fi
-# Tests use their own Redis database number so they never touch a running service's keys.
-export REDIS_URL="${REDIS_URL%/*}/${ASYNCLM_TEST_REDIS_DB:-13}"
+
+
 
 if [ "$postgres" = 1 ]; then
   export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/asynclm}"
@@ -40,13 +40,13 @@ if [ "$postgres" = 1 ]; then
     for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
   fi
   say "running the non-browser suite against PostgreSQL ($DATABASE_URL)"
-  python -m pytest -m "not browser" tests
+  python -m pytest -m "not browser" --ignore=tests/browser tests
   exit 0
 fi
 
 say "lint (ruff)"
 ruff check .
 say "unit and integration tests"
-python -m pytest -m "not browser" tests
+python -m pytest -m "not browser" --ignore=tests/browser tests
 say "browser tests (headless chromium)"
 python -m pytest -m browser tests/browser

@@ -15,12 +15,15 @@ def test_it_reads_typed_values_with_defaults():
     assert env.float("F", 1.0) == 0.5
 
 
-@pytest.mark.parametrize("method, value, args", [
-    ("int", "twelve", (1,)),
-    ("bool", "maybe", (False,)),
-    ("float", "fast", (1.0,)),
-    ("redis_url", "localhost:6379", ("redis://127.0.0.1:6379/0",)),
-])
+@pytest.mark.parametrize(
+    "method, value, args",
+    [
+        ("int", "twelve", (1,)),
+        ("bool", "maybe", (False,)),
+        ("float", "fast", (1.0,)),
+        ("redis_url", "localhost:6379", ("redis://127.0.0.1:6379/0",)),
+    ],
+)
 def test_it_fails_loudly_naming_the_variable(method, value, args):
     with pytest.raises(ImproperlyConfigured, match=r"Environment variable X="):
         getattr(Env({"X": value}), method)("X", *args)
@@ -43,7 +46,13 @@ def test_it_parses_sqlite_urls_relative_to_the_project():
 def test_it_parses_postgres_urls():
     db = Env({"D": "postgres://u:p%40ss@db.local:5433/asynclm"}).database("D", "", base_dir=Path("/"))
     assert db["ENGINE"] == "django.db.backends.postgresql"
-    assert (db["NAME"], db["USER"], db["PASSWORD"], db["HOST"], db["PORT"]) == ("asynclm", "u", "p@ss", "db.local", "5433")
+    assert (db["NAME"], db["USER"], db["PASSWORD"], db["HOST"], db["PORT"]) == (
+        "asynclm",
+        "u",
+        "p@ss",
+        "db.local",
+        "5433",
+    )
 
 
 @pytest.mark.parametrize("url", ["mysql://x/y", "postgres://host/", "sqlite://"])

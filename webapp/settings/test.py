@@ -14,3 +14,14 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 
 # Plumbing tests use the fast model; behaviour tests ask for the default model explicitly.
 ASYNCLM_TEST_MODEL = env.str("ASYNCLM_TEST_MODEL", "smollm2-135m")
+
+# Tests get their own Redis database number, so flushing it never touches a running service.
+_test_db = env.int("ASYNCLM_TEST_REDIS_DB", 13, min=1, max=15)
+REDIS_URL = f"{REDIS_URL.rsplit('/', 1)[0] if REDIS_URL.count('/') > 2 else REDIS_URL}/{_test_db}"  # noqa: F405
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "asynclm:channels"},
+    }
+}
+CELERY_BROKER_URL = CELERY_RESULT_BACKEND = REDIS_URL

@@ -1,0 +1,68 @@
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from webapp.runs.models import Task
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+PASSWORD = "pw-for-tests-123"
+
+
+def log_in(page, base_url: str, username: str) -> None:
+    page.goto(base_url + "/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator("h1", has_text="New task")).to_be_visible()
+
+
+def test_tokens_stream_into_the_task_page_then_the_final_status(page, web_server, start_engine, alice, test_model):
+    start_engine()
+    log_in(page, web_server, "alice")
+    expect(page.locator("#health")).to_contain_text("Engines: ")
+    page.fill("#id_prompt", "List twenty animals, one per line.")
+    page.select_option("#id_model", test_model)
+    page.fill("#id_max_tokens", "150")
+    page.click("#submit-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/tasks/\d+/$"))
+
+    # Tokens arrive while the task is still running...
+    expect(page.locator("#output .tok").first).to_be_visible(timeout=30_000)
+    seen_running = page.locator("#status").text_content() in ("running", "queued")
+    count_while_running = page.locator("#output .tok").count()
+    # ...and the page ends with the final status and metrics.
+    expect(page.locator("#status")).to_have_text("finished", timeout=90_000)
+    assert seen_running and 0 < count_while_running
+    final = Task.objects.get()
+    assert page.locator("#output .tok").count() == final.metrics["tokens"] > count_while_running
+    assert page.locator("#output").text_content() == final.final_text
+    expect(page.locator('[data-metric="tokens"]')).to_have_text(str(final.metrics["tokens"]))
+    expect(page.locator('[data-metric="latency_ms"]')).to_contain_text(" ms")
+
+
+def test_a_finished_task_page_replays_from_storage(page, web_server, start_engine, alice, test_model):
+    from webapp.runs.submit import submit_task
+
+    start_engine()
+    task = submit_task(alice, prompt="Say hello.", model=test_model, max_tokens=16, temperature=0.0, top_p=1.0, seed=0)
+    import time
+
+    deadline = time.monotonic() + 60
+    while not Task.objects.get(pk=task.pk).is_final and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log_in(page, web_server, "alice")
+    page.goto(f"{web_server}/tasks/{task.pk}/")
+    expect(page.locator("#status")).to_have_text("finished")
+    expect(page.locator("#live")).to_contain_text("finished", timeout=10_000)
+    assert page.locator("#output").text_content() == Task.objects.get(pk=task.pk).final_text
+
+
+def test_another_user_cannot_open_the_task(page, web_server, alice, bob, redis_client):
+    task = Task.objects.create(owner=alice, prompt="private", model="m")
+    log_in(page, web_server, "bob")
+    response = page.goto(f"{web_server}/tasks/{task.pk}/")
+    assert response.status == 404
+    assert "private" not in page.content()

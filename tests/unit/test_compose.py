@@ -1,0 +1,69 @@
+"""docker-compose.yml cannot run here (no Docker engine); check that what it runs exists."""
+
+import importlib
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.management import get_commands
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_SERVICES = ("web", "engine", "worker")
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def command_segments(command) -> list[list[str]]:
+    args = command if isinstance(command, list) else shlex.split(command)
+    if args[:2] == ["sh", "-c"]:
+        return [shlex.split(part) for part in args[2].split("&&")]
+    return [args]
+
+
+def check_exists(args: list[str]) -> None:
+    if args[:2] == ["python", "manage.py"]:
+        assert args[2] in get_commands(), f"no management command {args[2]!r}"
+    elif args[:2] == ["python", "-m"]:
+        assert importlib.util.find_spec(args[2]) is not None, f"no module {args[2]!r}"
+    elif args[0] == "daphne":
+        module, attr = args[-1].split(":")
+        assert hasattr(importlib.import_module(module), attr), f"no ASGI app {args[-1]!r}"
+    elif args[0] == "celery":
+        app = importlib.import_module(args[args.index("-A") + 1])
+        assert hasattr(app, "celery_app") and args[args.index("-A") + 2] == "worker"
+    else:
+        raise AssertionError(f"unexpected command {args!r}")
+
+
+def test_it_has_the_services_of_the_design(compose):
+    services = compose["services"]
+    assert {"redis", "web", "engine", "worker", "sglang"} <= set(services)
+    assert services["sglang"]["profiles"] == ["gpu"]
+    assert services["sglang"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_app_services_share_the_web_image_and_run_real_commands(compose, service):
+    spec = compose["services"][service]
+    assert spec["image"] == "asynclm-web" and spec["build"] == "."
+    for args in command_segments(spec["command"]):
+        check_exists(args)
+
+
+def test_the_dockerfile_default_command_exists():
+    cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD"))
+    check_exists(yaml.safe_load(cmd[3:]))
+
+
+def test_the_procfile_runs_the_same_commands():
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name == "redis":
+            assert (ROOT / command.strip()).exists()
+            continue
+        check_exists(shlex.split(command.replace("${ASYNCLM_PORT:-8000}", "8000")))

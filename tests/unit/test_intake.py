@@ -1,0 +1,67 @@
+"""The durable intake on the real Redis."""
+
+import pytest
+
+from engine import health
+from engine.intake import Intake
+from engine.messages import TaskSubmission
+
+
+@pytest.fixture
+def intake(redis_client):
+    return Intake(redis_client, stream="test:intake", group="engines")
+
+
+def sub(task_id: int) -> TaskSubmission:
+    return TaskSubmission(task_id, "m", "p", 5, 0.0)
+
+
+def test_it_delivers_each_task_to_one_engine(intake):
+    intake.submit(sub(1))
+    intake.submit(sub(2))
+    first = intake.claim("engine-a", count=1)
+    second = intake.claim("engine-b", count=5)
+    assert [c.submission.task_id for c in first] == [1]
+    assert [c.submission.task_id for c in second] == [2]
+    assert intake.claim("engine-a", count=5) == []
+
+
+def test_tasks_submitted_before_any_engine_started_are_not_lost(redis_client):
+    Intake(redis_client, stream="test:early", group="engines").submit(sub(7))
+    # A fresh Intake object (a new engine) creates nothing new and still sees the entry.
+    claimed = Intake(redis_client, stream="test:early", group="engines").claim("engine-a")
+    assert [c.submission.task_id for c in claimed] == [7]
+
+
+def test_done_removes_the_entry(intake, redis_client):
+    intake.submit(sub(1))
+    (item,) = intake.claim("engine-a")
+    intake.done(item.entry_id)
+    assert redis_client.xlen("test:intake") == 0
+    assert redis_client.xpending("test:intake", "engines")["pending"] == 0
+
+
+def test_an_undecodable_entry_is_reported_not_fatal(intake, redis_client):
+    intake.ensure_group()
+    redis_client.xadd("test:intake", {"msg": "{not json"})
+    (item,) = intake.claim("engine-a")
+    assert item.submission is None and "malformed" in item.error
+
+
+def test_entries_of_a_dead_engine_are_reclaimed(intake, redis_client):
+    intake.submit(sub(1))
+    intake.submit(sub(2))
+    intake.claim("engine-dead", count=1)
+    intake.claim("engine-alive", count=1)
+    health.beat(redis_client, "engine", "engine-alive", ttl=30)
+    alive = {b["id"] for b in health.alive(redis_client, "engine")}
+    taken = intake.reclaim("engine-new", alive, min_idle_ms=0)
+    assert [(c.submission.task_id, c.previous_owner) for c in taken] == [(1, "engine-dead")]
+    assert intake.reclaim("engine-new", alive, min_idle_ms=0) == []  # now owned by a live engine
+
+
+def test_heartbeats_expire(redis_client):
+    health.beat(redis_client, "engine", "e1", ttl=1, active=2)
+    assert [b["active"] for b in health.alive(redis_client, "engine")] == [2]
+    redis_client.delete("asynclm:hb:engine:e1")
+    assert health.alive(redis_client, "engine") == []

@@ -1,0 +1,103 @@
+import pytest
+from django.test import override_settings
+from django.urls import reverse
+
+from engine.intake import Intake
+from engine.messages import TaskSubmission
+from webapp.core.redis import client as web_redis
+from webapp.runs.models import Task
+
+pytestmark = pytest.mark.django_db
+
+VALID = {"prompt": "Say hi", "model": "smollm2-135m", "max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 0}
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+def test_it_requires_login(client):
+    response = client.get(reverse("dashboard"))
+    assert response.status_code == 302 and response.url.startswith(reverse("login"))
+
+
+def test_it_queues_a_submitted_task(alice_client, alice, redis_client):
+    response = alice_client.post(reverse("dashboard"), VALID)
+    task = Task.objects.get()
+    assert response.status_code == 302 and response.url == reverse("task_detail", args=[task.pk])
+    assert (task.owner, task.status, task.prompt, task.max_tokens) == (alice, "queued", "Say hi", 16)
+    (claimed,) = Intake(redis_client).claim("engine-test")
+    assert claimed.submission == TaskSubmission(
+        task.pk, "smollm2-135m", "Say hi", 16, task.created_at.timestamp(), claimed.submission.sampling)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"prompt": "   "}, "Write a prompt for the model."),
+    ({"prompt": "x" * 9000}, "the limit is 8000"),
+    ({"model": "gpt-17"}, "Select a valid choice"),
+    ({"max_tokens": 0}, "greater than or equal to 1"),
+    ({"max_tokens": 999999}, "less than or equal to 2048"),
+    ({"temperature": "hot"}, "Enter a number"),
+])
+def test_it_explains_bad_input_and_keeps_it(alice_client, change, message, redis_client):
+    response = alice_client.post(reverse("dashboard"), {**VALID, **change})
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not Task.objects.exists()
+
+
+def test_it_says_when_redis_is_unreachable_and_keeps_the_task(alice_client):
+    web_redis.cache_clear()
+    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
+        response = alice_client.post(reverse("dashboard"), VALID)
+        web_redis.cache_clear()
+    assert response.status_code == 400
+    assert "is not reachable" in response.content.decode()
+    task = Task.objects.get()
+    assert task.status == "failed" and "Could not queue the task" in task.status_reason
+
+
+def test_it_lists_only_the_users_own_tasks(alice_client, alice, bob, redis_client):
+    Task.objects.create(owner=alice, prompt="mine", model="m")
+    Task.objects.create(owner=bob, prompt="theirs", model="m")
+    body = alice_client.get(reverse("dashboard")).content.decode()
+    assert "mine" in body and "theirs" not in body
+
+
+def test_another_users_task_page_is_404(alice_client, bob, redis_client):
+    task = Task.objects.create(owner=bob, prompt="theirs", model="m")
+    assert alice_client.get(reverse("task_detail", args=[task.pk])).status_code == 404
+
+
+def test_a_queued_task_says_when_no_engine_runs(alice_client, alice, redis_client):
+    task = Task.objects.create(owner=alice, prompt="p", model="m")
+    body = alice_client.get(reverse("task_detail", args=[task.pk])).content.decode()
+    assert "No engine is running" in body
+    assert "Engines: <strong>none running</strong>" in " ".join(body.split()).replace("> <", "><")
+
+
+def test_admin_is_staff_only(alice_client, make_user, client):
+    assert alice_client.get("/admin/").status_code == 302
+    client.force_login(make_user("root", is_staff=True, is_superuser=True))
+    assert client.get("/admin/").status_code == 200
+
+
+def test_the_login_page_renders(client):
+    assert "Log in" in client.get(reverse("login")).content.decode()
+
+
+def test_ensure_admin_creates_one_admin_and_keeps_the_password(tmp_path, settings, capsys):
+    from django.core.management import call_command
+
+    settings.VAR_DIR = tmp_path
+    call_command("ensure_admin")
+    first = capsys.readouterr().out
+    password = (tmp_path / "admin-password.txt").read_text().split("password: ")[1].strip()
+    assert password in first
+    call_command("ensure_admin")
+    assert password not in capsys.readouterr().out
+    from django.contrib.auth import authenticate
+
+    assert authenticate(username="admin", password=password).is_superuser
