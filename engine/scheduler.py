@@ -45,6 +45,9 @@ class TaskRun:
     prefilled: int = 0
     prefill_ms: float = 0.0
     generated: list[int] = field(default_factory=list)
+    # Sampled but not yet evaluated into the KV cache: evaluating it starts the next step, so a
+    # token's event leaves the engine before the ~40 ms decode of its successor.
+    unevaluated: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -103,7 +106,9 @@ class Scheduler:
             rng=np.random.default_rng(sub.sampling.seed),
         )
         self._runs[sub.task_id] = run
-        events = [self._event(run, "status", {"status": "running", "model": sub.model})]
+        # started_at (unix s) anchors t_ms, so other processes can place events on the wall clock.
+        events = [self._event(run, "status", {"status": "running", "model": sub.model,
+                                              "started_at": run.started_wall})]
         run.prompt_ids = chat_prompt_ids(backend, sub.prompt)
         needed = len(run.prompt_ids) + sub.max_tokens
         if len(run.prompt_ids) >= backend.n_ctx:
@@ -162,6 +167,9 @@ class Scheduler:
 
     def _decode(self, run: TaskRun) -> list[TraceEvent]:
         assert run.seq is not None
+        if run.unevaluated:
+            run.seq.append(run.unevaluated)
+            run.unevaluated = []
         token = sample(run.seq.logits(), run.sub.sampling, run.rng)
         now = self._clock()
         if token in run.backend.stop_ids():
@@ -176,7 +184,7 @@ class Scheduler:
         limit = min(run.sub.max_tokens, run.backend.n_ctx - len(run.prompt_ids))
         if len(run.generated) >= limit:
             return events + self._finish(run, Status.FINISHED, "", finish_reason="length")
-        run.seq.append([token])
+        run.unevaluated = [token]
         return events
 
     # -- helpers ---------------------------------------------------------------------------
