@@ -25,3 +25,6 @@ CHANNEL_LAYERS = {
     }
 }
 CELERY_BROKER_URL = CELERY_RESULT_BACKEND = REDIS_URL
+
+# Persistent connections held by channels' worker threads would keep the test database open.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
