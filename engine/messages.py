@@ -21,6 +21,16 @@ class Sampling:
     seed: int = 0
 
 
+MODES = ("sync", "sync_parallel", "async")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    max_calls: int = 16
+    max_wall_s: float = 300.0
+    max_result_chars: int = 2000  # longer results are truncated with a visible marker
+
+
 @dataclass(frozen=True)
 class TaskSubmission:
     """Web -> engine, through the intake stream."""
@@ -31,6 +41,9 @@ class TaskSubmission:
     max_tokens: int
     submitted_at: float  # unix seconds
     sampling: Sampling = field(default_factory=Sampling)
+    mode: str = "async"
+    tools: list[dict[str, Any]] = field(default_factory=list)  # ToolSpec dicts, snapshot at submission
+    budgets: Budgets = field(default_factory=Budgets)
     version: int = VERSION
 
     def to_json(self) -> str:
@@ -43,13 +56,16 @@ class TaskSubmission:
             if data.get("version") != VERSION:
                 raise MessageError(f"unsupported TaskSubmission version {data.get('version')!r}")
             sampling = Sampling(**data.pop("sampling", {}))
-            msg = cls(sampling=sampling, **data)
+            budgets = Budgets(**data.pop("budgets", {}))
+            msg = cls(sampling=sampling, budgets=budgets, **data)
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, MessageError):
                 raise
             raise MessageError(f"malformed TaskSubmission: {exc}") from exc
         if not isinstance(msg.task_id, int) or not isinstance(msg.max_tokens, int):
             raise MessageError("malformed TaskSubmission: task_id and max_tokens must be integers")
+        if msg.mode not in MODES:
+            raise MessageError(f"malformed TaskSubmission: unknown mode {msg.mode!r}")
         return msg
 
 
@@ -75,3 +91,49 @@ class TraceEvent:
 def trace_group(task_id: int) -> str:
     """Channels group that carries one task's live trace."""
     return f"task-{task_id}"
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """Engine -> Celery worker: run one tool call and report to the engine's result stream."""
+
+    task_id: int
+    call_id: str
+    engine_id: str
+    tool: dict[str, Any]  # ToolSpec dict
+    args: dict[str, Any]
+    dispatched_at: float  # unix seconds
+    version: int = VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CallReport:
+    """Celery worker -> engine, through the engine's result stream: a call started or finished."""
+
+    task_id: int
+    call_id: str
+    phase: str  # "started" | "finished"
+    worker: str
+    at: float  # unix seconds
+    ok: bool = True
+    result: Any = None  # JSON value when ok
+    error: str = ""
+    version: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> CallReport:
+        try:
+            data = json.loads(raw)
+            if data.get("version") != VERSION:
+                raise MessageError(f"unsupported CallReport version {data.get('version')!r}")
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, MessageError):
+                raise
+            raise MessageError(f"malformed CallReport: {exc}") from exc

@@ -1,21 +1,112 @@
-"""Prompt profiles: how a task's text becomes the model's token context."""
+"""Prompt profiles: how a task's text, tools and interrupts become the model's token context.
+
+A profile is chosen per model family; its framings were picked by measurement (DESIGN.md
+section 2): tool results framed inline in the assistant's text, a worked example that ends with a
+final sentence after the results, and one where no call is needed.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 from engine.backends.base import Backend
+from engine.tools import ToolSpec
+
+PROTOCOL = """You can call functions. To call one, write:
+[CALL] id [HEAD] function_name(arg=value, ...) [END]
+where id is a short new name such as c1 and every value is a Python literal. {mode_rule}
+An argument may be the id of an earlier call: it is replaced by that call's result.
+Never write [INTR] yourself. If no function is needed, just answer.
+When you have the results, answer the user in one or two sentences."""
+
+MODE_RULES = {
+    "async": ("Calls run in the background while you keep writing. Issue all independent calls first, "
+              "the slowest first. Each result appears in your text as [INTR] id [HEAD] result [END]. "
+              "When you cannot go on without results, write [TRAP][END] to wait for them."),
+    "sync_parallel": ("Issue all the calls you need, then write [TRAP][END]: they run together and their "
+                      "results appear in your text as [INTR] id [HEAD] result [END]."),
+    "sync": ("After each call you wait for its result, which appears in your text as "
+             "[INTR] id [HEAD] result [END]."),
+}
+
+EXAMPLE_TOOL = ToolSpec("get_weather", "Current weather in a city.",
+                        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                        est_latency_ms=300)
+EXAMPLE_QUESTION = "What's the weather in Paris and in Tokyo?"
+EXAMPLE_CALLS = [("c1", 'get_weather(city="Paris")', {"temp_c": 18, "sky": "sunny"}),
+                 ("c2", 'get_weather(city="Tokyo")', {"temp_c": 22, "sky": "rain"})]
+EXAMPLE_ANSWER = "It is 18 °C and sunny in Paris, and 22 °C and rainy in Tokyo."
+NO_CALL_QUESTION = "What is 12 times 3?"
+NO_CALL_ANSWER = "12 times 3 is 36."
+
+
+def compact(value) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str = "chatml-inline"
+
+    # -- framings ------------------------------------------------------------------------
+    def frame_results(self, results: list[tuple[str, str]]) -> str:
+        """Tool results, inline in the assistant's text: one frame per call."""
+        return "".join(f" [INTR] {call_id} [HEAD] {payload} [END]" for call_id, payload in results) + " "
+
+    def frame_user_message(self, text: str) -> str:
+        """A message from a person, also inline (the human-interrupt issue may measure a chat turn)."""
+        return f" [INTR] user [HEAD] {compact(text)} [END] "
+
+    # -- prompt --------------------------------------------------------------------------
+    def system_text(self, system: str, tools: list[ToolSpec], mode: str) -> str:
+        if not tools:
+            return system
+        lines = [system, "", PROTOCOL.format(mode_rule=MODE_RULES[mode]), "", "Functions:"]
+        for tool in tools:
+            lines.append(f"- {tool.name}: {tool.description} (takes about {tool.est_latency_ms} ms) "
+                         f"arguments: {compact(tool.parameters)}")
+        return "\n".join(lines)
+
+    def example_turn(self, mode: str) -> str:
+        if mode == "sync":
+            parts = [f"[CALL] {cid} [HEAD] {call} [END]" + self.frame_results([(cid, compact(res))])
+                     for cid, call, res in EXAMPLE_CALLS]
+            return "".join(parts).strip() + " " + EXAMPLE_ANSWER
+        calls = " ".join(f"[CALL] {cid} [HEAD] {call} [END]" for cid, call, _ in EXAMPLE_CALLS)
+        results = self.frame_results([(cid, compact(res)) for cid, _, res in EXAMPLE_CALLS])
+        return f"{calls} [TRAP][END]{results}{EXAMPLE_ANSWER}"
+
+    def prompt_ids(self, backend: Backend, user_text: str, tools: list[ToolSpec] | None = None,
+                   mode: str = "async") -> list[int]:
+        """ChatML. Template markers are tokenized as special tokens; user text is not, so a prompt
+        containing `<|im_start|>` cannot forge a turn."""
+        spec = backend.spec
+        if spec.chat_format != "chatml":
+            raise ValueError(f"unsupported chat format {spec.chat_format!r}")
+        tools = tools or []
+        tok = backend.tokenize
+
+        def turn(role: str, text: str, close: bool = True) -> list[int]:
+            ids = tok(f"<|im_start|>{role}\n", special=True) + tok(text)
+            return ids + tok("<|im_end|>\n", special=True) if close else ids
+
+        ids = turn("system", self.system_text(spec.system_prompt, tools, mode))
+        if tools:
+            example_note = " (example; the weather function is only for this example)"
+            ids += turn("user", EXAMPLE_QUESTION + example_note) + turn("assistant", self.example_turn(mode))
+            ids += turn("user", NO_CALL_QUESTION) + turn("assistant", NO_CALL_ANSWER)
+        ids += turn("user", user_text)
+        return ids + tok("<|im_start|>assistant\n", special=True)
+
+
+DEFAULT_PROFILE = Profile()
+
+
+def profile_for(model_name: str) -> Profile:
+    """One profile for the ChatML models we ship (Qwen2.5 family, SmolLM2)."""
+    return DEFAULT_PROFILE
 
 
 def chat_prompt_ids(backend: Backend, user_text: str) -> list[int]:
-    """ChatML prompt. Template markers are tokenized as special tokens; the user's text is not,
-    so a prompt that contains `<|im_start|>` cannot forge a turn."""
-    spec = backend.spec
-    if spec.chat_format != "chatml":
-        raise ValueError(f"unsupported chat format {spec.chat_format!r}")
-    tok = backend.tokenize
-    return (
-        tok("<|im_start|>system\n", special=True)
-        + tok(spec.system_prompt)
-        + tok("<|im_end|>\n<|im_start|>user\n", special=True)
-        + tok(user_text)
-        + tok("<|im_end|>\n<|im_start|>assistant\n", special=True)
-    )
+    return DEFAULT_PROFILE.prompt_ids(backend, user_text)

@@ -1,8 +1,17 @@
-"""The pure engine core: per-task state machine and round-robin interleaving.
+"""The pure engine core: per-task state machine, CML handling, interrupts and interleaving.
 
-No I/O here. `Scheduler.step()` does one unit of work (a prefill chunk or one decoded token) for
-the next runnable task and returns the trace events it produced; the engine process stores and
-publishes them. Time comes from injected clocks so tests are deterministic.
+No I/O here. `Scheduler.step()` does one unit of work (a prefill chunk, one interrupt injection or
+one decoded token) for the next runnable task, round-robin, and returns the trace events it
+produced. Calls to run are collected in an outbox (`take_dispatches`); results come back through
+`deliver`. A task that is parked on [TRAP] or waiting in sync mode is not runnable, so it costs
+no decode steps. Time comes from injected clocks so tests are deterministic.
+
+Modes (DESIGN.md section 3):
+- async: dispatch at [END], keep decoding, inject results at the next token boundary outside a
+  critical section, park on [TRAP] while calls are pending;
+- sync: at each [END] stop until that call's result is injected;
+- sync_parallel: collect calls until [TRAP] or end of turn, run them together, inject all results
+  in one go.
 """
 
 from __future__ import annotations
@@ -13,24 +22,53 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from engine.backends.base import Backend, Sequence
-from engine.messages import TaskSubmission, TraceEvent
-from engine.profiles import chat_prompt_ids
+from engine.ban import IntrBan
+from engine.cml import CallComplete, Future, Malformed, Monitor, Trap
+from engine.messages import CallRequest, TaskSubmission, TraceEvent
+from engine.profiles import compact, profile_for
 from engine.sampling import sample
+from engine.tools import ToolSpec
+
+CALL_GRACE_S = 2.0  # beyond a tool's timeout before the engine gives up on its result
 
 
 class Status(enum.Enum):
     PREFILL = "prefill"
     DECODING = "decoding"
+    PARKED = "parked"  # [TRAP] or end of sequence with calls pending (async)
+    BLOCKED = "blocked"  # sync / sync_parallel: waiting for specific results
     FINISHED = "finished"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
 FINAL = frozenset({Status.FINISHED, Status.FAILED, Status.CANCELLED})
+RUNNABLE = frozenset({Status.PREFILL, Status.DECODING})
+
+
+class CallStatus(enum.Enum):
+    WAITING_DEPS = "waiting_deps"  # a future argument's call has not finished
+    HELD = "held"  # sync_parallel: collected, not yet dispatched
+    DISPATCHED = "dispatched"
+    DONE = "done"
+    ERROR = "error"
+
+
+@dataclass
+class Call:
+    call_id: str
+    tool: ToolSpec
+    args: dict[str, Any]
+    deps: set[str]
+    position: int  # context position (tokens) where its [END] was decoded
+    status: CallStatus = CallStatus.DISPATCHED
+    deadline: float | None = None
+    value: Any = None
 
 
 @dataclass
@@ -48,10 +86,19 @@ class TaskRun:
     # Sampled but not yet evaluated into the KV cache: evaluating it starts the next step, so a
     # token's event leaves the engine before the ~40 ms decode of its successor.
     unevaluated: list[int] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # generated and injected text, in context order
+    tail: str = ""  # the last characters of the context's text, for the [INTR] ban
     first_token_at: float | None = None
     last_token_at: float | None = None
     next_seq: int = 1
+    tools: dict[str, ToolSpec] = field(default_factory=dict)
+    monitor: Monitor = field(default_factory=Monitor)
+    calls: dict[str, Call] = field(default_factory=dict)
+    interrupts: list[tuple[str, str]] = field(default_factory=list)  # (call id, payload) to inject
+    waiting_for: set[str] = field(default_factory=set)  # BLOCKED until these calls resolve
+    at_eos: bool = False
+    injected_tokens: int = 0
+    injections: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     utf8: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -61,22 +108,37 @@ class TaskRun:
     def task_id(self) -> int:
         return self.sub.task_id
 
+    @property
+    def mode(self) -> str:
+        return self.sub.mode
+
+    @property
+    def context_len(self) -> int:
+        return len(self.prompt_ids) + self.injected_tokens + len(self.generated)
+
+    def pending(self) -> list[Call]:
+        return [c for c in self.calls.values() if c.status not in (CallStatus.DONE, CallStatus.ERROR)]
+
 
 class Scheduler:
     def __init__(
         self,
         get_backend: Callable[[str], Backend],
         *,
+        engine_id: str = "engine",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         prefill_chunk: int = 128,
     ) -> None:
         self._get_backend = get_backend
+        self.engine_id = engine_id
         self._clock = clock
         self._wall = wall
         self._prefill_chunk = prefill_chunk
         self._runs: dict[int, TaskRun] = {}
         self._ready: deque[int] = deque()
+        self._outbox: list[CallRequest] = []
+        self._bans: dict[int, IntrBan] = {}
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -88,6 +150,10 @@ class Scheduler:
 
     def run(self, task_id: int) -> TaskRun | None:
         return self._runs.get(task_id)
+
+    def take_dispatches(self) -> list[CallRequest]:
+        out, self._outbox = self._outbox, []
+        return out
 
     # -- commands --------------------------------------------------------------------------
     def submit(self, sub: TaskSubmission) -> list[TraceEvent]:
@@ -102,28 +168,39 @@ class Scheduler:
             self._runs[sub.task_id] = run
             return self._finish(run, Status.FAILED, f"model {sub.model!r} unavailable: {exc}")
         run = TaskRun(
-            sub=sub, backend=backend, t0=now, started_wall=self._wall(),
-            rng=np.random.default_rng(sub.sampling.seed),
+            sub=sub, backend=backend, t0=now, started_wall=self._wall(), rng=np.random.default_rng(sub.sampling.seed)
         )
+        run.tools = {t["name"]: ToolSpec.from_dict(t) for t in sub.tools}
         self._runs[sub.task_id] = run
         # started_at (unix s) anchors t_ms, so other processes can place events on the wall clock.
-        events = [self._event(run, "status", {"status": "running", "model": sub.model,
-                                              "started_at": run.started_wall})]
-        run.prompt_ids = chat_prompt_ids(backend, sub.prompt)
-        needed = len(run.prompt_ids) + sub.max_tokens
+        events = [
+            self._event(
+                run,
+                "status",
+                {"status": "running", "model": sub.model, "mode": sub.mode, "started_at": run.started_wall},
+            )
+        ]
+        profile = profile_for(sub.model)
+        run.prompt_ids = profile.prompt_ids(backend, sub.prompt, list(run.tools.values()), sub.mode)
         if len(run.prompt_ids) >= backend.n_ctx:
             events += self._finish(
-                run, Status.FAILED,
+                run,
+                Status.FAILED,
                 f"the prompt is {len(run.prompt_ids)} tokens, which does not fit the model's context "
                 f"of {backend.n_ctx} tokens",
             )
             return events
-        if needed > backend.n_ctx:
-            # Keep the task useful: generate what fits and say so.
-            events.append(self._event(run, "warning", {
-                "message": f"max_tokens lowered to {backend.n_ctx - len(run.prompt_ids)} to fit the "
-                f"context of {backend.n_ctx} tokens",
-            }))
+        if len(run.prompt_ids) + sub.max_tokens > backend.n_ctx:
+            events.append(
+                self._event(
+                    run,
+                    "warning",
+                    {
+                        "message": f"max_tokens lowered to {backend.n_ctx - len(run.prompt_ids)} to fit the "
+                        f"context of {backend.n_ctx} tokens",
+                    },
+                )
+            )
         run.seq = backend.open_sequence()
         self._ready.append(sub.task_id)
         return events
@@ -134,18 +211,53 @@ class Scheduler:
             return []
         return self._finish(run, Status.CANCELLED, reason)
 
+    def deliver(self, task_id: int, call_id: str, *, ok: bool, value: Any = None, error: str = "") -> list[TraceEvent]:
+        """A call's result or error arrived. Exactly one interrupt per call: repeats are dropped."""
+        run = self._runs.get(task_id)
+        if run is None:
+            return []
+        call = run.calls.get(call_id)
+        if call is None or call.status in (CallStatus.DONE, CallStatus.ERROR):
+            return [self._event(run, "late_result", {"call_id": call_id, "ok": ok})]
+        return self._resolve(run, call, ok, value, error)
+
+    def expire(self) -> list[TraceEvent]:
+        """Time out calls past their deadline and tasks past their wall-time budget."""
+        now = self._clock()
+        events: list[TraceEvent] = []
+        for run in list(self._runs.values()):
+            if now - run.t0 > run.sub.budgets.max_wall_s:
+                events += self._finish(
+                    run,
+                    Status.FINISHED,
+                    f"wall-time budget of {run.sub.budgets.max_wall_s:g} s exhausted",
+                    finish_reason="time_limit",
+                )
+                continue
+            for call in list(run.calls.values()):
+                if call.status is CallStatus.DISPATCHED and call.deadline is not None and now > call.deadline:
+                    events += self._resolve(
+                        run, call, False, None, f"no result within the {call.tool.timeout_s:g} s timeout"
+                    )
+        return events
+
     def step(self) -> list[TraceEvent]:
         """One unit of work for the next runnable task, round-robin. [] when idle."""
         while self._ready:
             task_id = self._ready.popleft()
             run = self._runs.get(task_id)
-            if run is None or run.status in FINAL:
+            if run is None or run.status not in RUNNABLE:
                 continue
             try:
-                events = self._prefill(run) if run.status is Status.PREFILL else self._decode(run)
+                if run.status is Status.PREFILL:
+                    events = self._prefill(run)
+                elif run.interrupts and not run.monitor.critical:
+                    events = self._inject(run)
+                else:
+                    events = self._decode(run)
             except Exception as exc:  # a backend failure ends this task, never the engine
                 return self._finish(run, Status.FAILED, f"backend error: {exc}")
-            if run.status not in FINAL:
+            if run.status in RUNNABLE:
                 self._ready.append(task_id)
             return events
         return []
@@ -161,46 +273,295 @@ class Scheduler:
         if run.prefilled < len(run.prompt_ids):
             return []
         run.status = Status.DECODING
-        return [self._event(run, "prefill", {
-            "prompt_tokens": len(run.prompt_ids), "ms": round(run.prefill_ms, 2),
-        })]
+        return [self._event(run, "prefill", {"prompt_tokens": len(run.prompt_ids), "ms": round(run.prefill_ms, 2)})]
+
+    def _flush_unevaluated(self, run: TaskRun) -> None:
+        if run.unevaluated:
+            assert run.seq is not None
+            run.seq.append(run.unevaluated)
+            run.unevaluated = []
+
+    def _inject(self, run: TaskRun) -> list[TraceEvent]:
+        """Evaluate the queued interrupts' frame on top of the live KV cache (no re-prefill)."""
+        assert run.seq is not None
+        self._flush_unevaluated(run)
+        batch, run.interrupts = run.interrupts, []
+        text = profile_for(run.sub.model).frame_results(batch)
+        ids = run.backend.tokenize(text)
+        room = run.backend.n_ctx - run.seq.n_tokens - 1
+        if len(ids) > room:
+            return self._finish(
+                run, Status.FINISHED, "the context is full: no room for the results", finish_reason="context_full"
+            )
+        position = run.seq.n_tokens
+        start = self._clock()
+        run.seq.append(ids)
+        ms = (self._clock() - start) * 1000
+        run.injected_tokens += len(ids)
+        run.injections += 1
+        run.text.append(text)
+        run.tail = (run.tail + text)[-32:]
+        run.at_eos = False
+        return [
+            self._event(
+                run,
+                "interrupt_injected",
+                {
+                    "calls": [cid for cid, _ in batch],
+                    "position": position,
+                    "tokens": len(ids),
+                    "ms": round(ms, 2),
+                    "text": text,
+                },
+            )
+        ]
 
     def _decode(self, run: TaskRun) -> list[TraceEvent]:
         assert run.seq is not None
-        if run.unevaluated:
-            run.seq.append(run.unevaluated)
-            run.unevaluated = []
-        token = sample(run.seq.logits(), run.sub.sampling, run.rng)
+        self._flush_unevaluated(run)
+        logits = run.seq.logits()
+        if run.tools and not run.monitor.in_block:
+            logits = self._ban(run.backend).apply(logits, run.tail)
+        token = sample(logits, run.sub.sampling, run.rng)
         now = self._clock()
         if token in run.backend.stop_ids():
-            return self._finish(run, Status.FINISHED, "", finish_reason="stop")
+            return self._end_of_sequence(run)
         run.generated.append(token)
         if run.first_token_at is None:
             run.first_token_at = now
         run.last_token_at = now
         piece = run.utf8.decode(run.backend.token_bytes(token))
         run.text.append(piece)
+        run.tail = (run.tail + piece)[-32:]
         events = [self._event(run, "token", {"i": len(run.generated), "id": token, "text": piece})]
-        limit = min(run.sub.max_tokens, run.backend.n_ctx - len(run.prompt_ids))
-        if len(run.generated) >= limit:
+        if run.tools:
+            events += self._on_cml(run, run.monitor.feed(piece))
+        if run.status in FINAL:
+            return events
+        limit = min(run.sub.max_tokens, run.backend.n_ctx - run.context_len)
+        if len(run.generated) >= run.sub.max_tokens or limit <= 0:
             return events + self._finish(run, Status.FINISHED, "", finish_reason="length")
         run.unevaluated = [token]
         return events
 
+    def _end_of_sequence(self, run: TaskRun) -> list[TraceEvent]:
+        events = self._on_cml(run, run.monitor.close()) if run.tools else []
+        if run.status in FINAL:
+            return events
+        if run.mode == "sync_parallel" and self._held(run):
+            return events + self._release_batch(run, "end_of_turn")
+        if run.interrupts:
+            return events  # injected at the next step, then decoding goes on
+        if run.pending():
+            # The model must see every result: wait for them, then continue the turn.
+            run.at_eos = True
+            run.status = Status.PARKED if run.mode == "async" else Status.BLOCKED
+            run.waiting_for = {c.call_id for c in run.pending()} if run.status is Status.BLOCKED else set()
+            return events + [
+                self._event(
+                    run, "parked", {"reason": "end_of_sequence", "pending": sorted(c.call_id for c in run.pending())}
+                )
+            ]
+        return events + self._finish(run, Status.FINISHED, "", finish_reason="stop")
+
+    # -- CML --------------------------------------------------------------------------------
+    def _on_cml(self, run: TaskRun, cml_events: list) -> list[TraceEvent]:
+        events: list[TraceEvent] = []
+        for item in cml_events:
+            if isinstance(item, CallComplete):
+                events += self._on_call(run, item)
+            elif isinstance(item, Trap):
+                events += self._on_trap(run)
+            elif isinstance(item, Malformed):
+                events.append(self._event(run, "malformed", {"raw": item.raw[-500:], "reason": item.reason}))
+                events += self._queue(run, "error", compact({"error": item.reason}))
+        return events
+
+    def _call_problem(self, run: TaskRun, item: CallComplete) -> str:
+        if item.call_id in run.calls:
+            return f"duplicate call id {item.call_id!r}"
+        if len(run.calls) >= run.sub.budgets.max_calls:
+            return f"call budget exhausted (at most {run.sub.budgets.max_calls} calls)"
+        tool = run.tools.get(item.name)
+        if tool is None:
+            return f"unknown function {item.name!r}; available: {', '.join(sorted(run.tools))}"
+        unknown = [f for f in item.futures if f not in run.calls]
+        if unknown:
+            return f"{', '.join(unknown)} is not the id of an earlier call"
+        return ""
+
+    def _on_call(self, run: TaskRun, item: CallComplete) -> list[TraceEvent]:
+        position = run.context_len
+        problem = self._call_problem(run, item)
+        if not problem:
+            tool = run.tools[item.name]
+            try:
+                args = tool.bind(item.positional, item.keywords)
+                # Futures are checked once their values are known; validate the literal part now.
+                literal = {k: v for k, v in args.items() if not isinstance(v, Future)}
+                tool.validate({**literal, **{k: _placeholder(tool, k) for k in args if k not in literal}})
+            except ValueError as exc:
+                problem = str(exc)
+        if problem:
+            # The id is burnt either way, so a retry must use a new one and results stay unambiguous.
+            if item.call_id not in run.calls:
+                run.calls[item.call_id] = Call(
+                    item.call_id, ToolSpec(item.name, "", {}), {}, set(), position, status=CallStatus.ERROR
+                )
+            events = [
+                self._event(
+                    run,
+                    "call_error",
+                    {"call_id": item.call_id, "name": item.name, "error": problem, "raw": item.raw[-500:]},
+                )
+            ]
+            return events + self._queue(run, item.call_id, compact({"error": problem}))
+        deps = set(item.futures)
+        call = Call(item.call_id, tool, args, deps, position)
+        run.calls[item.call_id] = call
+        events = [
+            self._event(
+                run,
+                "call_decoded",
+                {
+                    "call_id": call.call_id,
+                    "name": tool.name,
+                    "args": _jsonable(args),
+                    "position": position,
+                    "depends_on": sorted(deps),
+                },
+            )
+        ]
+        if run.mode == "sync_parallel":
+            call.status = CallStatus.HELD
+            return events
+        events += self._dispatch_or_wait(run, call)
+        if run.mode == "sync" and call.status is not CallStatus.ERROR:
+            run.status = Status.BLOCKED
+            run.waiting_for = {call.call_id}
+            events.append(self._event(run, "blocked", {"waiting_for": [call.call_id]}))
+        return events
+
+    def _on_trap(self, run: TaskRun) -> list[TraceEvent]:
+        if run.mode == "sync_parallel" and self._held(run):
+            return self._release_batch(run, "trap")
+        if run.mode == "async" and run.pending() and not run.interrupts:
+            run.status = Status.PARKED
+            return [self._event(run, "trap", {"action": "parked", "pending": sorted(c.call_id for c in run.pending())})]
+        return [self._event(run, "trap", {"action": "noop"})]
+
+    def _held(self, run: TaskRun) -> list[Call]:
+        return [c for c in run.calls.values() if c.status is CallStatus.HELD]
+
+    def _release_batch(self, run: TaskRun, why: str) -> list[TraceEvent]:
+        batch = self._held(run)
+        events: list[TraceEvent] = []
+        for call in batch:
+            events += self._dispatch_or_wait(run, call)
+        waiting = {c.call_id for c in batch if c.status not in (CallStatus.DONE, CallStatus.ERROR)}
+        if waiting:
+            run.status = Status.BLOCKED
+            run.waiting_for = waiting
+            events.append(self._event(run, "blocked", {"waiting_for": sorted(waiting), "why": why}))
+        return events
+
+    # -- calls and results ----------------------------------------------------------------------
+    def _dispatch_or_wait(self, run: TaskRun, call: Call) -> list[TraceEvent]:
+        unresolved = [d for d in call.deps if run.calls[d].status is not CallStatus.DONE]
+        failed = [d for d in call.deps if run.calls[d].status is CallStatus.ERROR]
+        if failed:
+            return self._resolve(run, call, False, None, f"depends on failed call {failed[0]}")
+        if unresolved:
+            call.status = CallStatus.WAITING_DEPS
+            return [self._event(run, "call_waiting", {"call_id": call.call_id, "on": sorted(unresolved)})]
+        args = {k: run.calls[v.call_id].value if isinstance(v, Future) else v for k, v in call.args.items()}
+        if call.deps:
+            try:
+                call.tool.validate(args)
+            except ValueError as exc:
+                return self._resolve(run, call, False, None, str(exc))
+        call.args = args
+        call.status = CallStatus.DISPATCHED
+        call.deadline = self._clock() + call.tool.timeout_s + CALL_GRACE_S
+        self._outbox.append(
+            CallRequest(
+                run.task_id, call.call_id, self.engine_id, call.tool.to_dict(), args, dispatched_at=self._wall()
+            )
+        )
+        return [
+            self._event(
+                run, "call_dispatched", {"call_id": call.call_id, "name": call.tool.name, "args": _jsonable(args)}
+            )
+        ]
+
+    def _resolve(self, run: TaskRun, call: Call, ok: bool, value: Any, error: str) -> list[TraceEvent]:
+        call.status = CallStatus.DONE if ok else CallStatus.ERROR
+        call.value = value if ok else None
+        payload = compact(value) if ok else compact({"error": error})
+        limit = run.sub.budgets.max_result_chars
+        events: list[TraceEvent] = []
+        if len(payload) > limit:
+            events.append(
+                self._event(run, "truncated", {"call_id": call.call_id, "chars": len(payload), "limit": limit})
+            )
+            payload = payload[:limit] + f"…[truncated {len(payload) - limit} chars]"
+        events.append(
+            self._event(
+                run, "call_result", {"call_id": call.call_id, "ok": ok, "error": error, "preview": payload[:200]}
+            )
+        )
+        events += self._queue(run, call.call_id, payload)
+        # Dependent calls start now, with this value substituted: no round trip through the model.
+        for other in run.calls.values():
+            if other.status is CallStatus.WAITING_DEPS and call.call_id in other.deps:
+                events += self._dispatch_or_wait(run, other)
+        return events
+
+    def _queue(self, run: TaskRun, call_id: str, payload: str) -> list[TraceEvent]:
+        run.interrupts.append((call_id, payload))
+        events = [self._event(run, "interrupt_queued", {"call_id": call_id, "critical": run.monitor.critical})]
+        run.waiting_for.discard(call_id)
+        wake = (run.status is Status.PARKED) or (run.status is Status.BLOCKED and not run.waiting_for)
+        if wake:
+            events.append(self._event(run, "resumed", {"from": run.status.value}))
+            run.status = Status.DECODING
+            if run.task_id not in self._ready:
+                self._ready.append(run.task_id)
+        return events
+
+    def _ban(self, backend: Backend) -> IntrBan:
+        ban = self._bans.get(id(backend))
+        if ban is None:
+            ban = self._bans[id(backend)] = IntrBan(backend.vocab_texts())
+        return ban
+
     # -- helpers ---------------------------------------------------------------------------
     def _event(self, run: TaskRun, kind: str, payload: dict) -> TraceEvent:
         event = TraceEvent(
-            task_id=run.task_id, seq=run.next_seq,
-            t_ms=round((self._clock() - run.t0) * 1000, 3), kind=kind, payload=payload,
+            task_id=run.task_id,
+            seq=run.next_seq,
+            t_ms=round((self._clock() - run.t0) * 1000, 3),
+            kind=kind,
+            payload=payload,
         )
         run.next_seq += 1
         return event
+
+    def t_ms(self, task_id: int, wall: float) -> float:
+        run = self._runs.get(task_id)
+        return round((wall - run.started_wall) * 1000, 3) if run else 0.0
+
+    def event(self, task_id: int, kind: str, payload: dict) -> TraceEvent | None:
+        """An event reported by another process (a worker), numbered in this task's sequence."""
+        run = self._runs.get(task_id)
+        return self._event(run, kind, payload) if run else None
 
     def metrics(self, run: TaskRun) -> dict:
         tokens = len(run.generated)
         latency_ms = (
             (run.last_token_at - run.first_token_at) * 1000
-            if run.first_token_at is not None and run.last_token_at is not None else None
+            if run.first_token_at is not None and run.last_token_at is not None
+            else None
         )
         return {
             "queue_wait_ms": round(max(0.0, run.started_wall - run.sub.submitted_at) * 1000, 1),
@@ -210,9 +571,11 @@ class Scheduler:
             "tokens": tokens,
             "latency_ms": round(latency_ms, 1) if latency_ms is not None else None,
             # Decode rate between the first and last token (the first token's wait is the TTFT).
-            "tokens_per_s": round((tokens - 1) / (latency_ms / 1000), 2)
-            if latency_ms and tokens > 1 else None,
+            "tokens_per_s": round((tokens - 1) / (latency_ms / 1000), 2) if latency_ms and tokens > 1 else None,
             "total_ms": round((self._clock() - run.t0) * 1000, 1),
+            "calls": len(run.calls),
+            "injections": run.injections,
+            "injected_tokens": run.injected_tokens,
         }
 
     def _finish(self, run: TaskRun, status: Status, reason: str, *, finish_reason: str = "") -> list[TraceEvent]:
@@ -229,9 +592,23 @@ class Scheduler:
             "finish_reason": finish_reason or status.value,
             "text": "".join(run.text),
             "metrics": self.metrics(run),
+            "pending_calls": sorted(c.call_id for c in run.pending()),
         }
         event = self._event(run, "finish", payload)
         del self._runs[run.task_id]
         if run.task_id in self._ready:
             self._ready.remove(run.task_id)
         return [event]
+
+
+def _placeholder(tool: ToolSpec, name: str) -> Any:
+    """Stand-in for a future's value during the early check: anything its schema allows."""
+    schema = tool.parameters.get("properties", {}).get(name, {})
+    kind = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][0]
+    return {"string": "", "integer": 0, "number": 0, "boolean": False, "array": [], "object": {}}.get(kind, None)
+
+
+def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: ({"$future": v.call_id} if isinstance(v, Future) else v) for k, v in args.items()}

@@ -60,6 +60,7 @@ class ScriptedSequence(Sequence):
 class ScriptedBackend(Backend):
     def __init__(self, pieces: list[bytes], n_ctx: int = 4096, fail_after: int | None = None) -> None:
         self.spec = SPEC
+        self.n_vocab = VOCAB
         self.pieces = pieces
         self._n_ctx = n_ctx
         self.fail_after = fail_after

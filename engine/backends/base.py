@@ -44,6 +44,7 @@ class Sequence(ABC):
 
 class Backend(ABC):
     spec: ModelSpec
+    n_vocab: int
 
     @property
     @abstractmethod
@@ -56,6 +57,10 @@ class Backend(ABC):
     @abstractmethod
     def token_bytes(self, token_id: int) -> bytes:
         """Raw bytes of one token (may be part of a multi-byte character)."""
+
+    def vocab_texts(self) -> list[str]:
+        """Every token's text (lossy for partial UTF-8), indexed by id; cached by the caller."""
+        return [self.token_bytes(i).decode("utf-8", errors="replace") for i in range(self.n_vocab)]
 
     @abstractmethod
     def stop_ids(self) -> frozenset[int]:

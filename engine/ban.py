@@ -1,0 +1,35 @@
+"""Keep the model from writing interrupts: only the engine writes [INTR].
+
+A ban on one spelling is not enough (in sync mode the model wrote `[_INTR]`), so the ban is
+structural: outside a call block, after a `[` followed only by filler characters, no token may
+continue with an I; and no token may itself contain such a sequence. What can begin CALL, TRAP,
+END or HEAD, and ordinary text such as `[1]`, stays allowed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+FILLER = r"[\s_\-*|/\\.:~`'\"]*"
+_INSIDE_TOKEN = re.compile(r"\[" + FILLER + r"[iI]")
+_CONTINUES = re.compile(r"^" + FILLER + r"[iI]")
+_OPEN_TAIL = re.compile(r"\[" + FILLER + r"$")
+
+
+class IntrBan:
+    def __init__(self, vocab: list[str]) -> None:
+        self.always = np.array([i for i, t in enumerate(vocab) if _INSIDE_TOKEN.search(t)], dtype=np.int64)
+        self.after_open = np.array([i for i, t in enumerate(vocab) if _CONTINUES.match(t)], dtype=np.int64)
+
+    @staticmethod
+    def open_bracket(tail: str) -> bool:
+        """The text ends in `[` plus filler: the next letter decides what the marker becomes."""
+        return bool(_OPEN_TAIL.search(tail))
+
+    def apply(self, logits: np.ndarray, tail: str) -> np.ndarray:
+        logits[self.always] = -np.inf
+        if self.open_bracket(tail):
+            logits[self.after_open] = -np.inf
+        return logits

@@ -1,0 +1,49 @@
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from engine.tools import ToolSpec
+
+
+class ToolPack(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Tool(models.Model):
+    class Kind(models.TextChoices):
+        SIMULATED = "simulated"
+        PYTHON = "python"
+
+    pack = models.ForeignKey(ToolPack, on_delete=models.CASCADE, related_name="tools")
+    name = models.CharField(max_length=200, help_text="dotted names are allowed, e.g. e1.cd")
+    description = models.TextField()
+    parameters = models.JSONField(default=dict, help_text="JSON Schema of the arguments (an object schema)")
+    est_latency_ms = models.PositiveIntegerField(default=100, help_text="shown to the model (LPT ordering)")
+    timeout_s = models.FloatField(default=10.0)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.SIMULATED)
+    config = models.JSONField(default=dict, blank=True, help_text="kind-specific configuration")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["pack__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["pack", "name"], name="tool_name_unique_in_pack")]
+
+    def __str__(self) -> str:
+        return f"{self.pack.name}/{self.name}"
+
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters,
+                        est_latency_ms=self.est_latency_ms, timeout_s=self.timeout_s, kind=self.kind,
+                        config=self.config, tool_id=self.pk)
+
+    def clean(self):
+        try:
+            self.spec().check()
+        except ValueError as exc:
+            raise ValidationError({"parameters": str(exc)}) from exc
