@@ -9,3 +9,11 @@ def trace_stream(task_id: int) -> str:
     """Recent live events of one task: lets a late subscriber fill the gap between the last
     batch stored in the database and the first live event it receives."""
     return f"asynclm:trace:{task_id}"
+
+
+def results_stream(engine_id: str) -> str:
+    """Call reports for the tasks an engine holds (durable: survives a reader's hiccup)."""
+    return f"asynclm:results:{engine_id}"
+
+
+RESULTS_STREAM_TTL_S = 86400

@@ -4,6 +4,7 @@ around the pure Scheduler. One `tick()` does one piece of work and says whether 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ import redis
 
 from engine import health
 from engine.intake import Claimed, Intake
-from engine.messages import TraceEvent
+from engine.keys import results_stream
+from engine.messages import CallReport, CallRequest, MessageError, TraceEvent
 from engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,11 @@ class TaskStore(Protocol):
         """Mark a task that a dead engine left behind as failed; returns the final trace event."""
 
 
+class Dispatcher(Protocol):
+    def dispatch(self, request: CallRequest) -> None:
+        """Send a call to the execution side (Celery queue `tools`)."""
+
+
 class Publisher(Protocol):
     def publish(self, event: TraceEvent) -> None: ...
 
@@ -50,14 +57,61 @@ class EngineConfig:
     flush_max_events: int = 64
     intake_poll_s: float = 0.05
     recover_interval_s: float = 5.0
-    idle_block_ms: int = 500
     models: list[str] = field(default_factory=list)
+
+
+class ResultReader:
+    """Reads this engine's result stream on a thread and wakes the main loop. Entries are
+    deleted once handed over; the stream outlives a reader that restarts."""
+
+    def __init__(self, client: redis.Redis, engine_id: str, wake: threading.Event) -> None:
+        self.r = client
+        self.key = results_stream(engine_id)
+        self.wake = wake
+        self.inbox: queue.SimpleQueue[CallReport] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="result-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last = "0"
+        while not self.stopping.is_set():
+            try:
+                reply = self.r.xread({self.key: last}, count=100, block=500)
+            except redis.RedisError as exc:
+                log.warning("reading %s failed: %s", self.key, exc)
+                self.stopping.wait(1.0)
+                continue
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    try:
+                        self.inbox.put(CallReport.from_json(fields[b"r"]))
+                    except (MessageError, KeyError) as exc:
+                        log.error("dropping undecodable call report %s: %s", entry_id, exc)
+                    self.r.xdel(self.key, entry_id)
+                self.wake.set()
+
+    def drain(self) -> list[CallReport]:
+        out = []
+        while True:
+            try:
+                out.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        self.stopping.set()
+        self._thread.join(2.0)
 
 
 class EngineProcess:
     def __init__(self, config: EngineConfig, scheduler: Scheduler, intake: Intake, store: TaskStore,
-                 publisher: Publisher, client: redis.Redis) -> None:
+                 publisher: Publisher, client: redis.Redis, dispatcher: Dispatcher) -> None:
         self.config = config
+        self.dispatcher = dispatcher
+        self.wake = threading.Event()
+        self.results = ResultReader(client, config.engine_id, self.wake)
         self.scheduler = scheduler
         self.intake = intake
         self.store = store
@@ -88,11 +142,45 @@ class EngineProcess:
         self.heartbeat()
         did = self.recover()
         did = self.poll_intake() or did
+        did = self.take_results() or did
+        for event in self.scheduler.expire():
+            self.handle(event)
         events = self.scheduler.step()
+        # Dispatch before publishing: a call starts the moment its [END] is decoded.
+        self.dispatch()
         for event in events:
             self.handle(event)
         self.flush()
         return did or bool(events)
+
+    def dispatch(self) -> None:
+        for request in self.scheduler.take_dispatches():
+            try:
+                self.dispatcher.dispatch(request)
+            except Exception as exc:  # broker down: the model sees an error instead of waiting forever
+                log.exception("could not dispatch call %s of task %s", request.call_id, request.task_id)
+                for event in self.scheduler.deliver(request.task_id, request.call_id, ok=False,
+                                                    error=f"could not dispatch the call: {exc}"):
+                    self.handle(event)
+
+    def take_results(self) -> bool:
+        reports = self.results.drain()
+        for rep in reports:
+            kind = "call_started" if rep.phase == "started" else "call_finished"
+            event = self.scheduler.event(rep.task_id, kind, {
+                "call_id": rep.call_id, "worker": rep.worker, "ok": rep.ok, "error": rep.error,
+                "at_ms": self.scheduler.t_ms(rep.task_id, rep.at),
+            })
+            if event is None:
+                log.info("report for task %s which this engine no longer runs: dropped", rep.task_id)
+                continue
+            self.handle(event)
+            if rep.phase == "finished":
+                for ev in self.scheduler.deliver(rep.task_id, rep.call_id, ok=rep.ok, value=rep.result,
+                                                 error=rep.error):
+                    self.handle(ev)
+            self.dispatch()  # results can release calls that were waiting on them
+        return bool(reports)
 
     # -- steps (each returns whether it did work) ------------------------------------------
     def heartbeat(self, force: bool = False) -> bool:
@@ -117,12 +205,9 @@ class EngineProcess:
         return bool(claimed)
 
     def wait_for_intake(self) -> None:
-        """Idle: block on the intake instead of spinning (bounded so heartbeats keep going)."""
-        if self.scheduler.active >= self.config.max_active:
-            self.stopping.wait(0.01)
-            return
-        for item in self.intake.claim(self.config.engine_id, count=1, block_ms=self.config.idle_block_ms):
-            self.take(item)
+        """Idle: sleep until a result arrives or the next intake poll is due (no spinning)."""
+        self.wake.wait(self.config.intake_poll_s)
+        self.wake.clear()
 
     def recover(self, force: bool = False) -> bool:
         now = time.monotonic()
@@ -194,6 +279,7 @@ class EngineProcess:
                 payload = dict(event.payload, status="failed")
                 self.handle(TraceEvent(event.task_id, event.seq, event.t_ms, event.kind, payload))
         self.flush(force=True)
+        self.results.close()
         self.publisher.close()
         try:
             health.stop(self.r, "engine", self.config.engine_id)

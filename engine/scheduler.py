@@ -505,10 +505,9 @@ class Scheduler:
                 self._event(run, "truncated", {"call_id": call.call_id, "chars": len(payload), "limit": limit})
             )
             payload = payload[:limit] + f"…[truncated {len(payload) - limit} chars]"
+        # `injected` is exactly what the model will see (after truncation), never the raw result.
         events.append(
-            self._event(
-                run, "call_result", {"call_id": call.call_id, "ok": ok, "error": error, "preview": payload[:200]}
-            )
+            self._event(run, "call_result", {"call_id": call.call_id, "ok": ok, "error": error, "injected": payload})
         )
         events += self._queue(run, call.call_id, payload)
         # Dependent calls start now, with this value substituted: no round trip through the model.

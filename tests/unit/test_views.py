@@ -9,7 +9,8 @@ from webapp.runs.models import Task
 
 pytestmark = pytest.mark.django_db
 
-VALID = {"prompt": "Say hi", "model": "smollm2-135m", "max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 0}
+VALID = {"prompt": "Say hi", "model": "smollm2-135m", "max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 0,
+         "mode": "async", "max_calls": 16, "max_wall_s": 300}
 
 
 @pytest.fixture

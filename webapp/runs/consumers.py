@@ -70,6 +70,10 @@ class TaskTraceConsumer(AsyncJsonWebsocketConsumer):
     async def trace_events(self, message):
         await self.forward(message["events"])
 
+    async def call_report(self, message):
+        """Straight from a worker: live call status (the stored trace gets it via the engine)."""
+        await self.send_json({"type": "call", "report": message["report"]})
+
     async def forward(self, events: list[dict]) -> None:
         fresh = []
         for event in sorted(events, key=lambda e: e["seq"]):

@@ -2,6 +2,8 @@ from django import forms
 from django.conf import settings
 
 from engine.catalog import MODELS
+from webapp.runs.models import Task
+from webapp.tools.models import Tool, ToolPack
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -20,6 +22,13 @@ class TaskForm(forms.Form):
                                    help_text="0 decodes greedily (deterministic).")
     top_p = forms.FloatField(min_value=0.01, max_value=1.0, initial=1.0)
     seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=0)
+    mode = forms.ChoiceField(choices=Task.Mode.choices, initial=Task.Mode.ASYNC)
+    pack = forms.ModelChoiceField(queryset=ToolPack.objects.all(), required=False, empty_label="(no pack)",
+                                  to_field_name="name", help_text="Give the model every enabled tool of a pack…")
+    tools = forms.ModelMultipleChoiceField(queryset=Tool.objects.filter(enabled=True).select_related("pack"),
+                                           required=False, help_text="…and/or pick tools one by one.")
+    max_calls = forms.IntegerField(min_value=0, max_value=100, initial=16)
+    max_wall_s = forms.FloatField(min_value=1, max_value=3600, initial=300, label="Max wall time (s)")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -28,6 +37,19 @@ class TaskForm(forms.Form):
         self.fields["max_tokens"].validators.append(
             forms.IntegerField(max_value=settings.ASYNCLM_MAX_TOKENS_LIMIT).validators[-1])
         self.fields["prompt"].max_length = settings.ASYNCLM_MAX_PROMPT_CHARS
+
+    def clean(self):
+        cleaned = super().clean()
+        chosen = list(cleaned.get("tools") or [])
+        if cleaned.get("pack"):
+            chosen += [t for t in cleaned["pack"].tools.filter(enabled=True) if t not in chosen]
+        names = [t.name for t in chosen]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise forms.ValidationError(
+                f"A task's tools need unique names; chosen more than once: {', '.join(duplicates)}.")
+        cleaned["tool_specs"] = [t.spec().to_dict() for t in chosen]
+        return cleaned
 
     def clean_prompt(self):
         prompt = self.cleaned_data["prompt"]

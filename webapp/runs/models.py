@@ -20,6 +20,18 @@ class Task(models.Model):
     top_p = models.FloatField(default=1.0)
     seed = models.PositiveIntegerField(default=0)
 
+    class Mode(models.TextChoices):
+        ASYNC = "async", "async (AsyncLM)"
+        SYNC = "sync", "sync"
+        SYNC_PARALLEL = "sync_parallel", "sync parallel"
+
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.ASYNC)
+    # Snapshot of the tools' specifications at submission: later registry edits never change it.
+    tools = models.JSONField(default=list, blank=True)
+    max_calls = models.PositiveIntegerField(default=16)
+    max_wall_s = models.FloatField(default=300.0)
+    max_result_chars = models.PositiveIntegerField(default=2000)
+
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     status_reason = models.TextField(blank=True)
     engine_id = models.CharField(max_length=200, blank=True)
@@ -57,3 +69,34 @@ class TraceEvent(models.Model):
     def as_message(self) -> dict:
         return {"task_id": self.task_id, "seq": self.seq, "t_ms": self.t_ms, "kind": self.kind,
                 "payload": self.payload}
+
+
+class ToolCall(models.Model):
+    class Status(models.TextChoices):
+        DECODED = "decoded"
+        WAITING = "waiting"
+        DISPATCHED = "dispatched"
+        RUNNING = "running"
+        DONE = "done"
+        ERROR = "error"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="calls")
+    call_id = models.CharField(max_length=100)
+    tool = models.CharField(max_length=200)
+    arguments = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DECODED)
+    worker = models.CharField(max_length=200, blank=True)
+    decoded_ms = models.FloatField(null=True, blank=True)
+    dispatched_ms = models.FloatField(null=True, blank=True)
+    started_ms = models.FloatField(null=True, blank=True)
+    finished_ms = models.FloatField(null=True, blank=True)
+    injected_ms = models.FloatField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["task", "decoded_ms", "id"]
+        constraints = [models.UniqueConstraint(fields=["task", "call_id"], name="tool_call_unique_id")]
+
+    def __str__(self) -> str:
+        return f"{self.task_id}:{self.call_id} {self.tool} ({self.status})"

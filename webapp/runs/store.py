@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from engine.messages import TraceEvent
-from webapp.runs.models import Task
+from webapp.runs.models import Task, ToolCall
 from webapp.runs.models import TraceEvent as TraceEventRow
+
+CALL_EVENTS = {"call_decoded", "call_error", "call_waiting", "call_dispatched", "call_started", "call_finished",
+               "call_result", "interrupt_injected"}
 
 
 class DjangoTaskStore:
@@ -34,6 +39,28 @@ class DjangoTaskStore:
         # A task deleted mid-run loses its events, not the engine.
         existing = set(Task.objects.filter(pk__in={e.task_id for e in events}).values_list("pk", flat=True))
         TraceEventRow.objects.bulk_create([r for r in rows if r.task_id in existing], ignore_conflicts=True)
+        self._record_calls([e for e in events if e.kind in CALL_EVENTS and e.task_id in existing])
+
+    def _record_calls(self, events: list[TraceEvent]) -> None:
+        """Keep the ToolCall rows in step with the call events of the trace."""
+        if not events:
+            return
+        rows: dict[tuple[int, str], ToolCall] = {}
+        for call in ToolCall.objects.filter(task_id__in={e.task_id for e in events}):
+            rows[(call.task_id, call.call_id)] = call
+        for e in events:
+            p = e.payload
+            ids = p["calls"] if e.kind == "interrupt_injected" else [p["call_id"]]
+            for call_id in ids:
+                row = rows.get((e.task_id, call_id))
+                if row is None:
+                    if e.kind == "interrupt_injected":
+                        continue  # a protocol error frame (id "error"), not a call
+                    row = rows[(e.task_id, call_id)] = ToolCall(task_id=e.task_id, call_id=call_id,
+                                                                tool=p.get("name", ""), decoded_ms=e.t_ms)
+                apply_call_event(row, e)
+        for row in rows.values():
+            row.save()
 
     def finish(self, task_id: int, status: str, reason: str, text: str, metrics: dict) -> None:
         Task.objects.filter(pk=task_id).exclude(status__in=Task.FINAL).update(
@@ -63,3 +90,35 @@ class DjangoTaskStore:
             task.finished_at = timezone.now()
             task.save(update_fields=["status", "status_reason", "final_text", "finished_at"])
             return event
+
+
+def apply_call_event(row: ToolCall, e: TraceEvent) -> None:
+    p = e.payload
+    if e.kind == "call_decoded":
+        row.tool, row.arguments, row.decoded_ms = p["name"], p["args"], e.t_ms
+        row.status = ToolCall.Status.DECODED
+    elif e.kind == "call_error":
+        row.status, row.error = ToolCall.Status.ERROR, p["error"]
+    elif e.kind == "call_waiting":
+        row.status = ToolCall.Status.WAITING
+    elif e.kind == "call_dispatched":
+        row.status, row.arguments, row.dispatched_ms = ToolCall.Status.DISPATCHED, p["args"], e.t_ms
+    elif e.kind == "call_started":
+        row.worker, row.started_ms = p["worker"], p["at_ms"]
+        if row.status == ToolCall.Status.DISPATCHED:
+            row.status = ToolCall.Status.RUNNING
+    elif e.kind == "call_finished":
+        row.worker, row.finished_ms = p["worker"], p["at_ms"]
+    elif e.kind == "call_result":
+        row.status = ToolCall.Status.DONE if p["ok"] else ToolCall.Status.ERROR
+        row.error = p.get("error", "")
+        row.result = _json_or_text(p.get("injected", ""))
+    elif e.kind == "interrupt_injected":
+        row.injected_ms = e.t_ms
+
+
+def _json_or_text(text: str):  # noqa: ANN202
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # truncated results are no longer valid JSON

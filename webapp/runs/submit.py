@@ -6,7 +6,7 @@ import redis
 from django.conf import settings
 
 from engine.intake import Intake
-from engine.messages import Sampling, TaskSubmission
+from engine.messages import Budgets, Sampling, TaskSubmission
 from webapp.core.redis import ServiceUnavailable, client
 from webapp.runs.models import Task
 
@@ -19,7 +19,18 @@ def submission_for(task: Task) -> TaskSubmission:
         max_tokens=task.max_tokens,
         submitted_at=task.created_at.timestamp(),
         sampling=Sampling(temperature=task.temperature, top_p=task.top_p, seed=task.seed),
+        mode=task.mode,
+        tools=task.tools,
+        budgets=Budgets(max_calls=task.max_calls, max_wall_s=task.max_wall_s, max_result_chars=task.max_result_chars),
     )
+
+
+TASK_FIELDS = ("prompt", "model", "max_tokens", "temperature", "top_p", "seed", "mode", "max_calls", "max_wall_s")
+
+
+def task_fields(cleaned: dict) -> dict:
+    """The Task fields from a validated submit form (tools as their snapshot)."""
+    return {**{k: cleaned[k] for k in TASK_FIELDS}, "tools": cleaned["tool_specs"]}
 
 
 def submit_task(owner, **fields) -> Task:  # noqa: ANN001

@@ -5,7 +5,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from webapp.core.redis import ServiceUnavailable, read_health
 from webapp.runs.forms import TaskForm
 from webapp.runs.models import Task
-from webapp.runs.submit import submit_task
+from webapp.runs.submit import submit_task, task_fields
 
 
 @login_required
@@ -13,7 +13,7 @@ def dashboard(request):
     form = TaskForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            task = submit_task(request.user, **form.cleaned_data)
+            task = submit_task(request.user, **task_fields(form.cleaned_data))
         except ServiceUnavailable as exc:
             form.add_error(None, str(exc))
         else:
@@ -38,4 +38,5 @@ def task_detail(request, pk: int):
         elif task.status == Task.Status.RUNNING and task.engine_id not in health.engine_ids:
             warning = (f"Engine {task.engine_id} that runs this task stopped answering. The task will "
                        "be marked failed when an engine starts again.")
-    return render(request, "runs/task_detail.html", {"task": task, "engine_warning": warning})
+    return render(request, "runs/task_detail.html",
+                  {"task": task, "engine_warning": warning, "calls": task.calls.all()})

@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "webapp.core",
+    "webapp.tools",
     "webapp.runs",
 ]
 
@@ -121,3 +122,5 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
     "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
 }
+ASYNCLM_PYTHON_TOOL_MODULES = env.list("ASYNCLM_PYTHON_TOOL_MODULES", ["workers.toolbox"])
+ASYNCLM_WORKER_MAX_RESULT_BYTES = env.int("ASYNCLM_WORKER_MAX_RESULT_BYTES", 1_000_000, min=1000)

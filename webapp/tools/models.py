@@ -43,7 +43,13 @@ class Tool(models.Model):
                         config=self.config, tool_id=self.pk)
 
     def clean(self):
+        from workers.executors import ToolError, executor_for
+
         try:
             self.spec().check()
         except ValueError as exc:
             raise ValidationError({"parameters": str(exc)}) from exc
+        try:
+            executor_for(self.kind).check_config(self.config)
+        except ToolError as exc:
+            raise ValidationError({"config": str(exc)}) from exc

@@ -20,6 +20,7 @@ from engine.modelfiles import ModelFileError, verified_path
 from engine.proc import EngineConfig, EngineProcess
 from engine.publish import TracePublisher
 from engine.scheduler import Scheduler
+from webapp.runs.dispatch import CeleryDispatcher
 from webapp.runs.store import DjangoTaskStore
 
 
@@ -82,8 +83,8 @@ class Command(BaseCommand):
         config = EngineConfig(engine_id=id or health.process_id("engine"), max_active=max_active,
                               heartbeat_ttl=settings.ASYNCLM_HEARTBEAT_TTL, models=backends.names)
         engine = EngineProcess(
-            config, Scheduler(backends), Intake(client), DjangoTaskStore(),
-            TracePublisher(settings.REDIS_URL, get_channel_layer()), client,
+            config, Scheduler(backends, engine_id=config.engine_id), Intake(client), DjangoTaskStore(),
+            TracePublisher(settings.REDIS_URL, get_channel_layer()), client, CeleryDispatcher(),
         )
 
         def stop(signum, frame):  # noqa: ARG001

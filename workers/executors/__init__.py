@@ -1,0 +1,17 @@
+"""One executor per tool kind. Nothing typed into the registry is ever executed as code."""
+
+from workers.executors.base import Executor, ToolError
+from workers.executors.python import PythonExecutor
+from workers.executors.simulated import SimulatedExecutor
+
+EXECUTORS: dict[str, Executor] = {"simulated": SimulatedExecutor(), "python": PythonExecutor()}
+
+
+def executor_for(kind: str) -> Executor:
+    try:
+        return EXECUTORS[kind]
+    except KeyError:
+        raise ToolError(f"no executor for tool kind {kind!r}") from None
+
+
+__all__ = ["EXECUTORS", "Executor", "ToolError", "executor_for"]
