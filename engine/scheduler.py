@@ -81,6 +81,7 @@ class TaskRun:
     seq: Sequence | None = None
     prompt_ids: list[int] = field(default_factory=list)
     prefilled: int = 0
+    reused_tokens: int = 0  # prompt prefix found in a reused KV cache
     prefill_ms: float = 0.0
     generated: list[int] = field(default_factory=list)
     # Sampled but not yet evaluated into the KV cache: evaluating it starts the next step, so a
@@ -201,7 +202,8 @@ class Scheduler:
                     },
                 )
             )
-        run.seq = backend.open_sequence()
+        run.seq = backend.open_sequence(run.prompt_ids)
+        run.prefilled = run.reused_tokens = run.seq.n_tokens
         self._ready.append(sub.task_id)
         return events
 
@@ -273,7 +275,8 @@ class Scheduler:
         if run.prefilled < len(run.prompt_ids):
             return []
         run.status = Status.DECODING
-        return [self._event(run, "prefill", {"prompt_tokens": len(run.prompt_ids), "ms": round(run.prefill_ms, 2)})]
+        return [self._event(run, "prefill", {"prompt_tokens": len(run.prompt_ids), "reused_tokens": run.reused_tokens,
+                                             "ms": round(run.prefill_ms, 2)})]
 
     def _flush_unevaluated(self, run: TaskRun) -> None:
         if run.unevaluated:
@@ -566,6 +569,7 @@ class Scheduler:
             "queue_wait_ms": round(max(0.0, run.started_wall - run.sub.submitted_at) * 1000, 1),
             "prompt_tokens": len(run.prompt_ids),
             "prefill_ms": round(run.prefill_ms, 1),
+            "reused_prompt_tokens": run.reused_tokens,
             "ttft_ms": round((run.first_token_at - run.t0) * 1000, 1) if run.first_token_at else None,
             "tokens": tokens,
             "latency_ms": round(latency_ms, 1) if latency_ms is not None else None,

@@ -27,9 +27,12 @@ def pytest_configure(config):
 
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
-    """The real Redis on the tests' own database number, emptied before each test."""
+    """The real Redis on the tests' own database number, with the service's keys removed before
+    each test (the broker's own keys stay, so a shared Celery worker keeps its queues)."""
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.flushdb()
+    keys = list(client.scan_iter(match="asynclm:*", count=1000))
+    if keys:
+        client.delete(*keys)
     from webapp.core.redis import client as web_client
 
     web_client.cache_clear()
@@ -136,13 +139,28 @@ def start_engine(tmp_path, redis_client) -> Iterator[Callable[..., Proc]]:
         proc.kill()
 
 
+def _start_worker(log_dir: Path, name: str) -> Proc:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    # prefork, as deployed: soft and hard time limits need it.
+    proc = Proc("celery", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--pool", "prefork",
+                           "--concurrency", "2", "-Q", "default,tools", "-n", name, "--loglevel", "INFO"],
+                subprocess_env(), log_dir)
+    proc.wait_until(lambda: any(b["id"] == name for b in health.alive(client, "worker")), 60, "its first heartbeat")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def celery_worker_proc(tmp_path_factory, django_db_setup, django_db_blocker) -> Iterator[Proc]:
+    """One real worker for the session (starting one takes seconds)."""
+    with django_db_blocker.unblock():
+        proc = _start_worker(tmp_path_factory.mktemp("worker"), f"worker-test-{os.getpid()}@localhost")
+    yield proc
+    proc.kill()
+
+
 @pytest.fixture
-def celery_worker_proc(tmp_path, redis_client) -> Iterator[Proc]:
-    name = f"worker-test-{os.getpid()}@localhost"
-    proc = Proc("celery", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--pool", "solo",
-                           "-Q", "default,tools", "-n", name, "--loglevel", "INFO"],
-                subprocess_env(), tmp_path)
-    proc.wait_until(lambda: any(b["id"] == name for b in health.alive(redis_client, "worker")),
-                    60, "its first heartbeat")
+def own_celery_worker(tmp_path, redis_client) -> Iterator[Proc]:
+    """A worker of the test's own, for tests that kill it."""
+    proc = _start_worker(tmp_path, f"worker-own-{time.monotonic_ns()}@localhost")
     yield proc
     proc.kill()

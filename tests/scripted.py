@@ -82,5 +82,5 @@ class ScriptedBackend(Backend):
     def stop_ids(self) -> frozenset[int]:
         return frozenset({STOP})
 
-    def open_sequence(self) -> ScriptedSequence:
+    def open_sequence(self, prompt_ids=()) -> ScriptedSequence:
         return ScriptedSequence(self)

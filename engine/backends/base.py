@@ -67,4 +67,6 @@ class Backend(ABC):
         """Ids that end generation (end of sequence, end of turn)."""
 
     @abstractmethod
-    def open_sequence(self) -> Sequence: ...
+    def open_sequence(self, prompt_ids: Seq[int] = ()) -> Sequence:
+        """A fresh KV state for a task. It may already hold a prefix of `prompt_ids` (a reused
+        cache): the caller evaluates only `prompt_ids[seq.n_tokens:]`."""

@@ -110,16 +110,32 @@ class LlamaCppBackend(Backend):
     def stop_ids(self) -> frozenset[int]:
         return self._stop
 
-    def open_sequence(self) -> LlamaSequence:
+    def open_sequence(self, prompt_ids: Seq[int] = ()) -> LlamaSequence:
+        """A sequence for a new task. Idle contexts keep their KV cache, so the one sharing the
+        longest prefix with `prompt_ids` is reused and only the rest needs prefilling (the system
+        prompt, tools and examples are identical across most tasks)."""
+        prompt = np.asarray(prompt_ids, dtype=np.intc)
         with self._lock:
-            llama = self._idle.pop() if self._idle else None
-        if llama is None:
-            llama = self._new_context()
-        llama.reset()
-        return LlamaSequence(self, llama)
+            best, best_len = None, -1
+            for llama in self._idle:
+                shared = _common_prefix(llama.input_ids[: llama.n_tokens], prompt)
+                if shared > best_len:
+                    best, best_len = llama, shared
+            if best is not None:
+                self._idle.remove(best)
+        if best is None:
+            best, best_len = self._new_context(), 0
+        # Keep at least one prompt token to evaluate: its logits start the decode.
+        best.n_tokens = max(0, min(best_len, len(prompt) - 1))
+        return LlamaSequence(self, best)
 
     def _release(self, llama) -> None:  # noqa: ANN001
-        llama.reset()
         with self._lock:
             if len(self._idle) < self._max_idle or llama is self._tokenizer:
                 self._idle.append(llama)
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    differ = np.nonzero(a[:n] != b[:n])[0]
+    return int(differ[0]) if len(differ) else n

@@ -103,3 +103,50 @@ def test_the_default_model_answers_a_simple_question():
     finish = events[-1].payload
     assert finish["status"] == "finished", finish
     assert "Paris" in finish["text"]
+
+
+def test_a_reused_cache_skips_the_shared_prompt_prefix(backend):
+    prefix = backend.tokenize("A long shared system prompt about tools and examples.")
+    first = backend.open_sequence(prefix + backend.tokenize(" First question?"))
+    first.append(prefix + backend.tokenize(" First question?"))
+    first.close()
+    prompt = prefix + backend.tokenize(" Second question?")
+    seq = backend.open_sequence(prompt)
+    assert len(prefix) <= seq.n_tokens < len(prompt)
+    seq.append(prompt[seq.n_tokens:])
+    reused = seq.logits()
+    seq.close()
+    fresh = backend.open_sequence()
+    fresh.truncate(0)
+    fresh.append(prompt)
+    np.testing.assert_allclose(reused, fresh.logits(), rtol=1e-3, atol=1e-3)
+    fresh.close()
+
+
+@pytest.mark.slow
+def test_an_injected_interrupt_leaves_the_same_state_as_a_full_reprefill(capsys):
+    """True KV append: the interrupt's tokens evaluated on top of the live cache give the same
+    next-token choice as evaluating the whole context from an empty cache."""
+    qwen = load("qwen2.5-coder-0.5b", n_ctx=1024)
+    context = chat_prompt_ids(qwen, "What's the weather in Paris?") + qwen.tokenize(
+        '[CALL] c1 [HEAD] get_weather(city="Paris") [END] The weather')
+    frame = qwen.tokenize(' [INTR] c1 [HEAD] {"temp_c":18,"sky":"sunny"} [END] ')
+    live = qwen.open_sequence()
+    live.append(context)
+    for _ in range(3):  # decode a little first, as the engine would
+        token = int(np.argmax(live.logits()))
+        context.append(token)
+        live.append([token])
+    live.append(frame)
+    injected = live.logits()
+    live.close()
+    full = qwen.open_sequence()
+    full.truncate(0)
+    full.append(context + frame)
+    reprefilled = full.logits()
+    full.close()
+    diff = float(np.max(np.abs(injected - reprefilled)))
+    with capsys.disabled():
+        print(f"\n[kv-injection] argmax {int(np.argmax(injected))} vs {int(np.argmax(reprefilled))}, "
+              f"largest absolute logit difference {diff:.4f}")
+    assert int(np.argmax(injected)) == int(np.argmax(reprefilled))
