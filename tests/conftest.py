@@ -149,9 +149,9 @@ def _start_worker(log_dir: Path, name: str) -> Proc:
     return proc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def celery_worker_proc(tmp_path_factory, django_db_setup, django_db_blocker) -> Iterator[Proc]:
-    """One real worker for the session (starting one takes seconds)."""
+    """One real worker per test module (starting one takes seconds)."""
     with django_db_blocker.unblock():
         proc = _start_worker(tmp_path_factory.mktemp("worker"), f"worker-test-{os.getpid()}@localhost")
     yield proc
