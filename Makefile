@@ -1,4 +1,4 @@
-.PHONY: run test test-postgres lint engine web worker clean
+.PHONY: run test test-postgres lint engine web worker clean bench-engine
 
 run:            ## install what is missing and start every process (Ctrl-C stops them)
 	@scripts/run.sh
@@ -22,3 +22,7 @@ worker:
 
 clean:          ## remove the virtualenv and local state (models, database)
 	rm -rf .venv var
+
+bench-engine:   ## the engine's costs on this machine -> var/bench/engine.json
+	@scripts/bootstrap.sh
+	@scripts/with-redis.sh .venv/bin/python manage.py bench_engine

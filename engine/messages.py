@@ -44,6 +44,10 @@ class TaskSubmission:
     mode: str = "async"
     tools: list[dict[str, Any]] = field(default_factory=list)  # ToolSpec dicts, snapshot at submission
     budgets: Budgets = field(default_factory=Budgets)
+    # Benchmarks only: the model still runs a forward pass per token, but the token it emits is
+    # taken from this text (teacher forcing), so a systems measurement does not depend on what
+    # a small model chooses to write. Results are labelled "forced".
+    forced_text: str = ""
     version: int = VERSION
 
     def to_json(self) -> str:

@@ -68,7 +68,7 @@ class ResultReader:
         self.r = client
         self.key = results_stream(engine_id)
         self.wake = wake
-        self.inbox: queue.SimpleQueue[CallReport] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[CallReport, float]] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="result-reader", daemon=True)
         self._thread.start()
@@ -86,13 +86,14 @@ class ResultReader:
                 for entry_id, fields in entries:
                     last = entry_id
                     try:
-                        self.inbox.put(CallReport.from_json(fields[b"r"]))
+                        self.inbox.put((CallReport.from_json(fields[b"r"]), time.time()))
                     except (MessageError, KeyError) as exc:
                         log.error("dropping undecodable call report %s: %s", entry_id, exc)
                     self.r.xdel(self.key, entry_id)
                 self.wake.set()
 
-    def drain(self) -> list[CallReport]:
+    def drain(self) -> list[tuple[CallReport, float]]:
+        """Reports with the wall time they reached this process."""
         out = []
         while True:
             try:
@@ -165,11 +166,15 @@ class EngineProcess:
 
     def take_results(self) -> bool:
         reports = self.results.drain()
-        for rep in reports:
+        picked = time.time()
+        for rep, received in reports:
             kind = "call_started" if rep.phase == "started" else "call_finished"
+            t_ms = self.scheduler.t_ms
             event = self.scheduler.event(rep.task_id, kind, {
                 "call_id": rep.call_id, "worker": rep.worker, "ok": rep.ok, "error": rep.error,
-                "at_ms": self.scheduler.t_ms(rep.task_id, rep.at),
+                # worker's clock, arrival in this process, and when the main loop took it
+                "at_ms": t_ms(rep.task_id, rep.at), "received_ms": t_ms(rep.task_id, received),
+                "picked_ms": t_ms(rep.task_id, picked),
             })
             if event is None:
                 log.info("report for task %s which this engine no longer runs: dropped", rep.task_id)

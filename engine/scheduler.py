@@ -98,6 +98,7 @@ class TaskRun:
     interrupts: list[tuple[str, str]] = field(default_factory=list)  # (call id, payload) to inject
     waiting_for: set[str] = field(default_factory=set)  # BLOCKED until these calls resolve
     at_eos: bool = False
+    forced: deque[int] = field(default_factory=deque)
     injected_tokens: int = 0
     injections: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
@@ -202,6 +203,8 @@ class Scheduler:
                     },
                 )
             )
+        if sub.forced_text:
+            run.forced = deque(backend.tokenize(sub.forced_text) + sorted(backend.stop_ids())[:1])
         run.seq = backend.open_sequence(run.prompt_ids)
         run.prefilled = run.reused_tokens = run.seq.n_tokens
         self._ready.append(sub.task_id)
@@ -275,8 +278,17 @@ class Scheduler:
         if run.prefilled < len(run.prompt_ids):
             return []
         run.status = Status.DECODING
-        return [self._event(run, "prefill", {"prompt_tokens": len(run.prompt_ids), "reused_tokens": run.reused_tokens,
-                                             "ms": round(run.prefill_ms, 2)})]
+        return [
+            self._event(
+                run,
+                "prefill",
+                {
+                    "prompt_tokens": len(run.prompt_ids),
+                    "reused_tokens": run.reused_tokens,
+                    "ms": round(run.prefill_ms, 2),
+                },
+            )
+        ]
 
     def _flush_unevaluated(self, run: TaskRun) -> None:
         if run.unevaluated:
@@ -287,18 +299,21 @@ class Scheduler:
     def _inject(self, run: TaskRun) -> list[TraceEvent]:
         """Evaluate the queued interrupts' frame on top of the live KV cache (no re-prefill)."""
         assert run.seq is not None
-        self._flush_unevaluated(run)
         batch, run.interrupts = run.interrupts, []
         text = profile_for(run.sub.model).frame_results(batch)
         ids = run.backend.tokenize(text)
-        room = run.backend.n_ctx - run.seq.n_tokens - 1
+        room = run.backend.n_ctx - run.seq.n_tokens - len(run.unevaluated) - 1
         if len(ids) > room:
             return self._finish(
                 run, Status.FINISHED, "the context is full: no room for the results", finish_reason="context_full"
             )
-        position = run.seq.n_tokens
+        # The last sampled token and the frame go in one evaluation: the frame reaches the backend
+        # at once instead of after a separate forward pass for that token.
+        position = run.seq.n_tokens + len(run.unevaluated)
+        began_ms = round((self._clock() - run.t0) * 1000, 3)
         start = self._clock()
-        run.seq.append(ids)
+        run.seq.append(run.unevaluated + ids)
+        run.unevaluated = []
         ms = (self._clock() - start) * 1000
         run.injected_tokens += len(ids)
         run.injections += 1
@@ -311,6 +326,7 @@ class Scheduler:
                 "interrupt_injected",
                 {
                     "calls": [cid for cid, _ in batch],
+                    "began_ms": began_ms,
                     "position": position,
                     "tokens": len(ids),
                     "ms": round(ms, 2),
@@ -326,6 +342,8 @@ class Scheduler:
         if run.tools and not run.monitor.in_block:
             logits = self._ban(run.backend).apply(logits, run.tail)
         token = sample(logits, run.sub.sampling, run.rng)
+        if run.forced:
+            token = run.forced.popleft()
         now = self._clock()
         if token in run.backend.stop_ids():
             return self._end_of_sequence(run)

@@ -1,7 +1,6 @@
 """The AsyncLM engine end to end: the default model decoding real tokens, a real Celery worker
 running the calls, results delivered through Redis and injected into the live KV cache."""
 
-import time
 
 import pytest
 

@@ -9,7 +9,7 @@ from engine.messages import TaskSubmission
 
 @pytest.fixture
 def intake(redis_client):
-    return Intake(redis_client, stream="test:intake", group="engines")
+    return Intake(redis_client, stream="asynclm:test:intake", group="engines")
 
 
 def sub(task_id: int) -> TaskSubmission:
@@ -27,9 +27,9 @@ def test_it_delivers_each_task_to_one_engine(intake):
 
 
 def test_tasks_submitted_before_any_engine_started_are_not_lost(redis_client):
-    Intake(redis_client, stream="test:early", group="engines").submit(sub(7))
+    Intake(redis_client, stream="asynclm:test:early", group="engines").submit(sub(7))
     # A fresh Intake object (a new engine) creates nothing new and still sees the entry.
-    claimed = Intake(redis_client, stream="test:early", group="engines").claim("engine-a")
+    claimed = Intake(redis_client, stream="asynclm:test:early", group="engines").claim("engine-a")
     assert [c.submission.task_id for c in claimed] == [7]
 
 
@@ -37,13 +37,13 @@ def test_done_removes_the_entry(intake, redis_client):
     intake.submit(sub(1))
     (item,) = intake.claim("engine-a")
     intake.done(item.entry_id)
-    assert redis_client.xlen("test:intake") == 0
-    assert redis_client.xpending("test:intake", "engines")["pending"] == 0
+    assert redis_client.xlen("asynclm:test:intake") == 0
+    assert redis_client.xpending("asynclm:test:intake", "engines")["pending"] == 0
 
 
 def test_an_undecodable_entry_is_reported_not_fatal(intake, redis_client):
     intake.ensure_group()
-    redis_client.xadd("test:intake", {"msg": "{not json"})
+    redis_client.xadd("asynclm:test:intake", {"msg": "{not json"})
     (item,) = intake.claim("engine-a")
     assert item.submission is None and "malformed" in item.error
 

@@ -1,0 +1,263 @@
+"""`make bench-engine`: the engine's own costs, measured on this machine; prints and saves JSON.
+
+- dispatch_ms / interrupt_ms: through the real system (an engine process, a Celery worker, Redis)
+  on tasks whose tokens are forced from a script (every step is still a real forward pass of the
+  embedded model; only the emitted token is scripted), so hundreds of calls happen regardless of
+  what a small model would choose to write. Tasks run one at a time.
+- inject_ms / reprefill_ms, overhead_ms_per_token, engine_tok_s / raw_tok_s: in this process, on
+  the same model file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from engine import health
+from engine.backends.llamacpp import LlamaCppBackend
+from engine.catalog import get_model
+from engine.messages import Budgets, TaskSubmission
+from engine.modelfiles import verified_path
+from engine.profiles import profile_for
+from engine.scheduler import Scheduler
+from engine.tools import ToolSpec
+from webapp.runs.models import Task, TraceEvent
+
+FRAME = ' [INTR] c12 [HEAD] {"temp_c":18,"sky":"sunny","city":"Paris"} [END] '
+LOOKUP = ToolSpec("lookup", "Look up a fact.", {"type": "object", "properties": {"q": {"type": "integer"}},
+                                                "required": ["q"]},
+                  est_latency_ms=30, timeout_s=10, kind="simulated",
+                  config={"latency_ms": {"dist": "fixed", "value": 30}, "returns": {"answer": "int:1:99"}})
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 3)
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50": pct(values, 50), "p99": pct(values, 99), "n": len(values)}
+
+
+def forced_script(calls: int, start: int) -> str:
+    parts = []
+    for i in range(start, start + calls):
+        parts.append(f"Now looking up item {i}. [CALL] c{i} [HEAD] lookup(q={i}) [END] That call runs while I keep "
+                     "writing a few more words about the item.")
+    return " ".join(parts) + " Done."
+
+
+class Command(BaseCommand):
+    help = __doc__
+
+    def add_arguments(self, parser):
+        parser.add_argument("--model", default=settings.ASYNCLM_DEFAULT_MODEL)
+        parser.add_argument("--calls", type=int, default=220, help="calls for dispatch/interrupt (>= 200)")
+        parser.add_argument("--calls-per-task", type=int, default=20)
+        parser.add_argument("--tokens", type=int, default=200, help="tokens for the decode-speed comparison")
+        parser.add_argument("--out", default=str(settings.VAR_DIR / "bench" / "engine.json"))
+
+    def say(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def handle(self, *args, model, calls, calls_per_task, tokens, out, **options):
+        spec = get_model(model)
+        path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
+        result = {"params": {"model": model, "calls": calls, "tokens": tokens, "machine": platform.node(),
+                             "cpu_count": os.cpu_count(), "threads": settings.ASYNCLM_ENGINE_THREADS,
+                             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "note": "dispatch/interrupt from forced-token tasks (real forward passes)"}}
+        backend = LlamaCppBackend(spec, path, n_ctx=2048, n_threads=settings.ASYNCLM_ENGINE_THREADS)
+        self.say("[1/3] injection vs re-prefill")
+        result["inject_ms"], result["reprefill_ms"] = self.injection(backend)
+        self.say("[2/3] engine vs raw decode speed")
+        result.update(self.decode_speed(backend, tokens))
+        backend = None
+        self.say(f"[3/3] dispatch and interrupt latency over {calls} calls through engine, worker and Redis")
+        result.update(self.system(model, calls, calls_per_task))
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        self.say(json.dumps({k: v for k, v in result.items() if k != "params"}, indent=2))
+        self.say(self.style.SUCCESS(f"saved {out}"))
+
+    # -- in-process measurements ------------------------------------------------------------
+    def injection(self, backend: LlamaCppBackend) -> tuple[dict, dict]:
+        frame = backend.tokenize(FRAME)[:28]
+        filler = backend.tokenize("The quick brown fox jumps over the lazy dog while it rains. " * 200)
+        inject, reprefill = {}, {}
+        for n in (200, 600, 1200):
+            context = filler[:n]
+            live, again = [], []
+            for _ in range(3):
+                seq = backend.open_sequence()
+                seq.truncate(0)
+                seq.append(context)
+                t = time.perf_counter()
+                seq.append(frame)
+                live.append((time.perf_counter() - t) * 1000)
+                seq.truncate(0)  # empty cache: nothing of the context may be reused
+                t = time.perf_counter()
+                seq.append(context + frame)
+                again.append((time.perf_counter() - t) * 1000)
+                seq.close()
+            inject[str(n)] = round(statistics.median(live), 2)
+            reprefill[str(n)] = round(statistics.median(again), 2)
+            self.say(f"  context {n}: inject 28 tokens {inject[str(n)]} ms, re-prefill {reprefill[str(n)]} ms "
+                     f"({reprefill[str(n)] / inject[str(n)]:.1f}x)")
+        return inject, reprefill
+
+    def decode_speed(self, backend: LlamaCppBackend, tokens: int) -> dict:
+        story = "Once upon a time " + "the keeper climbed the stairs and lit the lamp again. " * 40
+        sub = TaskSubmission(1, backend.spec.name, "Write a long story about a lighthouse keeper.", tokens, time.time(),
+                             tools=[LOOKUP.to_dict()], forced_text=story)
+        prompt = profile_for(backend.spec.name).prompt_ids(backend, sub.prompt, [LOOKUP], sub.mode)
+        # Raw: a bare llama-cpp-python loop, greedy, on the same prompt as the engine's.
+        llama = backend.open_sequence()._llama
+        llama.reset()
+        llama.eval(prompt)
+        token = int(np.argmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(backend.n_vocab,))))
+        t = time.perf_counter()
+        for _ in range(tokens):
+            llama.eval([token])
+            token = int(np.argmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(backend.n_vocab,))))
+        raw_s = time.perf_counter() - t
+        backend._release(llama)
+        # Engine: the same decode through the scheduler, with a tool list so the CML monitor and the
+        # [INTR] ban run on every token; forward passes timed separately.
+        forward = [0.0]
+
+        class Timed:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def __getattr__(self, name):
+                attr = getattr(self.inner, name)
+                if name not in ("append", "logits"):
+                    return attr
+
+                def timed(*a, **k):
+                    t0 = time.perf_counter()
+                    try:
+                        return attr(*a, **k)
+                    finally:
+                        forward[0] += time.perf_counter() - t0
+                return timed
+
+        original = backend.open_sequence
+        backend.open_sequence = lambda ids=(): Timed(original(ids))  # type: ignore[method-assign]
+        scheduler = Scheduler(lambda name: backend)
+        scheduler.submit(sub)
+        while scheduler.run(1).status.value == "prefill":
+            scheduler.step()
+        scheduler._ban(backend)  # build the ban tables outside the timed loop
+        forward[0] = 0.0
+        t = time.perf_counter()
+        steps = 0
+        while scheduler.has_work():
+            scheduler.step()
+            steps += 1
+        engine_s = time.perf_counter() - t
+        backend.open_sequence = original  # type: ignore[method-assign]
+        overhead = (engine_s - forward[0]) / steps * 1000
+        out = {"engine_tok_s": round(steps / engine_s, 2), "raw_tok_s": round(tokens / raw_s, 2),
+               "overhead_ms_per_token": round(overhead, 3)}
+        self.say(f"  raw {out['raw_tok_s']} tok/s, engine {out['engine_tok_s']} tok/s "
+                 f"({out['engine_tok_s'] / out['raw_tok_s']:.1%}), overhead {out['overhead_ms_per_token']} ms/token")
+        return out
+
+    # -- through the running system ---------------------------------------------------------
+    def system(self, model: str, calls: int, per_task: int) -> dict:
+        # A Redis database of its own, so a running service's engines never take these tasks.
+        url = settings.REDIS_URL.rsplit("/", 1)[0] + "/12"
+        client = redis.Redis.from_url(url)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise CommandError(f"Redis is not reachable at {url}: {exc}") from exc
+        for key in client.scan_iter(match="asynclm:*"):
+            client.delete(key)
+        env = {**os.environ, "REDIS_URL": url, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url,
+               "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "webapp.settings.local"),
+               "PYTHONUNBUFFERED": "1"}
+        log_dir = settings.VAR_DIR / "bench"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "tools,default",
+                              "--concurrency", "2", "-n", f"bench-{os.getpid()}@%h", "--loglevel", "WARNING"],
+                             env=env, stdout=(log_dir / "worker.log").open("w"), stderr=subprocess.STDOUT),
+            subprocess.Popen([sys.executable, "manage.py", "run_engine", "--id", f"bench-engine-{os.getpid()}",
+                              "--preload", model], env=env, stdout=(log_dir / "engine.log").open("w"),
+                             stderr=subprocess.STDOUT),
+        ]
+        try:
+            deadline = time.monotonic() + 90
+            while not (health.alive(client, "engine") and health.alive(client, "worker")):
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise CommandError(f"engine or worker did not start; see {log_dir}/engine.log and worker.log")
+                time.sleep(0.2)
+            return self.measure_calls(client, model, calls, per_task)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(30)
+
+    def measure_calls(self, client, model: str, calls: int, per_task: int) -> dict:
+        from engine.intake import Intake
+
+        user, _ = get_user_model().objects.get_or_create(username="bench")
+        intake = Intake(client)
+        dispatch, interrupt, tasks = [], [], []
+        done = 0
+        while done < calls:
+            n = min(per_task, calls - done)
+            task = Task.objects.create(owner=user, prompt="(forced benchmark task)", model=model, max_tokens=4000,
+                                       mode="async", tools=[LOOKUP.to_dict()], max_calls=n + 1)
+            intake.submit(TaskSubmission(task.pk, model, task.prompt, 4000, time.time(), tools=[LOOKUP.to_dict()],
+                                         budgets=Budgets(max_calls=n + 1), forced_text=forced_script(n, done)))
+            while not Task.objects.get(pk=task.pk).is_final:
+                time.sleep(0.2)
+            task.refresh_from_db()
+            if task.status != "finished":
+                raise CommandError(f"benchmark task {task.pk} ended {task.status}: {task.status_reason}")
+            d, i = self.latencies(task)
+            dispatch += d
+            interrupt += i
+            tasks.append(task.pk)
+            done += n
+            self.say(f"  {done}/{calls} calls: dispatch p50 {pct(dispatch, 50)} ms, "
+                     f"interrupt p50 {pct(interrupt, 50) if interrupt else '-'} ms")
+        return {"dispatch_ms": summary(dispatch), "interrupt_ms": summary(interrupt), "bench_task_ids": tasks}
+
+    @staticmethod
+    def latencies(task: Task) -> tuple[list[float], list[float]]:
+        events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
+        decoded = {e.payload["call_id"]: e.t_ms for e in events if e.kind == "call_decoded"}
+        started = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_started"}
+        finished = {e.payload["call_id"]: e.payload for e in events if e.kind == "call_finished"}
+        queued_outside = {e.payload["call_id"] for e in events
+                          if e.kind == "interrupt_queued" and not e.payload["critical"]}
+        dispatch = [started[c] - decoded[c] for c in decoded if c in started]
+        interrupt = []
+        for e in events:
+            if e.kind != "interrupt_injected" or len(e.payload["calls"]) != 1:
+                continue
+            (call_id,) = e.payload["calls"]
+            f = finished.get(call_id)
+            if f is None or call_id not in queued_outside:
+                continue  # arrived inside a critical section: deferred on purpose
+            # transit to this process + handling after the in-flight decode step finished
+            interrupt.append((f["received_ms"] - f["at_ms"]) + (e.payload["began_ms"] - f["picked_ms"]))
+        return dispatch, interrupt
