@@ -26,6 +26,62 @@
     });
   }
 
+  const callsBody = document.querySelector("#calls tbody");
+  const CALL_COLUMNS = ["id", "tool", "args", "status", "worker", "decoded", "started", "finished", "injected", "result"];
+
+  function callRow(callId) {
+    let row = callsBody.querySelector('tr[data-call="' + CSS.escape(callId) + '"]');
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.call = callId;
+      CALL_COLUMNS.forEach(function (name) {
+        const cell = document.createElement("td");
+        cell.dataset.col = name;
+        row.appendChild(cell);
+      });
+      row.children[0].textContent = callId;
+      callsBody.appendChild(row);
+      document.getElementById("no-calls").hidden = true;
+    }
+    return row;
+  }
+
+  function setCell(row, col, text) {
+    row.children[CALL_COLUMNS.indexOf(col)].textContent = text;
+  }
+
+  function ms(value) { return Math.round(value) + " ms"; }
+
+  function applyCall(event) {
+    const p = event.payload;
+    if (event.kind === "interrupt_injected") {
+      p.calls.forEach(function (id) {
+        const row = callsBody.querySelector('tr[data-call="' + CSS.escape(id) + '"]');
+        if (row) setCell(row, "injected", ms(event.t_ms));
+      });
+      return;
+    }
+    const row = callRow(p.call_id);
+    if (event.kind === "call_decoded") {
+      setCell(row, "tool", p.name); setCell(row, "args", JSON.stringify(p.args));
+      setCell(row, "status", "decoded"); setCell(row, "decoded", ms(event.t_ms));
+    } else if (event.kind === "call_error") {
+      setCell(row, "tool", p.name); setCell(row, "status", "error"); setCell(row, "result", p.error);
+      setCell(row, "decoded", ms(event.t_ms));
+    } else if (event.kind === "call_dispatched") {
+      setCell(row, "status", "dispatched"); setCell(row, "args", JSON.stringify(p.args));
+    } else if (event.kind === "call_waiting") {
+      setCell(row, "status", "waiting for " + p.on.join(", "));
+    } else if (event.kind === "call_started") {
+      setCell(row, "status", "running"); setCell(row, "worker", p.worker); setCell(row, "started", ms(p.at_ms));
+    } else if (event.kind === "call_finished") {
+      setCell(row, "finished", ms(p.at_ms));
+    } else if (event.kind === "call_result") {
+      setCell(row, "status", p.ok ? "done" : "error");
+      setCell(row, "result", p.ok ? p.injected : p.error);
+    }
+  }
+
   function apply(event) {
     if (event.seq <= lastSeq) return;
     lastSeq = event.seq;
@@ -35,6 +91,20 @@
       span.className = "tok";
       span.dataset.seq = event.seq;
       span.textContent = p.text;
+      output.appendChild(span);
+    } else if (event.kind === "interrupt_injected") {
+      const span = document.createElement("span");
+      span.className = "intr";
+      span.title = "injected at token position " + event.payload.position + " (" + event.payload.tokens + " tokens)";
+      span.textContent = event.payload.text;
+      output.appendChild(span);
+      applyCall(event);
+    } else if (event.kind.indexOf("call_") === 0) {
+      applyCall(event);
+    } else if (event.kind === "malformed") {
+      const span = document.createElement("span");
+      span.className = "malformed";
+      span.title = event.payload.reason;
       output.appendChild(span);
     } else if (event.kind === "status") {
       setStatus(p.status);

@@ -66,3 +66,27 @@ def test_another_user_cannot_open_the_task(page, web_server, alice, bob, redis_c
     response = page.goto(f"{web_server}/tasks/{task.pk}/")
     assert response.status == 404
     assert "private" not in page.content()
+
+
+@pytest.mark.slow
+def test_calls_and_injected_results_show_live(page, web_server, start_engine, celery_worker_proc, alice):
+    from webapp.tools.demo import install_demo_pack
+    from webapp.tools.models import Tool, ToolPack
+
+    install_demo_pack(ToolPack, Tool)
+    start_engine(preload="qwen2.5-coder-0.5b")
+    log_in(page, web_server, "alice")
+    page.fill("#id_prompt", "What's the weather in Berlin and in Rome?")
+    page.select_option("#id_model", "qwen2.5-coder-0.5b")
+    page.select_option("#id_pack", "demo")
+    page.select_option("#id_mode", "async")
+    page.fill("#id_max_tokens", "120")
+    page.click("#submit-form button[type=submit]")
+    expect(page.locator("#calls tbody tr").first).to_be_visible(timeout=90_000)
+    expect(page.locator("#output .intr").first).to_be_visible(timeout=60_000)
+    expect(page.locator("#status")).to_have_text("finished", timeout=90_000)
+    task = Task.objects.get()
+    assert page.locator("#calls tbody tr").count() == task.calls.count() >= 1
+    first = page.locator("#calls tbody tr").first
+    expect(first).to_contain_text("get_weather")
+    expect(first).to_contain_text("done")

@@ -30,15 +30,21 @@ def submit(user, model: str, prompt: str = "Count from one to twenty in words.",
     return submit_task(user, prompt=prompt, model=model, max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0)
 
 
+async def receive_until_finish(communicator) -> list[dict]:
+    received: list[dict] = []
+    while not received or received[-1]["kind"] != "finish":
+        message = await communicator.receive_json_from(timeout=60)
+        received += message.get("events", [])
+    await communicator.disconnect()
+    return received
+
+
 async def test_tokens_reach_a_websocket_subscriber_live_and_in_order(start_engine, alice, test_model):
     await sync_to_async(start_engine)()
     task = await sync_to_async(submit)(alice, test_model)
     communicator, connected, _ = await connect(alice, task.pk)
     assert connected
-    received = []
-    while not received or received[-1]["kind"] != "finish":
-        received += (await communicator.receive_json_from(timeout=60))["events"]
-    await communicator.disconnect()
+    received = await receive_until_finish(communicator)
 
     assert [e["seq"] for e in received] == list(range(1, len(received) + 1))
     assert received[0]["kind"] == "status" and received[0]["payload"]["status"] == "running"
@@ -167,8 +173,5 @@ async def test_a_subscriber_joining_mid_task_sees_no_gap_and_no_duplicate(start_
     )
     communicator, connected, _ = await connect(alice, task.pk)
     assert connected
-    received = []
-    while not received or received[-1]["kind"] != "finish":
-        received += (await communicator.receive_json_from(timeout=60))["events"]
-    await communicator.disconnect()
+    received = await receive_until_finish(communicator)
     assert [e["seq"] for e in received] == list(range(1, len(received) + 1))

@@ -102,3 +102,61 @@ def test_ensure_admin_creates_one_admin_and_keeps_the_password(tmp_path, setting
     from django.contrib.auth import authenticate
 
     assert authenticate(username="admin", password=password).is_superuser
+
+
+@pytest.fixture
+def demo_pack(db):
+    from webapp.tools.demo import install_demo_pack
+    from webapp.tools.models import Tool, ToolPack
+
+    install_demo_pack(ToolPack, Tool)
+    return ToolPack.objects.get(name="demo")
+
+
+def test_a_task_keeps_a_snapshot_of_its_tools(alice_client, demo_pack, redis_client):
+    response = alice_client.post(reverse("dashboard"), {**VALID, "pack": "demo"})
+    assert response.status_code == 302
+    task = Task.objects.get()
+    names = sorted(t["name"] for t in task.tools)
+    assert names == sorted(demo_pack.tools.filter(enabled=True).values_list("name", flat=True))
+    demo_pack.tools.filter(name="get_weather").update(description="changed later", est_latency_ms=1)
+    task.refresh_from_db()
+    weather = next(t for t in task.tools if t["name"] == "get_weather")
+    assert weather["description"] == "Current weather in a city." and weather["est_latency_ms"] == 300
+    (claimed,) = Intake(redis_client).claim("engine-test")
+    assert [t["name"] for t in claimed.submission.tools] == [t["name"] for t in task.tools]
+
+
+def test_tools_with_the_same_name_from_two_packs_are_refused(alice_client, demo_pack, redis_client):
+    from webapp.tools.models import Tool, ToolPack
+
+    other = ToolPack.objects.create(name="other")
+    clash = Tool.objects.create(pack=other, name="get_weather", description="d",
+                                parameters={"type": "object", "properties": {}})
+    response = alice_client.post(reverse("dashboard"), {**VALID, "pack": "demo", "tools": [clash.pk]})
+    assert response.status_code == 400
+    assert "unique names; chosen more than once: get_weather" in response.content.decode()
+
+
+def test_a_task_page_lists_its_calls(alice_client, alice):
+    from webapp.runs.models import ToolCall
+
+    task = Task.objects.create(owner=alice, prompt="p", model="m", status="finished")
+    ToolCall.objects.create(task=task, call_id="c1", tool="get_weather", arguments={"city": "Oslo"}, status="done",
+                            worker="w1", result={"temp_c": 3}, decoded_ms=10, injected_ms=400)
+    body = alice_client.get(reverse("task_detail", args=[task.pk])).content.decode()
+    assert "get_weather" in body and "{&quot;city&quot;:&quot;Oslo&quot;}" in body and "400 ms" in body
+
+
+def test_the_registry_validates_schemas_and_configs(demo_pack):
+    from django.core.exceptions import ValidationError
+
+    from webapp.tools.models import Tool
+
+    bad_schema = Tool(pack=demo_pack, name="x", description="d", parameters={"type": "strnig"})
+    with pytest.raises(ValidationError, match="parameters"):
+        bad_schema.full_clean()
+    bad_entry = Tool(pack=demo_pack, name="y", description="d", kind="python",
+                     parameters={"type": "object"}, config={"entry_point": "os:system"})
+    with pytest.raises(ValidationError, match="allow-listed"):
+        bad_entry.full_clean()
