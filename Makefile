@@ -1,4 +1,4 @@
-.PHONY: run test test-postgres lint engine web worker clean bench-engine
+.PHONY: run test test-postgres lint engine web worker clean bench-engine bench-tools
 
 run:            ## install what is missing and start every process (Ctrl-C stops them)
 	@scripts/run.sh
@@ -26,3 +26,7 @@ clean:          ## remove the virtualenv and local state (models, database)
 bench-engine:   ## the engine's costs on this machine -> var/bench/engine.json
 	@scripts/bootstrap.sh
 	@scripts/with-redis.sh .venv/bin/python manage.py bench_engine
+
+bench-tools:    ## zero-latency calls through 2 Celery worker processes -> var/bench/tools.json
+	@scripts/bootstrap.sh
+	@scripts/with-redis.sh .venv/bin/python manage.py bench_tools

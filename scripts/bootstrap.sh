@@ -30,8 +30,10 @@ if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 reqs=requirements/base.txt
 [ "$dev" = 1 ] && reqs=requirements/dev.txt
-stamp="$VENV/.installed-$(cat requirements/*.txt | sha256sum | cut -c1-16)-$dev"
-if [ ! -f "$stamp" ]; then
+hash=$(cat requirements/*.txt | sha256sum | cut -c1-16)
+stamp="$VENV/.installed-$hash-$dev"
+# A dev install includes the base requirements.
+if [ ! -f "$stamp" ] && [ ! -f "$VENV/.installed-$hash-1" ]; then
   [ -x "$PY" ] || { say "creating virtualenv in .venv"; python3 -m venv "$VENV"; }
   say "installing Python requirements from $reqs (the first time compiles llama-cpp-python: 5-10 min)"
   # Portable flags: -march=native crashed in the AMX matmul on this kind of CPU.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 from functools import cache
 
 import redis
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
@@ -28,13 +30,48 @@ def report(engine_id: str, rep: CallReport) -> None:
     pipe.execute()
 
 
-def notify_browser(rep: CallReport) -> None:
-    """Live call status for the task page; the engine stores the authoritative trace event."""
+class _Loop:
+    """One event loop thread per worker process (prefork children start their own), so a
+    notification costs the tool no loop setup and never waits for Redis."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.order = asyncio.Lock()  # FIFO: a call's reports reach the browser in order
+        threading.Thread(target=self.loop.run_forever, name="browser-notify", daemon=True).start()
+
+
+_loop: _Loop | None = None
+
+
+def _notify_loop() -> _Loop:
+    global _loop
+    if _loop is None or _loop.pid != os.getpid():
+        _loop = _Loop()
+    return _loop
+
+
+async def _send(rep: CallReport, order: asyncio.Lock) -> None:
     try:
-        async_to_sync(get_channel_layer().group_send)(
-            trace_group(rep.task_id),
-            {"type": "call.report", "report": {"call_id": rep.call_id, "phase": rep.phase, "worker": rep.worker,
-                                               "ok": rep.ok, "at": rep.at}},
-        )
+        async with order:
+            await get_channel_layer().group_send(
+                trace_group(rep.task_id),
+                {
+                    "type": "call.report",
+                    "report": {
+                        "call_id": rep.call_id,
+                        "phase": rep.phase,
+                        "worker": rep.worker,
+                        "ok": rep.ok,
+                        "at": rep.at,
+                    },
+                },
+            )
     except Exception:  # the browser view is best effort; the engine already has the report
         log.exception("could not notify the browser about call %s", rep.call_id)
+
+
+def notify_browser(rep: CallReport) -> None:
+    """Live call status for the task page (fire and forget); the engine stores the trace event."""
+    target = _notify_loop()
+    asyncio.run_coroutine_threadsafe(_send(rep, target.order), target.loop)

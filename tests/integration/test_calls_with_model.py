@@ -107,6 +107,7 @@ def test_two_tasks_decode_interleaved_while_a_third_is_parked(engine, alice):
         tokens = TraceEvent.objects.filter(task=task, kind="token")
         times = [task.started_at.timestamp() + e.t_ms / 1000 for e in tokens]
         windows.append((min(times), max(times)))
-        assert park_at - 0.5 < min(times) and max(times) < resume_at + 0.5  # decoded while it was parked
+        while_parked = [t for t in times if park_at <= t <= resume_at]
+        assert len(while_parked) >= 5  # they decoded while it was parked
     (a0, a1), (b0, b1) = windows
     assert a0 < b1 and b0 < a1  # interleaved, not one after the other

@@ -19,6 +19,7 @@ class Tool(models.Model):
     class Kind(models.TextChoices):
         SIMULATED = "simulated"
         PYTHON = "python"
+        HTTP = "http"
 
     pack = models.ForeignKey(ToolPack, on_delete=models.CASCADE, related_name="tools")
     name = models.CharField(max_length=200, help_text="dotted names are allowed, e.g. e1.cd")

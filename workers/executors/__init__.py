@@ -1,10 +1,13 @@
 """One executor per tool kind. Nothing typed into the registry is ever executed as code."""
 
 from workers.executors.base import Executor, ToolError
+from workers.executors.http import HttpExecutor
 from workers.executors.python import PythonExecutor
 from workers.executors.simulated import SimulatedExecutor
 
-EXECUTORS: dict[str, Executor] = {"simulated": SimulatedExecutor(), "python": PythonExecutor()}
+EXECUTORS: dict[str, Executor] = {
+    "simulated": SimulatedExecutor(), "python": PythonExecutor(), "http": HttpExecutor(),
+}
 
 
 def executor_for(kind: str) -> Executor:

@@ -1,0 +1,153 @@
+"""`make bench-tools`: zero-latency simulated calls through real Celery workers; calls/s and
+latency from enqueue to the result arriving on the engine's stream, with nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import redis
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from engine import health
+from engine.keys import results_stream
+from engine.messages import CallReport, CallRequest
+from engine.tools import ToolSpec
+from webapp.celery import app
+
+ZERO = ToolSpec(
+    "noop",
+    "returns at once",
+    {"type": "object", "properties": {"i": {"type": "integer"}}},
+    est_latency_ms=0,
+    timeout_s=10,
+    kind="simulated",
+    config={"latency_ms": {"dist": "fixed", "value": 0}, "returns": {"i": "arg:i"}},
+)
+
+
+class Command(BaseCommand):
+    help = __doc__
+
+    def add_arguments(self, parser):
+        parser.add_argument("--calls", type=int, default=3000)
+        parser.add_argument("--workers", type=int, default=2, help="worker processes (prefork concurrency)")
+        parser.add_argument("--out", default=str(settings.VAR_DIR / "bench" / "tools.json"))
+
+    def handle(self, *args, calls, workers, out, **options):
+        url = settings.REDIS_URL.rsplit("/", 1)[0] + "/12"  # its own database: no service sees these
+        r = redis.Redis.from_url(url)
+        try:
+            r.ping()
+        except redis.RedisError as exc:
+            raise CommandError(f"Redis is not reachable at {url}: {exc}") from exc
+        r.flushdb()
+        env = {**os.environ, "REDIS_URL": url, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}
+        log = settings.VAR_DIR / "bench" / "tools-worker.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "webapp",
+                "worker",
+                "-Q",
+                "tools",
+                "--concurrency",
+                str(workers),
+                "-n",
+                f"bench-tools-{os.getpid()}@%h",
+                "--loglevel",
+                "WARNING",
+            ],
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not health.alive(r, "worker"):
+                if time.monotonic() > deadline or worker.poll() is not None:
+                    raise CommandError(f"the worker did not start; see {log}")
+                time.sleep(0.2)
+            result = self.run_calls(r, url, calls)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        result["workers"] = workers
+        result["params"] = {
+            "machine": platform.node(),
+            "cpu_count": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "tool": "simulated, 0 ms",
+        }
+        Path(out).write_text(json.dumps(result, indent=2))
+        self.stdout.write(json.dumps(result, indent=2))
+        self.stdout.write(self.style.SUCCESS(f"saved {out}"))
+
+    def run_calls(self, r: redis.Redis, url: str, calls: int) -> dict:
+        engine_id = "bench-tools"
+        sent: dict[str, float] = {}
+        arrived: dict[str, float] = {}
+        done = threading.Event()
+
+        def read() -> None:
+            last = "0"
+            while not done.is_set():
+                for _, entries in r.xread({results_stream(engine_id): last}, count=500, block=200) or []:
+                    now = time.time()
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        rep = CallReport.from_json(fields[b"r"])
+                        if rep.phase == "finished" and rep.ok:
+                            arrived.setdefault(rep.call_id, now)
+                if len(arrived) >= calls:
+                    done.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        start = time.time()
+        with (
+            app.connection_for_write(url) as connection,
+            app.producer_or_acquire(app.amqp.Producer(connection)) as producer,
+        ):
+            for i in range(calls):
+                call_id = f"c{i}"
+                sent[call_id] = time.time()
+                request = CallRequest(1, call_id, engine_id, ZERO.to_dict(), {"i": i}, sent[call_id])
+                app.send_task(
+                    "workers.tasks.run_tool",
+                    args=[request.to_dict()],
+                    queue="tools",
+                    producer=producer,
+                    soft_time_limit=10,
+                    time_limit=11,
+                )
+        self.stdout.write(f"enqueued {calls} calls in {time.time() - start:.2f} s; waiting for results")
+        done.wait(timeout=120)
+        done.set()
+        reader.join(2)
+        latencies = [(arrived[c] - sent[c]) * 1000 for c in arrived]
+        elapsed = max(arrived.values()) - start if arrived else float("inf")
+        return {
+            "calls": calls,
+            "delivered": len(arrived),
+            "lost": calls - len(arrived),
+            "calls_per_s": round(len(arrived) / elapsed, 1),
+            "latency_ms": {
+                "p50": round(float(np.percentile(latencies, 50)), 2),
+                "p99": round(float(np.percentile(latencies, 99)), 2),
+            }
+            if latencies
+            else None,
+        }
