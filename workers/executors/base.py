@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +17,13 @@ class CallContext:
     call_id: str
 
 
-class Executor:
+class Executor(ABC):
+    """One per tool kind. `run` returns a JSON-serialisable value or raises ToolError."""
+
     kind = ""
 
-    def check_config(self, config: dict[str, Any]) -> None:
+    def check_config(self, config: dict[str, Any]) -> None:  # noqa: B027 - most kinds accept any config
         """Raise ToolError when a tool's configuration is unusable for this kind."""
 
-    def run(self, tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def run(self, tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any: ...
