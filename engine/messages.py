@@ -124,7 +124,8 @@ class CallReport:
     at: float  # unix seconds
     ok: bool = True
     result: Any = None  # JSON value when ok
-    error: str = ""
+    error: str = ""  # short message for the model; the traceback stays in the worker log
+    error_type: str = ""  # timeout, invalid_arguments, tool_error, not_json, too_large, exception
     version: int = VERSION
 
     def to_json(self) -> str:

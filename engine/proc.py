@@ -161,7 +161,8 @@ class EngineProcess:
             except Exception as exc:  # broker down: the model sees an error instead of waiting forever
                 log.exception("could not dispatch call %s of task %s", request.call_id, request.task_id)
                 for event in self.scheduler.deliver(request.task_id, request.call_id, ok=False,
-                                                    error=f"could not dispatch the call: {exc}"):
+                                                    error=f"could not dispatch the call: {exc}",
+                                                    error_type="dispatch"):
                     self.handle(event)
 
     def take_results(self) -> bool:
@@ -182,7 +183,7 @@ class EngineProcess:
             self.handle(event)
             if rep.phase == "finished":
                 for ev in self.scheduler.deliver(rep.task_id, rep.call_id, ok=rep.ok, value=rep.result,
-                                                 error=rep.error):
+                                                 error=rep.error, error_type=rep.error_type or "error"):
                     self.handle(ev)
             self.dispatch()  # results can release calls that were waiting on them
         return bool(reports)

@@ -216,7 +216,9 @@ class Scheduler:
             return []
         return self._finish(run, Status.CANCELLED, reason)
 
-    def deliver(self, task_id: int, call_id: str, *, ok: bool, value: Any = None, error: str = "") -> list[TraceEvent]:
+    def deliver(
+        self, task_id: int, call_id: str, *, ok: bool, value: Any = None, error: str = "", error_type: str = "error"
+    ) -> list[TraceEvent]:
         """A call's result or error arrived. Exactly one interrupt per call: repeats are dropped."""
         run = self._runs.get(task_id)
         if run is None:
@@ -224,7 +226,7 @@ class Scheduler:
         call = run.calls.get(call_id)
         if call is None or call.status in (CallStatus.DONE, CallStatus.ERROR):
             return [self._event(run, "late_result", {"call_id": call_id, "ok": ok})]
-        return self._resolve(run, call, ok, value, error)
+        return self._resolve(run, call, ok, value, error, error_type)
 
     def expire(self) -> list[TraceEvent]:
         """Time out calls past their deadline and tasks past their wall-time budget."""
@@ -242,7 +244,7 @@ class Scheduler:
             for call in list(run.calls.values()):
                 if call.status is CallStatus.DISPATCHED and call.deadline is not None and now > call.deadline:
                     events += self._resolve(
-                        run, call, False, None, f"no result within the {call.tool.timeout_s:g} s timeout"
+                        run, call, False, None, f"no result within the {call.tool.timeout_s:g} s timeout", "timeout"
                     )
         return events
 
@@ -395,7 +397,7 @@ class Scheduler:
                 events += self._on_trap(run)
             elif isinstance(item, Malformed):
                 events.append(self._event(run, "malformed", {"raw": item.raw[-500:], "reason": item.reason}))
-                events += self._queue(run, "error", compact({"error": item.reason}))
+                events += self._queue(run, "error", error_payload("malformed", item.reason))
         return events
 
     def _call_problem(self, run: TaskRun, item: CallComplete) -> str:
@@ -436,7 +438,7 @@ class Scheduler:
                     {"call_id": item.call_id, "name": item.name, "error": problem, "raw": item.raw[-500:]},
                 )
             ]
-            return events + self._queue(run, item.call_id, compact({"error": problem}))
+            return events + self._queue(run, item.call_id, error_payload("invalid_call", problem))
         deps = set(item.futures)
         call = Call(item.call_id, tool, args, deps, position)
         run.calls[item.call_id] = call
@@ -491,7 +493,7 @@ class Scheduler:
         unresolved = [d for d in call.deps if run.calls[d].status is not CallStatus.DONE]
         failed = [d for d in call.deps if run.calls[d].status is CallStatus.ERROR]
         if failed:
-            return self._resolve(run, call, False, None, f"depends on failed call {failed[0]}")
+            return self._resolve(run, call, False, None, f"depends on failed call {failed[0]}", "dependency_failed")
         if unresolved:
             call.status = CallStatus.WAITING_DEPS
             return [self._event(run, "call_waiting", {"call_id": call.call_id, "on": sorted(unresolved)})]
@@ -500,7 +502,7 @@ class Scheduler:
             try:
                 call.tool.validate(args)
             except ValueError as exc:
-                return self._resolve(run, call, False, None, str(exc))
+                return self._resolve(run, call, False, None, str(exc), "invalid_arguments")
         call.args = args
         call.status = CallStatus.DISPATCHED
         call.deadline = self._clock() + call.tool.timeout_s + CALL_GRACE_S
@@ -515,10 +517,12 @@ class Scheduler:
             )
         ]
 
-    def _resolve(self, run: TaskRun, call: Call, ok: bool, value: Any, error: str) -> list[TraceEvent]:
+    def _resolve(
+        self, run: TaskRun, call: Call, ok: bool, value: Any, error: str, error_type: str = "error"
+    ) -> list[TraceEvent]:
         call.status = CallStatus.DONE if ok else CallStatus.ERROR
         call.value = value if ok else None
-        payload = compact(value) if ok else compact({"error": error})
+        payload = compact(value) if ok else error_payload(error_type, error)
         limit = run.sub.budgets.max_result_chars
         events: list[TraceEvent] = []
         if len(payload) > limit:
@@ -528,7 +532,17 @@ class Scheduler:
             payload = payload[:limit] + f"…[truncated {len(payload) - limit} chars]"
         # `injected` is exactly what the model will see (after truncation), never the raw result.
         events.append(
-            self._event(run, "call_result", {"call_id": call.call_id, "ok": ok, "error": error, "injected": payload})
+            self._event(
+                run,
+                "call_result",
+                {
+                    "call_id": call.call_id,
+                    "ok": ok,
+                    "error": error,
+                    "error_type": "" if ok else error_type,
+                    "injected": payload,
+                },
+            )
         )
         events += self._queue(run, call.call_id, payload)
         # Dependent calls start now, with this value substituted: no round trip through the model.
@@ -620,6 +634,11 @@ class Scheduler:
         if run.task_id in self._ready:
             self._ready.remove(run.task_id)
         return [event]
+
+
+def error_payload(kind: str, message: str) -> str:
+    """What the model sees for a failed call: short and structured, never a traceback."""
+    return compact({"error": {"type": kind, "message": message[:500]}})
 
 
 def _placeholder(tool: ToolSpec, name: str) -> Any:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
+from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -13,9 +15,13 @@ from django.conf import settings
 
 from engine.messages import CallReport, CallRequest
 from engine.tools import ToolSpec
-from workers.executors import ToolError, executor_for
+from workers.executors import ToolError, TransientToolError, executor_for
 from workers.executors.base import CallContext
 from workers.reporting import notify_browser, report
+
+log = logging.getLogger(__name__)
+
+MAX_TRANSIENT_RETRIES = 2
 
 
 @shared_task(name="workers.tasks.ping")
@@ -28,33 +34,60 @@ def _worker_name(task) -> str:  # noqa: ANN001
     return f"{task.request.hostname or socket.gethostname()}/{os.getpid()}"
 
 
+class CallFailed(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def execute(tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any:
+    """Validate, run and check one call; every failure becomes CallFailed(kind, short message)."""
+    try:
+        tool.validate(args)
+    except ValueError as exc:
+        raise CallFailed("invalid_arguments", str(exc)) from None  # never executed
+    try:
+        value = executor_for(tool.kind).run(tool, args, ctx)
+    except SoftTimeLimitExceeded:
+        raise CallFailed("timeout", f"timed out after {tool.timeout_s:g} s") from None
+    except TransientToolError:
+        raise
+    except ToolError as exc:
+        raise CallFailed(exc.kind, str(exc)) from None
+    except Exception as exc:  # the tool raised: short message for the model, traceback for the log
+        log.exception("tool %s raised (task %s, call %s)", tool.name, ctx.task_id, ctx.call_id)
+        raise CallFailed("exception", f"{type(exc).__name__}: {exc}") from None
+    try:
+        encoded = json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise CallFailed("not_json", f"result is not JSON-serialisable: {exc}") from None
+    if len(encoded) > settings.ASYNCLM_WORKER_MAX_RESULT_BYTES:
+        raise CallFailed("too_large",
+                         f"result too large: {len(encoded)} bytes (limit {settings.ASYNCLM_WORKER_MAX_RESULT_BYTES})")
+    return value
+
+
 @shared_task(name="workers.tasks.run_tool", bind=True, acks_late=True, ignore_result=True)
 def run_tool(self, request: dict) -> None:
     """Run one tool call and report its start and its result (or a structured error)."""
     req = CallRequest(**request)
     worker = _worker_name(self)
-    started = CallReport(req.task_id, req.call_id, "started", worker, time.time())
-    report(req.engine_id, started)
-    notify_browser(started)
+    if self.request.retries == 0:
+        started = CallReport(req.task_id, req.call_id, "started", worker, time.time())
+        report(req.engine_id, started)
+        notify_browser(started)
     tool = ToolSpec.from_dict(req.tool)
-    ok, value, error = True, None, ""
+    ok, value, error, kind = True, None, "", ""
     try:
-        value = executor_for(tool.kind).run(tool, req.args, CallContext(req.task_id, req.call_id))
-        encoded = json.dumps(value)
-        if len(encoded) > settings.ASYNCLM_WORKER_MAX_RESULT_BYTES:
-            ok, value, error = False, None, (
-                f"result too large: {len(encoded)} bytes (limit {settings.ASYNCLM_WORKER_MAX_RESULT_BYTES})")
-    except SoftTimeLimitExceeded:
-        ok, value, error = False, None, f"timed out after {tool.timeout_s:g} s"
-    except ToolError as exc:
-        ok, value, error = False, None, str(exc)
-    except (TypeError, ValueError) as exc:
-        if value is not None and "JSON serializable" in str(exc):
-            ok, value, error = False, None, f"result is not JSON-serialisable: {exc}"
-        else:
-            ok, value, error = False, None, f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # the tool raised: the model sees it as an error interrupt
-        ok, value, error = False, None, f"{type(exc).__name__}: {exc}"
-    finished = CallReport(req.task_id, req.call_id, "finished", worker, time.time(), ok=ok, result=value, error=error)
+        value = execute(tool, req.args, CallContext(req.task_id, req.call_id))
+    except TransientToolError as exc:
+        if self.request.retries < MAX_TRANSIENT_RETRIES:
+            # Only failures marked transient are retried; the engine's deadline still bounds the wait.
+            raise self.retry(countdown=0.2 * 2**self.request.retries, max_retries=MAX_TRANSIENT_RETRIES) from exc
+        ok, error, kind = False, f"{exc} (after {MAX_TRANSIENT_RETRIES} retries)", exc.kind
+    except CallFailed as exc:
+        ok, error, kind = False, str(exc), exc.kind
+    finished = CallReport(req.task_id, req.call_id, "finished", worker, time.time(), ok=ok, result=value,
+                          error=error, error_type=kind)
     report(req.engine_id, finished)
     notify_browser(finished)

@@ -205,6 +205,8 @@ def test_a_call_that_never_answers_times_out_once_and_late_results_are_dropped()
     events = scheduler.expire()
     assert any(e.kind == "call_result" and "no result within the 1 s timeout" in e.payload["error"] for e in events)
     events += run_until_idle(scheduler)
+    injected = next(e for e in events if e.kind == "interrupt_injected")
+    assert '{"error":{"type":"timeout","message":"no result within the 1 s timeout"}}' in injected.payload["text"]
     assert scheduler.run(1) is None  # finished after seeing the error
     assert scheduler.deliver(1, "a", ok=True, value=1) == []
 

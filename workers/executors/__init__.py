@@ -1,6 +1,6 @@
 """One executor per tool kind. Nothing typed into the registry is ever executed as code."""
 
-from workers.executors.base import Executor, ToolError
+from workers.executors.base import Executor, ToolError, TransientToolError
 from workers.executors.http import HttpExecutor
 from workers.executors.python import PythonExecutor
 from workers.executors.simulated import SimulatedExecutor
@@ -17,4 +17,4 @@ def executor_for(kind: str) -> Executor:
         raise ToolError(f"no executor for tool kind {kind!r}") from None
 
 
-__all__ = ["EXECUTORS", "Executor", "ToolError", "executor_for"]
+__all__ = ["EXECUTORS", "Executor", "ToolError", "TransientToolError", "executor_for"]

@@ -8,7 +8,15 @@ from engine.tools import ToolSpec
 
 
 class ToolError(Exception):
-    """A failure the model should see as an error interrupt (bad config, tool raised, ...)."""
+    """A failure the model should see as an error interrupt (bad config, refused host, ...)."""
+
+    kind = "tool_error"
+
+
+class TransientToolError(ToolError):
+    """A failure worth retrying (connection refused, 5xx): the worker retries before reporting."""
+
+    kind = "transient"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from django.conf import settings
 
 from engine.tools import ToolSpec
-from workers.executors.base import CallContext, Executor, ToolError
+from workers.executors.base import CallContext, Executor, ToolError, TransientToolError
 
 
 def checked_url(url: str) -> str:
@@ -49,10 +49,11 @@ class HttpExecutor(Executor):
             with opener.open(request, timeout=tool.timeout_s) as response:
                 body = response.read(cap + 1)
         except urllib.error.HTTPError as exc:
-            raise ToolError(f"HTTP {exc.code} from {urlparse(url).hostname}") from None
+            error = TransientToolError if exc.code >= 500 or exc.code == 429 else ToolError
+            raise error(f"HTTP {exc.code} from {urlparse(url).hostname}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ToolError(f"request to {urlparse(url).hostname} failed: {reason}") from None
+            raise TransientToolError(f"request to {urlparse(url).hostname} failed: {reason}") from None
         if len(body) > cap:
             raise ToolError(f"response larger than {cap} bytes")
         try:

@@ -13,7 +13,7 @@ from typing import Any
 from engine.tools import ToolSpec
 from workers.executors.base import CallContext, Executor, ToolError
 
-DISTS = ("fixed", "uniform", "lognormal")
+DISTS = ("fixed", "uniform", "normal", "lognormal")
 
 
 def draw_latency_ms(spec: dict[str, Any], rng: random.Random) -> float:
@@ -22,6 +22,8 @@ def draw_latency_ms(spec: dict[str, Any], rng: random.Random) -> float:
         value = float(spec.get("value", 100))
     elif dist == "uniform":
         value = rng.uniform(float(spec["low"]), float(spec["high"]))
+    elif dist == "normal":
+        value = rng.gauss(float(spec["mean"]), float(spec["sd"]))
     elif dist == "lognormal":
         # Parameterised by its mean, so "mean 110 ms" is written as it is said.
         sigma = float(spec.get("sigma", 0.8))
