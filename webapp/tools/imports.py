@@ -46,7 +46,8 @@ def import_pack(pack_name: str, tools: list[dict[str, Any]], *, description: str
     report = ImportReport(pack_name)
     names = [t["name"] for t in tools]
     if len(set(names)) != len(names):
-        raise ToolImportError(f"duplicate tool names in {pack_name}: {sorted({n for n in names if names.count(n) > 1})}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ToolImportError(f"duplicate tool names in {pack_name}: {repeated}")
     for spec in tools:
         fields = {**(defaults or {}), **{k: v for k, v in spec.items() if k != "name"}}
         tool = Tool.objects.filter(pack=pack, name=spec["name"]).first() or Tool(pack=pack, name=spec["name"])
