@@ -1,0 +1,63 @@
+"""Exactly one interrupt per call, whatever the execution side does: a worker process killed
+mid-call is redelivered, and a duplicate report is dropped. The engine runs the real model; the
+tokens it emits are forced from a script so the calls happen regardless of what it would write."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from engine.intake import Intake
+from engine.keys import results_stream
+from engine.messages import Budgets, CallReport, TaskSubmission
+from engine.tools import ToolSpec
+from tests.integration.test_engine_process import wait_for
+from webapp.runs.models import Task, TraceEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SLEEP = ToolSpec("sleep", "sleeps", {"type": "object", "properties": {"seconds": {"type": "number"}}},
+                 timeout_s=8.0, kind="python", config={"entry_point": "workers.toolbox:sleep"})
+FILLER = " and the model keeps writing while the call runs" * 30
+
+
+def forced_task(user, redis_client, script: str) -> Task:
+    task = Task.objects.create(owner=user, prompt="(forced)", model="smollm2-135m", max_tokens=2000,
+                               tools=[SLEEP.to_dict()])
+    Intake(redis_client).submit(TaskSubmission(task.pk, task.model, task.prompt, 2000, time.time(),
+                                               tools=[SLEEP.to_dict()], budgets=Budgets(),
+                                               forced_text=script))
+    return task
+
+
+def kinds(task, kind, call_id="s1"):
+    return [e for e in TraceEvent.objects.filter(task=task, kind=kind).order_by("seq")
+            if e.payload.get("call_id") == call_id or call_id in e.payload.get("calls", [])]
+
+
+def test_a_call_whose_worker_process_is_killed_is_redelivered_once(start_engine, celery_worker_proc, alice,
+                                                                   redis_client):
+    engine = start_engine("engine-redelivery")
+    task = forced_task(alice, redis_client, "[CALL] s1 [HEAD] sleep(seconds=1.5) [END]" + FILLER + FILLER)
+    wait_for(lambda: kinds(task, "call_started"), 60, "the call to start")
+    worker_pid = int(kinds(task, "call_started")[0].payload["worker"].rsplit("/", 1)[1])
+    os.kill(worker_pid, signal.SIGKILL)  # the pool child running the call, not the whole worker
+    wait_for(lambda: Task.objects.get(pk=task.pk).is_final, 90, "the task to end")
+    assert len(kinds(task, "call_started")) == 2, engine.output()  # redelivered to a new child
+    (result,) = kinds(task, "call_result")
+    assert result.payload["ok"], result.payload
+    assert len(kinds(task, "interrupt_injected")) == 1
+
+
+def test_a_duplicate_report_gives_one_interrupt(start_engine, celery_worker_proc, alice, redis_client):
+    start_engine("engine-duplicates")
+    task = forced_task(alice, redis_client, "[CALL] s1 [HEAD] sleep(seconds=0.2) [END]" + FILLER + FILLER)
+    wait_for(lambda: kinds(task, "interrupt_injected"), 60, "the first injection")
+    finished = kinds(task, "call_finished")[0].payload
+    duplicate = CallReport(task.pk, "s1", "finished", finished["worker"], time.time(), ok=True, result={"again": 1})
+    redis_client.xadd(results_stream("engine-duplicates"), {"r": duplicate.to_json()})
+    wait_for(lambda: Task.objects.get(pk=task.pk).is_final, 90, "the task to end")
+    assert len(kinds(task, "late_result")) == 1
+    assert len(kinds(task, "interrupt_injected")) == 1
+    assert "again" not in Task.objects.get(pk=task.pk).final_text
