@@ -142,3 +142,28 @@ class CallReport:
             if isinstance(exc, MessageError):
                 raise
             raise MessageError(f"malformed CallReport: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Control:
+    """Web -> the engine holding a task, on that engine's result stream (field "c")."""
+
+    task_id: int
+    action: str  # "cancel"
+    reason: str = ""
+    version: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Control:
+        try:
+            data = json.loads(raw)
+            if data.get("version") != VERSION:
+                raise MessageError(f"unsupported Control version {data.get('version')!r}")
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, MessageError):
+                raise
+            raise MessageError(f"malformed Control: {exc}") from exc

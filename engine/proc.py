@@ -15,7 +15,7 @@ import redis
 from engine import health
 from engine.intake import Claimed, Intake
 from engine.keys import results_stream
-from engine.messages import CallReport, CallRequest, MessageError, TraceEvent
+from engine.messages import CallReport, CallRequest, Control, MessageError, TraceEvent
 from engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ class TaskStore(Protocol):
 class Dispatcher(Protocol):
     def dispatch(self, request: CallRequest) -> None:
         """Send a call to the execution side (Celery queue `tools`)."""
+
+    def revoke(self, task_id: int, call_ids: list[str]) -> None:
+        """Drop calls of a cancelled task that no worker has started yet."""
 
 
 class Publisher(Protocol):
@@ -68,7 +71,7 @@ class ResultReader:
         self.r = client
         self.key = results_stream(engine_id)
         self.wake = wake
-        self.inbox: queue.SimpleQueue[tuple[CallReport, float]] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[CallReport | Control, float]] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="result-reader", daemon=True)
         self._thread.start()
@@ -86,13 +89,16 @@ class ResultReader:
                 for entry_id, fields in entries:
                     last = entry_id
                     try:
-                        self.inbox.put((CallReport.from_json(fields[b"r"]), time.time()))
+                        if b"c" in fields:
+                            self.inbox.put((Control.from_json(fields[b"c"]), time.time()))
+                        else:
+                            self.inbox.put((CallReport.from_json(fields[b"r"]), time.time()))
                     except (MessageError, KeyError) as exc:
-                        log.error("dropping undecodable call report %s: %s", entry_id, exc)
+                        log.error("dropping undecodable message %s: %s", entry_id, exc)
                     self.r.xdel(self.key, entry_id)
                 self.wake.set()
 
-    def drain(self) -> list[tuple[CallReport, float]]:
+    def drain(self) -> list[tuple[CallReport | Control, float]]:
         """Reports with the wall time they reached this process."""
         out = []
         while True:
@@ -165,10 +171,23 @@ class EngineProcess:
                                                     error_type="dispatch"):
                     self.handle(event)
 
+    def control(self, message: Control) -> None:
+        if message.action != "cancel":
+            log.error("unknown control action %r for task %s", message.action, message.task_id)
+            return
+        for event in self.scheduler.cancel(message.task_id, message.reason or "cancelled"):
+            pending = event.payload.get("pending_calls", [])
+            if pending:
+                self.dispatcher.revoke(message.task_id, pending)
+            self.handle(event)
+
     def take_results(self) -> bool:
         reports = self.results.drain()
         picked = time.time()
         for rep, received in reports:
+            if isinstance(rep, Control):
+                self.control(rep)
+                continue
             kind = "call_started" if rep.phase == "started" else "call_finished"
             t_ms = self.scheduler.t_ms
             event = self.scheduler.event(rep.task_id, kind, {

@@ -121,6 +121,8 @@
       liveEl.textContent = "finished (" + p.finish_reason + ")";
       const warning = document.getElementById("engine-warning");
       if (warning) warning.remove();
+      const cancel = document.getElementById("cancel-form");
+      if (cancel) cancel.remove();
     }
   }
 

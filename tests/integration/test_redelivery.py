@@ -61,3 +61,45 @@ def test_a_duplicate_report_gives_one_interrupt(start_engine, celery_worker_proc
     assert len(kinds(task, "late_result")) == 1
     assert len(kinds(task, "interrupt_injected")) == 1
     assert "again" not in Task.objects.get(pk=task.pk).final_text
+
+
+def test_cancelling_a_running_task_stops_it_and_revokes_its_queued_calls(start_engine, celery_worker_proc, alice,
+                                                                       redis_client, client):
+    from django.urls import reverse
+
+    start_engine("engine-cancel")
+    # Two slow calls on a 2-process worker, then a third that can only wait in the queue.
+    script = ("[CALL] s1 [HEAD] sleep(seconds=4) [END][CALL] s2 [HEAD] sleep(seconds=4) [END]"
+              "[CALL] s3 [HEAD] sleep(seconds=0.1) [END]" + FILLER * 4)
+    task = forced_task(alice, redis_client, script)
+    wait_for(lambda: kinds(task, "call_dispatched", "s3"), 60, "the third call to be dispatched")
+    client.force_login(alice)
+    response = client.post(reverse("task_cancel", args=[task.pk]), follow=True)
+    assert "cancel requested" in response.content.decode()
+    wait_for(lambda: Task.objects.get(pk=task.pk).is_final, 30, "the task to stop")
+    task.refresh_from_db()
+    assert task.status == "cancelled" and task.status_reason == "cancelled by the user"
+    finish = TraceEvent.objects.get(task=task, kind="finish").payload
+    assert "s3" in finish["pending_calls"]
+    time.sleep(6)  # s1 and s2 finish on the worker; s3 was revoked and never starts
+    assert not kinds(task, "call_started", "s3")
+    assert TraceEvent.objects.filter(task=task).order_by("-seq").first().kind == "finish"  # late results dropped
+
+
+def test_cancelling_a_queued_task_needs_no_engine(alice, client, redis_client):
+    from django.urls import reverse
+
+    task = Task.objects.create(owner=alice, prompt="p", model="smollm2-135m")
+    client.force_login(alice)
+    client.post(reverse("task_cancel", args=[task.pk]))
+    task.refresh_from_db()
+    assert task.status == "cancelled"
+
+
+def test_another_user_cannot_cancel(alice, bob, client, redis_client):
+    from django.urls import reverse
+
+    task = Task.objects.create(owner=alice, prompt="p", model="smollm2-135m")
+    client.force_login(bob)
+    assert client.post(reverse("task_cancel", args=[task.pk])).status_code == 404
+    assert Task.objects.get(pk=task.pk).status == "queued"

@@ -4,9 +4,20 @@ from engine.messages import CallRequest
 from webapp.celery import app
 
 
+def celery_task_id(task_id: int, call_id: str) -> str:
+    """Deterministic, so a call can be revoked by (task, call id) alone."""
+    return f"asynclm-{task_id}-{call_id}"
+
+
 class CeleryDispatcher:
     def dispatch(self, request: CallRequest) -> None:
         timeout = float(request.tool.get("timeout_s", 10.0))
         # Soft limit first so the tool's error is reported; the hard limit kills a stuck child.
         app.send_task("workers.tasks.run_tool", args=[request.to_dict()], queue="tools",
+                      task_id=celery_task_id(request.task_id, request.call_id),
                       soft_time_limit=timeout, time_limit=timeout + 1)
+
+    def revoke(self, task_id: int, call_ids: list[str]) -> None:
+        # Queued calls are discarded by the workers; running ones finish and their late results
+        # are dropped by the engine (the task is over).
+        app.control.revoke([celery_task_id(task_id, c) for c in call_ids])

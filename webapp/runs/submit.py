@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import redis
 from django.conf import settings
+from django.utils import timezone
 
 from engine.intake import Intake
-from engine.messages import Budgets, Sampling, TaskSubmission
+from engine.keys import results_stream
+from engine.messages import Budgets, Control, Sampling, TaskSubmission
 from webapp.core.redis import ServiceUnavailable, client
 from webapp.runs.models import Task
 
@@ -45,3 +47,22 @@ def submit_task(owner, **fields) -> Task:  # noqa: ANN001
         task.refresh_from_db()
         raise ServiceUnavailable(reason) from exc
     return task
+
+
+def cancel_task(task: Task, reason: str = "cancelled by the user") -> str:
+    """Cancel a task; returns what happened. A queued task is cancelled here; a running one is
+    cancelled by its engine (which revokes its queued calls) on a control message."""
+    if task.is_final:
+        return f"the task had already {task.status}"
+    if Task.objects.filter(pk=task.pk, status=Task.Status.QUEUED).update(
+            status=Task.Status.CANCELLED, status_reason=reason, finished_at=timezone.now()):
+        return "cancelled before it started"
+    task.refresh_from_db()
+    if task.is_final:
+        return f"the task had already {task.status}"
+    try:
+        client().xadd(results_stream(task.engine_id), {"c": Control(task.pk, "cancel", reason).to_json()})
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"Could not reach the engine: Redis at {settings.REDIS_URL} is not reachable "
+                                 f"({exc}).") from exc
+    return "cancel requested; the engine stops the task at its next step"

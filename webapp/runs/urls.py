@@ -5,4 +5,5 @@ from webapp.runs import views
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("tasks/<int:pk>/", views.task_detail, name="task_detail"),
+    path("tasks/<int:pk>/cancel/", views.task_cancel, name="task_cancel"),
 ]

@@ -1,11 +1,13 @@
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from webapp.core.redis import ServiceUnavailable, read_health
 from webapp.runs.forms import TaskForm
 from webapp.runs.models import Task
-from webapp.runs.submit import submit_task, task_fields
+from webapp.runs.submit import cancel_task, submit_task, task_fields
 
 
 @login_required
@@ -40,3 +42,14 @@ def task_detail(request, pk: int):
                        "be marked failed when an engine starts again.")
     return render(request, "runs/task_detail.html",
                   {"task": task, "engine_warning": warning, "calls": task.calls.all()})
+
+
+@login_required
+@require_POST
+def task_cancel(request, pk: int):
+    task = get_object_or_404(Task, pk=pk, owner=request.user)
+    try:
+        messages.info(request, f"Task {task.pk}: {cancel_task(task)}.")
+    except ServiceUnavailable as exc:
+        messages.error(request, str(exc))
+    return redirect("task_detail", pk=task.pk)
