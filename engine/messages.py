@@ -13,6 +13,32 @@ class MessageError(ValueError):
     """A message that cannot be decoded: wrong version, missing or mistyped fields."""
 
 
+class JsonMessage:
+    """Versioned JSON on the wire. Subclasses are dataclasses; `_build` turns the decoded dict
+    into an instance (nested dataclasses included)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))  # type: ignore[call-overload]
+
+    @classmethod
+    def _build(cls, data: dict[str, Any]) -> Any:
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Any:
+        name = cls.__name__
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("version") != VERSION:
+                version = data.get("version") if isinstance(data, dict) else None
+                raise MessageError(f"unsupported {name} version {version!r}")
+            return cls._build(data)
+        except MessageError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise MessageError(f"malformed {name}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Sampling:
     temperature: float = 0.0  # 0 = greedy
@@ -32,7 +58,7 @@ class Budgets:
 
 
 @dataclass(frozen=True)
-class TaskSubmission:
+class TaskSubmission(JsonMessage):
     """Web -> engine, through the intake stream."""
 
     task_id: int
@@ -50,22 +76,11 @@ class TaskSubmission:
     forced_text: str = ""
     version: int = VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
     @classmethod
-    def from_json(cls, raw: str | bytes) -> TaskSubmission:
-        try:
-            data = json.loads(raw)
-            if data.get("version") != VERSION:
-                raise MessageError(f"unsupported TaskSubmission version {data.get('version')!r}")
-            sampling = Sampling(**data.pop("sampling", {}))
-            budgets = Budgets(**data.pop("budgets", {}))
-            msg = cls(sampling=sampling, budgets=budgets, **data)
-        except (TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, MessageError):
-                raise
-            raise MessageError(f"malformed TaskSubmission: {exc}") from exc
+    def _build(cls, data: dict[str, Any]) -> TaskSubmission:
+        sampling = Sampling(**data.pop("sampling", {}))
+        budgets = Budgets(**data.pop("budgets", {}))
+        msg = cls(sampling=sampling, budgets=budgets, **data)
         if not isinstance(msg.task_id, int) or not isinstance(msg.max_tokens, int):
             raise MessageError("malformed TaskSubmission: task_id and max_tokens must be integers")
         if msg.mode not in MODES:
@@ -86,10 +101,6 @@ class TraceEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TraceEvent:
-        return cls(**data)
 
 
 def trace_group(task_id: int) -> str:
@@ -114,7 +125,7 @@ class CallRequest:
 
 
 @dataclass(frozen=True)
-class CallReport:
+class CallReport(JsonMessage):
     """Celery worker -> engine, through the engine's result stream: a call started or finished."""
 
     task_id: int
@@ -128,42 +139,12 @@ class CallReport:
     error_type: str = ""  # timeout, invalid_arguments, tool_error, not_json, too_large, exception
     version: int = VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> CallReport:
-        try:
-            data = json.loads(raw)
-            if data.get("version") != VERSION:
-                raise MessageError(f"unsupported CallReport version {data.get('version')!r}")
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, MessageError):
-                raise
-            raise MessageError(f"malformed CallReport: {exc}") from exc
-
 
 @dataclass(frozen=True)
-class Control:
+class Control(JsonMessage):
     """Web -> the engine holding a task, on that engine's result stream (field "c")."""
 
     task_id: int
     action: str  # "cancel"
     reason: str = ""
     version: int = VERSION
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> Control:
-        try:
-            data = json.loads(raw)
-            if data.get("version") != VERSION:
-                raise MessageError(f"unsupported Control version {data.get('version')!r}")
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, MessageError):
-                raise
-            raise MessageError(f"malformed Control: {exc}") from exc

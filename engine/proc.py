@@ -141,7 +141,7 @@ class EngineProcess:
             while not self.stopping.is_set():
                 did_work = self.tick()
                 if not did_work:
-                    self.wait_for_intake()
+                    self.idle_wait()
         finally:
             self.shutdown()
 
@@ -229,7 +229,7 @@ class EngineProcess:
             self.take(item)
         return bool(claimed)
 
-    def wait_for_intake(self) -> None:
+    def idle_wait(self) -> None:
         """Idle: sleep until a result arrives or the next intake poll is due (no spinning)."""
         self.wake.wait(self.config.intake_poll_s)
         self.wake.clear()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ROOT, Proc, subprocess_env
+from tests.conftest import Proc, subprocess_env
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # sync Playwright runs an event loop
 
@@ -61,5 +61,3 @@ def page(browser):
     yield page
     context.close()
 
-
-__all__ = ["ROOT"]
