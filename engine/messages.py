@@ -118,6 +118,7 @@ class CallRequest:
     tool: dict[str, Any]  # ToolSpec dict
     args: dict[str, Any]
     dispatched_at: float  # unix seconds
+    order: int = 0  # position among the task's calls in the model's order (stateful tools use it)
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -69,6 +69,8 @@ class Call:
     status: CallStatus = CallStatus.DISPATCHED
     deadline: float | None = None
     value: Any = None
+    order: int = 0  # index among the task's calls, in the model's order
+    after: set[str] = field(default_factory=set)  # earlier call on the same stateful instance
 
 
 @dataclass
@@ -95,6 +97,7 @@ class TaskRun:
     tools: dict[str, ToolSpec] = field(default_factory=dict)
     monitor: Monitor = field(default_factory=Monitor)
     calls: dict[str, Call] = field(default_factory=dict)
+    last_on_instance: dict[str, str] = field(default_factory=dict)  # instance -> its latest call id
     interrupts: list[tuple[str, str]] = field(default_factory=list)  # (call id, payload) to inject
     waiting_for: set[str] = field(default_factory=set)  # BLOCKED until these calls resolve
     at_eos: bool = False
@@ -440,7 +443,13 @@ class Scheduler:
             ]
             return events + self._queue(run, item.call_id, error_payload("invalid_call", problem))
         deps = set(item.futures)
-        call = Call(item.call_id, tool, args, deps, position)
+        call = Call(item.call_id, tool, args, deps, position, order=len(run.calls))
+        if tool.instance:
+            # Calls on one stateful instance run one at a time, in the order the model issued them.
+            previous = run.last_on_instance.get(tool.instance)
+            if previous is not None:
+                call.after = {previous}
+            run.last_on_instance[tool.instance] = call.call_id
         run.calls[item.call_id] = call
         events = [
             self._event(
@@ -494,9 +503,10 @@ class Scheduler:
         failed = [d for d in call.deps if run.calls[d].status is CallStatus.ERROR]
         if failed:
             return self._resolve(run, call, False, None, f"depends on failed call {failed[0]}", "dependency_failed")
-        if unresolved:
+        ahead = [d for d in call.after if run.calls[d].status not in (CallStatus.DONE, CallStatus.ERROR)]
+        if unresolved or ahead:
             call.status = CallStatus.WAITING_DEPS
-            return [self._event(run, "call_waiting", {"call_id": call.call_id, "on": sorted(unresolved)})]
+            return [self._event(run, "call_waiting", {"call_id": call.call_id, "on": sorted(unresolved + ahead)})]
         args = {k: run.calls[v.call_id].value if isinstance(v, Future) else v for k, v in call.args.items()}
         if call.deps:
             try:
@@ -508,7 +518,8 @@ class Scheduler:
         call.deadline = self._clock() + call.tool.timeout_s + CALL_GRACE_S
         self._outbox.append(
             CallRequest(
-                run.task_id, call.call_id, self.engine_id, call.tool.to_dict(), args, dispatched_at=self._wall()
+                run.task_id, call.call_id, self.engine_id, call.tool.to_dict(), args, dispatched_at=self._wall(),
+                order=call.order,
             )
         )
         return [
@@ -547,7 +558,7 @@ class Scheduler:
         events += self._queue(run, call.call_id, payload)
         # Dependent calls start now, with this value substituted: no round trip through the model.
         for other in run.calls.values():
-            if other.status is CallStatus.WAITING_DEPS and call.call_id in other.deps:
+            if other.status is CallStatus.WAITING_DEPS and call.call_id in other.deps | other.after:
                 events += self._dispatch_or_wait(run, other)
         return events
 

@@ -20,6 +20,11 @@ class ToolSpec:
     config: dict[str, Any] = field(default_factory=dict)
     tool_id: int | None = None
 
+    @property
+    def instance(self) -> str | None:
+        """Calls on one instance of a stateful tool run one at a time, in the order issued."""
+        return self.config.get("instance")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -11,6 +11,7 @@ mkdir -p var
 say "applying migrations"
 python manage.py migrate --noinput
 python manage.py ensure_admin
+python manage.py import_bfcl  # idempotent: unchanged packs are skipped in well under a second
 
 procs="web engine worker"
 if redis_answers "$REDIS_URL"; then

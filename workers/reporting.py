@@ -19,12 +19,12 @@ log = logging.getLogger(__name__)
 
 
 @cache
-def _redis() -> redis.Redis:
+def worker_redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
 
 
 def report(engine_id: str, rep: CallReport) -> None:
-    pipe = _redis().pipeline()
+    pipe = worker_redis().pipeline()
     pipe.xadd(results_stream(engine_id), {"r": rep.to_json()}, maxlen=100_000, approximate=True)
     pipe.expire(results_stream(engine_id), RESULTS_STREAM_TTL_S)
     pipe.execute()

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
@@ -16,8 +17,9 @@ from django.conf import settings
 from engine.messages import CallReport, CallRequest
 from engine.tools import ToolSpec
 from workers.executors import ToolError, TransientToolError, executor_for
-from workers.executors.base import CallContext
-from workers.reporting import notify_browser, report
+from workers.executors.base import CallContext, CallFailed
+from workers.instances import run_on_instance
+from workers.reporting import notify_browser, report, worker_redis
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +36,30 @@ def _worker_name(task) -> str:  # noqa: ANN001
     return f"{task.request.hostname or socket.gethostname()}/{os.getpid()}"
 
 
-class CallFailed(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 def execute(tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any:
-    """Validate, run and check one call; every failure becomes CallFailed(kind, short message)."""
+    """Validate, run and check one call; every failure becomes CallFailed(kind, short message).
+    Calls of stateful tools run on their instance's stored state, once per call id."""
+    try:
+        executor = executor_for(tool.kind)
+    except ToolError as exc:
+        raise CallFailed(exc.kind, str(exc)) from None
+    if not executor.stateful:
+        return _checked(tool, args, ctx, lambda: (executor.run(tool, args, ctx), None))[0]
+    return run_on_instance(
+        worker_redis(), ctx.task_id, executor.instance_name(tool), ctx.call_id, ctx.order, tool.timeout_s + 2,
+        lambda state: _checked(tool, args, ctx, lambda: executor.run_stateful(tool, args, state)),
+    )
+
+
+def _checked(
+    tool: ToolSpec, args: dict[str, Any], ctx: CallContext, run: Callable[[], tuple[Any, Any]]
+) -> tuple[Any, Any]:
     try:
         tool.validate(args)
     except ValueError as exc:
         raise CallFailed("invalid_arguments", str(exc)) from None  # never executed
     try:
-        value = executor_for(tool.kind).run(tool, args, ctx)
+        value, state = run()
     except SoftTimeLimitExceeded:
         raise CallFailed("timeout", f"timed out after {tool.timeout_s:g} s") from None
     except TransientToolError:
@@ -64,7 +76,7 @@ def execute(tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any:
     if len(encoded) > settings.ASYNCLM_WORKER_MAX_RESULT_BYTES:
         raise CallFailed("too_large",
                          f"result too large: {len(encoded)} bytes (limit {settings.ASYNCLM_WORKER_MAX_RESULT_BYTES})")
-    return value
+    return value, state
 
 
 @shared_task(name="workers.tasks.run_tool", bind=True, acks_late=True, ignore_result=True)
@@ -79,7 +91,7 @@ def run_tool(self, request: dict) -> None:
     tool = ToolSpec.from_dict(req.tool)
     ok, value, error, kind = True, None, "", ""
     try:
-        value = execute(tool, req.args, CallContext(req.task_id, req.call_id))
+        value = execute(tool, req.args, CallContext(req.task_id, req.call_id, req.order))
     except TransientToolError as exc:
         if self.request.retries < MAX_TRANSIENT_RETRIES:
             # Only failures marked transient are retried; the engine's deadline still bounds the wait.

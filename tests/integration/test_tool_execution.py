@@ -25,8 +25,8 @@ def python_tool(name, entry_point, timeout_s=5.0, properties=None):
     )
 
 
-def call(redis_client, tool: ToolSpec, args: dict, call_id="c1", timeout=30) -> dict[str, CallReport]:
-    CeleryDispatcher().dispatch(CallRequest(7, call_id, ENGINE, tool.to_dict(), args, time.time()))
+def call(redis_client, tool: ToolSpec, args: dict, call_id="c1", timeout=30, order=0) -> dict[str, CallReport]:
+    CeleryDispatcher().dispatch(CallRequest(7, call_id, ENGINE, tool.to_dict(), args, time.time(), order=order))
     reports: dict[str, CallReport] = {}
     deadline = time.monotonic() + timeout
     last = "0"

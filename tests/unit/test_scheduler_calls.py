@@ -24,7 +24,7 @@ class Clock:
         return self.now
 
 
-def make(pieces, mode="async", budgets=None, max_tokens=200):
+def make(pieces, mode="async", budgets=None, max_tokens=200, tools=(F, G)):
     backend = ScriptedBackend([p.encode() for p in pieces])
     clock = Clock()
     scheduler = Scheduler(lambda name: backend, clock=clock, wall=lambda: 1000.0)
@@ -35,7 +35,7 @@ def make(pieces, mode="async", budgets=None, max_tokens=200):
         max_tokens,
         1000.0,
         mode=mode,
-        tools=[F.to_dict(), G.to_dict()],
+        tools=[t.to_dict() for t in tools],
         budgets=budgets or Budgets(),
     )
     events = scheduler.submit(sub)

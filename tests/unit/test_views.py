@@ -160,3 +160,29 @@ def test_the_registry_validates_schemas_and_configs(demo_pack):
                      parameters={"type": "object"}, config={"entry_point": "os:system"})
     with pytest.raises(ValidationError, match="allow-listed"):
         bad_entry.full_clean()
+
+
+def test_a_task_can_hold_two_named_instances_of_a_bfcl_class(alice_client, redis_client):
+    import json
+
+    from webapp.tools.bfcl import import_bfcl
+
+    import_bfcl([], ["GorillaFileSystem"])
+    instances = {"e1": {"class": "GorillaFileSystem"}, "e2": {"class": "GorillaFileSystem",
+                                                             "initial_config": {"root": {"w": {"type": "directory"}}}}}
+    response = alice_client.post(reverse("dashboard"), {**VALID, "instances": json.dumps(instances)})
+    assert response.status_code == 302
+    tools = {t["name"]: t for t in Task.objects.get().tools}
+    assert tools["e1.cd"]["config"]["instance"] == "e1" and tools["e2.cd"]["config"]["instance"] == "e2"
+    assert tools["e2.cd"]["config"]["initial_config"] == instances["e2"]["initial_config"]
+
+
+@pytest.mark.parametrize("instances, message", [
+    ("{not json", "Enter a valid JSON"),
+    ('{"e1": {"class": "Shell"}}', "&#x27;class&#x27; must be one of"),
+])
+def test_bad_instances_are_explained_on_the_field(alice_client, instances, message, redis_client):
+    response = alice_client.post(reverse("dashboard"), {**VALID, "instances": instances})
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert not Task.objects.exists()

@@ -3,6 +3,7 @@ from django.conf import settings
 
 from engine.catalog import MODELS
 from webapp.runs.models import Task
+from webapp.tools.bfcl import instance_specs
 from webapp.tools.models import Tool, ToolPack
 
 
@@ -27,6 +28,12 @@ class TaskForm(forms.Form):
                                   to_field_name="name", help_text="Give the model every enabled tool of a pack…")
     tools = forms.ModelMultipleChoiceField(queryset=Tool.objects.filter(enabled=True).select_related("pack"),
                                            required=False, help_text="…and/or pick tools one by one.")
+    instances = forms.JSONField(
+        required=False, label="Stateful instances (BFCL)",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": '{"e1": {"class": "GorillaFileSystem", '
+                                                               '"initial_config": {}}}'}),
+        help_text="Optional: named instances of BFCL classes, each with its own state; their tools are "
+                  "named e1.cd, e1.ls, …")
     max_calls = forms.IntegerField(min_value=0, max_value=100, initial=16)
     max_wall_s = forms.FloatField(min_value=1, max_value=3600, initial=300, label="Max wall time (s)")
 
@@ -43,12 +50,19 @@ class TaskForm(forms.Form):
         chosen = list(cleaned.get("tools") or [])
         if cleaned.get("pack"):
             chosen += [t for t in cleaned["pack"].tools.filter(enabled=True) if t not in chosen]
-        names = [t.name for t in chosen]
+        specs = [t.spec().to_dict() for t in chosen]
+        if cleaned.get("instances"):
+            try:
+                specs += instance_specs(cleaned["instances"])
+            except ValueError as exc:
+                self.add_error("instances", str(exc))
+                return cleaned
+        names = [s["name"] for s in specs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise forms.ValidationError(
                 f"A task's tools need unique names; chosen more than once: {', '.join(duplicates)}.")
-        cleaned["tool_specs"] = [t.spec().to_dict() for t in chosen]
+        cleaned["tool_specs"] = specs
         return cleaned
 
     def clean_prompt(self):

@@ -7,6 +7,8 @@ from engine.tools import ToolSpec
 class ToolPack(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
+    source = models.CharField(max_length=200, blank=True, help_text="where an imported pack came from")
+    source_digest = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["name"]
@@ -20,6 +22,7 @@ class Tool(models.Model):
         SIMULATED = "simulated"
         PYTHON = "python"
         HTTP = "http"
+        BFCL = "bfcl", "BFCL stateful class"
 
     pack = models.ForeignKey(ToolPack, on_delete=models.CASCADE, related_name="tools")
     name = models.CharField(max_length=200, help_text="dotted names are allowed, e.g. e1.cd")
@@ -38,10 +41,19 @@ class Tool(models.Model):
     def __str__(self) -> str:
         return f"{self.pack.name}/{self.name}"
 
-    def spec(self) -> ToolSpec:
-        return ToolSpec(name=self.name, description=self.description, parameters=self.parameters,
+    def spec(self, instance: str | None = None, initial_config: dict | None = None) -> ToolSpec:
+        """The snapshot a task keeps. A BFCL tool belongs to an instance: by default one per
+        class; a named instance prefixes the tool's name (`e1.cd`) and may carry its scenario."""
+        name, config = self.name, dict(self.config)
+        if self.kind == self.Kind.BFCL:
+            config.setdefault("instance", config.get("class", ""))
+            if instance:
+                name, config["instance"] = f"{instance}.{self.name}", instance
+            if initial_config is not None:
+                config["initial_config"] = initial_config
+        return ToolSpec(name=name, description=self.description, parameters=self.parameters,
                         est_latency_ms=self.est_latency_ms, timeout_s=self.timeout_s, kind=self.kind,
-                        config=self.config, tool_id=self.pk)
+                        config=config, tool_id=self.pk)
 
     def clean(self):
         from workers.executors import ToolError, executor_for

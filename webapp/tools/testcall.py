@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.keys import results_stream
@@ -13,6 +13,7 @@ from engine.messages import CallReport, CallRequest
 from engine.tools import ToolSpec
 from webapp.core.redis import client
 from webapp.runs.dispatch import CeleryDispatcher
+from workers.instances import instance_key
 
 
 @dataclass
@@ -29,11 +30,15 @@ def run_test_call(tool: ToolSpec, args: dict[str, Any], wait_s: float | None = N
         tool.validate(args)
     except ValueError as exc:
         return TrialResult(False, error=str(exc))
-    engine_id = f"admin-test-{uuid.uuid4().hex[:12]}"
+    trial = uuid.uuid4().hex[:12]
+    engine_id = f"admin-test-{trial}"
+    if tool.instance:
+        # A stateful tool's test call starts from a fresh instance of its own.
+        tool = replace(tool, config={**tool.config, "instance": f"test_{trial}"})
     key = results_stream(engine_id)
     r = client()
     sent = time.time()
-    CeleryDispatcher().dispatch(CallRequest(0, "test", engine_id, tool.to_dict(), args, sent))
+    CeleryDispatcher().dispatch(CallRequest(0, f"test-{trial}", engine_id, tool.to_dict(), args, sent))
     deadline = time.monotonic() + (wait_s if wait_s is not None else tool.timeout_s + 5)
     last = "0"
     try:
@@ -47,4 +52,6 @@ def run_test_call(tool: ToolSpec, args: dict[str, Any], wait_s: float | None = N
                                               round((rep.at - sent) * 1000, 1))
     finally:
         r.delete(key)
+        if tool.instance:
+            r.delete(instance_key(0, tool.instance))
     return TrialResult(False, error="no worker answered in time: is a Celery worker running (make run)?")

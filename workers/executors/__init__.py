@@ -1,12 +1,13 @@
 """One executor per tool kind. Nothing typed into the registry is ever executed as code."""
 
-from workers.executors.base import Executor, ToolError, TransientToolError
+from workers.executors.base import CallFailed, Executor, ToolError, TransientToolError
+from workers.executors.bfcl import BfclExecutor
 from workers.executors.http import HttpExecutor
 from workers.executors.python import PythonExecutor
 from workers.executors.simulated import SimulatedExecutor
 
 EXECUTORS: dict[str, Executor] = {
-    "simulated": SimulatedExecutor(), "python": PythonExecutor(), "http": HttpExecutor(),
+    "simulated": SimulatedExecutor(), "python": PythonExecutor(), "http": HttpExecutor(), "bfcl": BfclExecutor(),
 }
 
 
@@ -17,4 +18,4 @@ def executor_for(kind: str) -> Executor:
         raise ToolError(f"no executor for tool kind {kind!r}") from None
 
 
-__all__ = ["EXECUTORS", "Executor", "ToolError", "TransientToolError", "executor_for"]
+__all__ = ["EXECUTORS", "CallFailed", "Executor", "ToolError", "TransientToolError", "executor_for"]
