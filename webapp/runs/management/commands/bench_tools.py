@@ -40,9 +40,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--calls", type=int, default=3000)
         parser.add_argument("--workers", type=int, default=2, help="worker processes (prefork concurrency)")
+        parser.add_argument("--paced-rate", type=float, default=100.0,
+                            help="then enqueue at this many calls/s (0 skips) for the latency below saturation")
         parser.add_argument("--out", default=str(settings.VAR_DIR / "bench" / "tools.json"))
 
-    def handle(self, *args, calls, workers, out, **options):
+    def handle(self, *args, calls, workers, paced_rate, out, **options):
         url = settings.REDIS_URL.rsplit("/", 1)[0] + "/12"  # its own database: no service sees these
         r = redis.Redis.from_url(url)
         try:
@@ -80,7 +82,9 @@ class Command(BaseCommand):
                 if time.monotonic() > deadline or worker.poll() is not None:
                     raise CommandError(f"the worker did not start; see {log}")
                 time.sleep(0.2)
-            result = self.run_calls(r, url, calls)
+            result = self.run_calls(r, url, calls, "burst")
+            if paced_rate > 0:
+                result["paced"] = self.run_calls(r, url, min(calls, int(paced_rate * 10)), "paced", paced_rate)
         finally:
             worker.terminate()
             worker.wait(30)
@@ -95,8 +99,9 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(result, indent=2))
         self.stdout.write(self.style.SUCCESS(f"saved {out}"))
 
-    def run_calls(self, r: redis.Redis, url: str, calls: int) -> dict:
-        engine_id = "bench-tools"
+    def run_calls(self, r: redis.Redis, url: str, calls: int, name: str, rate: float | None = None) -> dict:
+        """Enqueue `calls` calls all at once (saturation: calls/s) or at `rate` calls/s (latency)."""
+        engine_id = f"bench-tools-{name}"
         sent: dict[str, float] = {}
         arrived: dict[str, float] = {}
         done = threading.Event()
@@ -123,6 +128,8 @@ class Command(BaseCommand):
         ):
             for i in range(calls):
                 call_id = f"c{i}"
+                if rate:
+                    time.sleep(max(0.0, start + i / rate - time.time()))
                 sent[call_id] = time.time()
                 request = CallRequest(1, call_id, engine_id, ZERO.to_dict(), {"i": i}, sent[call_id])
                 app.send_task(
@@ -133,13 +140,14 @@ class Command(BaseCommand):
                     soft_time_limit=10,
                     time_limit=11,
                 )
-        self.stdout.write(f"enqueued {calls} calls in {time.time() - start:.2f} s; waiting for results")
+        self.stdout.write(f"{name}: enqueued {calls} calls in {time.time() - start:.2f} s; waiting for results")
         done.wait(timeout=120)
         done.set()
         reader.join(2)
         latencies = [(arrived[c] - sent[c]) * 1000 for c in arrived]
         elapsed = max(arrived.values()) - start if arrived else float("inf")
         return {
+            "enqueue": f"at {rate:g} calls/s" if rate else "all at once",
             "calls": calls,
             "delivered": len(arrived),
             "lost": calls - len(arrived),
