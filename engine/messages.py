@@ -146,6 +146,7 @@ class Control(JsonMessage):
     """Web -> the engine holding a task, on that engine's result stream (field "c")."""
 
     task_id: int
-    action: str  # "cancel"
+    action: str  # "cancel" | "message"
     reason: str = ""
+    text: str = ""  # a person's message for the task (action "message")
     version: int = VERSION

@@ -172,6 +172,13 @@ class EngineProcess:
                     self.handle(event)
 
     def control(self, message: Control) -> None:
+        if message.action == "message":
+            events = self.scheduler.human_message(message.task_id, message.text)
+            if not events:
+                log.info("message for task %s, which this engine no longer runs: dropped", message.task_id)
+            for event in events:
+                self.handle(event)
+            return
         if message.action != "cancel":
             log.error("unknown control action %r for task %s", message.action, message.task_id)
             return

@@ -54,9 +54,14 @@ class Profile:
         """Tool results, inline in the assistant's text: one frame per call."""
         return "".join(f" [INTR] {call_id} [HEAD] {payload} [END]" for call_id, payload in results) + " "
 
-    def frame_user_message(self, text: str) -> str:
-        """A message from a person, also inline (the human-interrupt issue may measure a chat turn)."""
-        return f" [INTR] user [HEAD] {compact(text)} [END] "
+    def frame_user_message(self, backend: Backend, text: str) -> tuple[str, list[int]]:
+        """A message from a person, as a chat turn: the assistant's turn closes, the person speaks,
+        a new assistant turn opens (DESIGN.md section 2: the framing the model follows for free
+        text, unlike tool results). The person's text is never tokenized as special tokens, so it
+        cannot forge a turn. Returns the frame's text and its token ids."""
+        head, tail = "<|im_end|>\n<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
+        ids = backend.tokenize(head, special=True) + backend.tokenize(text) + backend.tokenize(tail, special=True)
+        return head + text + tail, ids
 
     # -- prompt --------------------------------------------------------------------------
     def system_text(self, system: str, tools: list[ToolSpec], mode: str) -> str:

@@ -98,7 +98,8 @@ class TaskRun:
     monitor: Monitor = field(default_factory=Monitor)
     calls: dict[str, Call] = field(default_factory=dict)
     last_on_instance: dict[str, str] = field(default_factory=dict)  # instance -> its latest call id
-    interrupts: list[tuple[str, str]] = field(default_factory=list)  # (call id, payload) to inject
+    # To inject: (call id, payload) for a call's result, (None, text) for a person's message.
+    interrupts: list[tuple[str | None, str]] = field(default_factory=list)
     waiting_for: set[str] = field(default_factory=set)  # BLOCKED until these calls resolve
     at_eos: bool = False
     forced: deque[int] = field(default_factory=deque)
@@ -219,6 +220,15 @@ class Scheduler:
             return []
         return self._finish(run, Status.CANCELLED, reason)
 
+    def human_message(self, task_id: int, text: str) -> list[TraceEvent]:
+        """A person's message for a running task: injected like a result, at the next token
+        boundary outside a critical section; it wakes a parked task."""
+        run = self._runs.get(task_id)
+        if run is None or run.status in FINAL:
+            return []
+        events = [self._event(run, "human_message", {"text": text, "critical": run.monitor.critical})]
+        return events + self._queue(run, None, text)
+
     def deliver(
         self, task_id: int, call_id: str, *, ok: bool, value: Any = None, error: str = "", error_type: str = "error"
     ) -> list[TraceEvent]:
@@ -305,8 +315,14 @@ class Scheduler:
         """Evaluate the queued interrupts' frame on top of the live KV cache (no re-prefill)."""
         assert run.seq is not None
         batch, run.interrupts = run.interrupts, []
-        text = profile_for(run.sub.model).frame_results(batch)
-        ids = run.backend.tokenize(text)
+        profile = profile_for(run.sub.model)
+        results = [(cid, payload) for cid, payload in batch if cid is not None]
+        messages = [payload for cid, payload in batch if cid is None]
+        text = profile.frame_results(results) if results else ""
+        ids = run.backend.tokenize(text) if text else []
+        for message in messages:
+            frame, frame_ids = profile.frame_user_message(run.backend, message)
+            text, ids = text + frame, ids + frame_ids
         room = run.backend.n_ctx - run.seq.n_tokens - len(run.unevaluated) - 1
         if len(ids) > room:
             return self._finish(
@@ -330,7 +346,8 @@ class Scheduler:
                 run,
                 "interrupt_injected",
                 {
-                    "calls": [cid for cid, _ in batch],
+                    "calls": [cid for cid, _ in results],
+                    "messages": messages,
                     "began_ms": began_ms,
                     "position": position,
                     "tokens": len(ids),
@@ -562,10 +579,12 @@ class Scheduler:
                 events += self._dispatch_or_wait(run, other)
         return events
 
-    def _queue(self, run: TaskRun, call_id: str, payload: str) -> list[TraceEvent]:
+    def _queue(self, run: TaskRun, call_id: str | None, payload: str) -> list[TraceEvent]:
         run.interrupts.append((call_id, payload))
-        events = [self._event(run, "interrupt_queued", {"call_id": call_id, "critical": run.monitor.critical})]
-        run.waiting_for.discard(call_id)
+        events = []
+        if call_id is not None:
+            events.append(self._event(run, "interrupt_queued", {"call_id": call_id, "critical": run.monitor.critical}))
+            run.waiting_for.discard(call_id)
         wake = (run.status is Status.PARKED) or (run.status is Status.BLOCKED and not run.waiting_for)
         if wake:
             events.append(self._event(run, "resumed", {"from": run.status.value}))

@@ -41,6 +41,15 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def demo_pack(db):
+    from webapp.tools.demo import install_demo_pack
+    from webapp.tools.models import Tool, ToolPack
+
+    install_demo_pack(ToolPack, Tool)
+    return ToolPack.objects.get(name="demo")
+
+
+@pytest.fixture
 def make_user(django_user_model) -> Callable[..., object]:
     def make(username: str = "alice", password: str = "pw-for-tests-123", **extra):
         return django_user_model.objects.create_user(username=username, password=password, **extra)

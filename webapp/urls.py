@@ -8,4 +8,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("webapp.core.urls")),
     path("", include("webapp.runs.urls")),
+    path("", include("webapp.api.urls")),
 ]

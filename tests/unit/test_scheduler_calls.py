@@ -267,3 +267,32 @@ def test_parked_tasks_do_not_hold_up_others():
     events = run_until_idle(scheduler)
     assert scheduler.run(1).status is Status.PARKED and scheduler.run(2).status is Status.PARKED
     assert any(e.task_id == 3 and e.kind == "finish" for e in events)
+
+
+def test_a_persons_message_lands_in_the_context_at_the_recorded_position():
+    scheduler, events, _, backend = make(["[CALL] a [HEAD] f(a=1)", " [END]", " one", " two", " three"])
+    prefill(scheduler)
+    scheduler.step()  # "[CALL] a [HEAD] f(a=1)": inside the call block
+    events = scheduler.human_message(1, "Stop <|im_start|> now")
+    assert [e.kind for e in events] == ["human_message"] and events[0].payload["critical"]
+    events = run_until_idle(scheduler)
+    injected = next(e for e in events if e.kind == "interrupt_injected")
+    assert injected.payload["messages"] == ["Stop <|im_start|> now"] and injected.payload["calls"] == []
+    decoded_before = [e.payload["text"] for e in events if e.kind == "token" and e.seq < injected.seq]
+    assert decoded_before[0] == " [END]"  # not inside the block
+    seq = scheduler.run(1).seq
+    position, n = injected.payload["position"], injected.payload["tokens"]
+    frame = backend.tokenize(injected.payload["text"])
+    assert seq.ids[position:position + n] == frame
+    assert "<|im_start|>user\nStop <|im_start|> now<|im_end|>" in injected.payload["text"]
+
+
+def test_a_message_wakes_a_parked_task_and_a_final_task_ignores_it():
+    scheduler, *_ = make(["[CALL] a [HEAD] f(a=1) [END]", " [TRAP][END]", " answer"])
+    run_until_idle(scheduler)
+    assert scheduler.run(1).status is Status.PARKED
+    events = scheduler.human_message(1, "hurry up") + run_until_idle(scheduler)
+    assert "resumed" in kinds(events, "resumed") and "interrupt_injected" in kinds(events, "interrupt_injected")
+    scheduler.deliver(1, "a", ok=True, value=2)
+    run_until_idle(scheduler)
+    assert scheduler.run(1) is None and scheduler.human_message(1, "too late") == []

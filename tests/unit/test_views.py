@@ -104,15 +104,6 @@ def test_ensure_admin_creates_one_admin_and_keeps_the_password(tmp_path, setting
     assert authenticate(username="admin", password=password).is_superuser
 
 
-@pytest.fixture
-def demo_pack(db):
-    from webapp.tools.demo import install_demo_pack
-    from webapp.tools.models import Tool, ToolPack
-
-    install_demo_pack(ToolPack, Tool)
-    return ToolPack.objects.get(name="demo")
-
-
 def test_a_task_keeps_a_snapshot_of_its_tools(alice_client, demo_pack, redis_client):
     response = alice_client.post(reverse("dashboard"), {**VALID, "pack": "demo"})
     assert response.status_code == 302
@@ -186,3 +177,101 @@ def test_bad_instances_are_explained_on_the_field(alice_client, instances, messa
     assert response.status_code == 400
     assert message in response.content.decode()
     assert not Task.objects.exists()
+
+
+def test_model_output_and_tool_results_are_shown_as_text(alice_client, alice):
+    from webapp.runs.models import ToolCall
+
+    task = Task.objects.create(owner=alice, prompt="<script>alert('p')</script>", model="m", status="finished",
+                               final_text="<script>alert('o')</script>")
+    ToolCall.objects.create(task=task, call_id="a", tool="f", arguments={"x": "<b>bold</b>"}, status="done",
+                            result={"html": "<script>alert('r')</script>"})
+    body = alice_client.get(reverse("task_detail", args=[task.pk])).content.decode()
+    assert "<script>alert" not in body and "&lt;script&gt;alert(&#x27;p&#x27;)" in body
+    assert "<b>bold</b>" not in body
+
+
+def test_the_trace_downloads_as_json_for_its_owner_only(alice_client, alice, bob):
+    from webapp.runs.models import TraceEvent
+
+    task = Task.objects.create(owner=alice, prompt="p", model="m", status="finished")
+    TraceEvent.objects.create(task=task, seq=1, t_ms=1.0, kind="token", payload={"text": "hi"})
+    response = alice_client.get(reverse("task_trace", args=[task.pk]))
+    assert response["Content-Disposition"] == f'attachment; filename="asynclm-task-{task.pk}-trace.json"'
+    assert response.json()["events"][0]["payload"] == {"text": "hi"}
+    theirs = Task.objects.create(owner=bob, prompt="p", model="m")
+    assert alice_client.get(reverse("task_trace", args=[theirs.pk])).status_code == 404
+
+
+def test_the_message_box_sends_to_the_engine_and_explains_refusals(alice_client, alice, redis_client):
+    from engine.keys import results_stream
+
+    running = Task.objects.create(owner=alice, prompt="p", model="m", status="running", engine_id="engine-x")
+    response = alice_client.post(reverse("task_message", args=[running.pk]), {"text": "Also Paris."}, follow=True)
+    assert "message sent" in response.content.decode()
+    assert len(redis_client.xrange(results_stream("engine-x"))) == 1
+    done = Task.objects.create(owner=alice, prompt="p", model="m", status="finished")
+    response = alice_client.post(reverse("task_message", args=[done.pk]), {"text": "hi"}, follow=True)
+    assert "Not sent: the task is finished" in response.content.decode()
+    response = alice_client.post(reverse("task_message", args=[running.pk]), {"text": "x" * 5000}, follow=True)
+    assert "the limit is 2000. Nothing was sent." in response.content.decode()
+
+
+def test_a_comparison_from_the_form_opens_the_compare_view(alice_client, alice, bob, redis_client):
+    response = alice_client.post(reverse("dashboard"), {**VALID, "compare": "on"})
+    group = Task.objects.first().compare_group
+    assert response.status_code == 302 and response.url == reverse("compare", args=[group])
+    page = alice_client.get(response.url).content.decode()
+    assert page.count('class="timeline"') == 3
+    assert [t.mode for t in Task.objects.order_by("pk")] == ["sync", "sync_parallel", "async"]
+    bob_client = type(alice_client)()
+    bob_client.force_login(bob)
+    assert bob_client.get(response.url).status_code == 404
+
+
+def test_the_next_run_of_a_comparison_starts_when_the_previous_one_ends(alice, redis_client):
+    from webapp.runs.store import DjangoTaskStore
+    from webapp.runs.submit import submit_comparison
+
+    first, second, third = submit_comparison(alice, prompt="p", model="smollm2-135m", tools=[])
+    intake = Intake(redis_client)
+    assert [c.submission.task_id for c in intake.claim("e")] == [first.pk]
+    DjangoTaskStore().finish(first.pk, "finished", "", "text", {})
+    assert [c.submission.task_id for c in intake.claim("e")] == [second.pk]
+    from webapp.runs.submit import cancel_task
+
+    cancel_task(second)  # a queued run: cancelled here, and the runs after it too
+    assert Task.objects.get(pk=third.pk).status == "cancelled"
+
+
+def test_the_dashboard_filters_and_keeps_filters_across_pages(alice_client, alice):
+    for i in range(30):
+        Task.objects.create(owner=alice, prompt=f"weather {i}" if i % 2 else f"other {i}", model="m",
+                            mode="sync" if i % 2 else "async")
+    page = alice_client.get(reverse("dashboard"), {"mode": "sync", "q": "weather"}).content.decode()
+    assert "weather 29" in page and "other 28" not in page
+    assert alice_client.get(reverse("dashboard"), {"mode": "sync", "q": "nothing"}).content.decode().count(
+        "No task matches these filters") == 1
+    many = alice_client.get(reverse("dashboard"), {"mode": "async"}).content.decode()
+    assert "mode=async&amp;page=2" not in many  # 15 fit on one page
+    assert "page=2" in alice_client.get(reverse("dashboard")).content.decode()
+
+
+def test_purge_deletes_old_finished_tasks_and_their_events(alice, capsys):
+    from datetime import timedelta
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from webapp.runs.models import TraceEvent
+
+    old = Task.objects.create(owner=alice, prompt="old", model="m", status="finished")
+    old_running = Task.objects.create(owner=alice, prompt="old", model="m", status="running")
+    new = Task.objects.create(owner=alice, prompt="new", model="m", status="finished")
+    Task.objects.filter(pk__in=[old.pk, old_running.pk]).update(created_at=timezone.now() - timedelta(days=40))
+    TraceEvent.objects.create(task=old, seq=1, t_ms=1, kind="token", payload={})
+    call_command("purge_tasks", "--dry-run")
+    assert "would delete 1 tasks and 1 trace events" in capsys.readouterr().out
+    call_command("purge_tasks")
+    assert set(Task.objects.values_list("pk", flat=True)) == {old_running.pk, new.pk}
+    assert not TraceEvent.objects.exists()

@@ -11,6 +11,14 @@ def model_choices() -> list[tuple[str, str]]:
     return [(spec.name, spec.label) for spec in MODELS.values()]
 
 
+def tool_choices() -> list[tuple[str, list[tuple[int, str]]]]:
+    """The tool picker's options, grouped by pack."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for pk, pack, name in Tool.objects.filter(enabled=True).values_list("pk", "pack__name", "name"):
+        groups.setdefault(pack, []).append((pk, name))
+    return list(groups.items())
+
+
 class TaskForm(forms.Form):
     prompt = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 5, "placeholder": "Ask the model something"}),
@@ -34,6 +42,10 @@ class TaskForm(forms.Form):
                                                                '"initial_config": {}}}'}),
         help_text="Optional: named instances of BFCL classes, each with its own state; their tools are "
                   "named e1.cd, e1.ls, …")
+    compare = forms.BooleanField(
+        required=False, label="Compare modes",
+        help_text="Run the same prompt, tools, seed and tool latencies under sync, sync parallel and async, one "
+                  "after the other, and show the three timelines together (the mode above is then ignored).")
     max_calls = forms.IntegerField(min_value=0, max_value=100, initial=16)
     max_wall_s = forms.FloatField(min_value=1, max_value=3600, initial=300, label="Max wall time (s)")
 
@@ -44,6 +56,7 @@ class TaskForm(forms.Form):
         self.fields["max_tokens"].validators.append(
             forms.IntegerField(max_value=settings.ASYNCLM_MAX_TOKENS_LIMIT).validators[-1])
         self.fields["prompt"].max_length = settings.ASYNCLM_MAX_PROMPT_CHARS
+        self.fields["tools"].choices = tool_choices
 
     def clean(self):
         cleaned = super().clean()
@@ -72,3 +85,21 @@ class TaskForm(forms.Form):
             raise forms.ValidationError(
                 f"The prompt is {len(prompt)} characters; the limit is {limit}.")
         return prompt
+
+
+class TaskFilterForm(forms.Form):
+    status = forms.ChoiceField(choices=[("", "any status"), *Task.Status.choices], required=False)
+    mode = forms.ChoiceField(choices=[("", "any mode"), *Task.Mode.choices], required=False)
+    model = forms.ChoiceField(choices=lambda: [("", "any model"), *model_choices()], required=False)
+    q = forms.CharField(required=False, label="Prompt contains", max_length=200)
+
+    def apply(self, rows):  # noqa: ANN001, ANN201
+        if not self.is_valid():
+            return rows
+        data = self.cleaned_data
+        for field in ("status", "mode", "model"):
+            if data.get(field):
+                rows = rows.filter(**{field: data[field]})
+        if data.get("q"):
+            rows = rows.filter(prompt__icontains=data["q"])
+        return rows

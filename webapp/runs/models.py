@@ -40,6 +40,9 @@ class Task(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     final_text = models.TextField(blank=True)
     metrics = models.JSONField(default=dict, blank=True)
+    # Tasks submitted together to compare modes: same prompt, tools, seed and tool latencies,
+    # run one after the other.
+    compare_group = models.UUIDField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -11,6 +11,7 @@ from django.utils import timezone
 from engine.messages import TraceEvent
 from webapp.runs.models import Task, ToolCall
 from webapp.runs.models import TraceEvent as TraceEventRow
+from webapp.runs.submit import queue_next_of_group
 
 CALL_EVENTS = {"call_decoded", "call_error", "call_waiting", "call_dispatched", "call_started", "call_finished",
                "call_result", "interrupt_injected"}
@@ -63,10 +64,11 @@ class DjangoTaskStore:
             row.save()
 
     def finish(self, task_id: int, status: str, reason: str, text: str, metrics: dict) -> None:
-        Task.objects.filter(pk=task_id).exclude(status__in=Task.FINAL).update(
+        if Task.objects.filter(pk=task_id).exclude(status__in=Task.FINAL).update(
             status=status, status_reason=reason, final_text=text, metrics=metrics,
             finished_at=timezone.now(),
-        )
+        ):
+            queue_next_of_group(task_id)
 
     def fail_abandoned(self, task_id: int, reason: str) -> TraceEvent | None:
         with transaction.atomic():
@@ -89,7 +91,8 @@ class DjangoTaskStore:
             task.final_text = text
             task.finished_at = timezone.now()
             task.save(update_fields=["status", "status_reason", "final_text", "finished_at"])
-            return event
+        queue_next_of_group(task_id)
+        return event
 
 
 def apply_call_event(row: ToolCall, e: TraceEvent) -> None:

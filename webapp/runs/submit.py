@@ -1,6 +1,9 @@
-"""Creating a task and handing it to the engines."""
+"""Creating a task and handing it to the engines; messages and cancellation for running tasks;
+mode comparisons (three tasks run one after the other)."""
 
 from __future__ import annotations
+
+import uuid
 
 import redis
 from django.conf import settings
@@ -39,6 +42,11 @@ def submit_task(owner, **fields) -> Task:  # noqa: ANN001
     """Store the task, then queue it. If the queue is unreachable the task is kept, marked failed
     with the reason, and ServiceUnavailable tells the caller."""
     task = Task.objects.create(owner=owner, **fields)
+    _queue(task)
+    return task
+
+
+def _queue(task: Task) -> None:
     try:
         Intake(client()).submit(submission_for(task))
     except redis.RedisError as exc:
@@ -46,7 +54,62 @@ def submit_task(owner, **fields) -> Task:  # noqa: ANN001
         Task.objects.filter(pk=task.pk).update(status=Task.Status.FAILED, status_reason=reason)
         task.refresh_from_db()
         raise ServiceUnavailable(reason) from exc
-    return task
+
+
+COMPARE_MODES = (Task.Mode.SYNC, Task.Mode.SYNC_PARALLEL, Task.Mode.ASYNC)
+
+
+def submit_comparison(owner, **fields) -> list[Task]:  # noqa: ANN001
+    """The same prompt, tools, sampling seed and tool latencies under each mode. The tasks run
+    one after the other (concurrent runs on 2 cores would distort each other's latencies): the
+    first is queued now, each next one when its predecessor ends (queue_next_of_group)."""
+    group = uuid.uuid4()
+    # Simulated tools draw their latencies from (group, call): every mode faces the same ones.
+    tools = [{**t, "config": {**t.get("config", {}), "latency_scope": str(group)}} for t in fields.pop("tools", [])]
+    tasks = [Task.objects.create(owner=owner, **{**fields, "mode": mode, "tools": tools, "compare_group": group})
+             for mode in COMPARE_MODES]
+    try:
+        _queue(tasks[0])
+    except ServiceUnavailable:
+        Task.objects.filter(compare_group=group, status=Task.Status.QUEUED).update(
+            status=Task.Status.FAILED, status_reason="the comparison could not be queued")
+        raise
+    return tasks
+
+
+def queue_next_of_group(task_id: int) -> Task | None:
+    """After a task of a comparison ended: queue the group's next task, if any."""
+    task = Task.objects.filter(pk=task_id).only("compare_group").first()
+    if task is None or task.compare_group is None:
+        return None
+    following = Task.objects.filter(compare_group=task.compare_group, pk__gt=task_id).order_by("pk").first()
+    if following is None or following.status != Task.Status.QUEUED:
+        return None
+    try:
+        _queue(following)
+    except ServiceUnavailable:
+        return None  # marked failed with the reason
+    return following
+
+
+def send_message(task: Task, text: str) -> str:
+    """A person's message for a running task, injected by its engine like a tool result."""
+    if task.status != Task.Status.RUNNING:
+        raise TaskNotRunning(f"the task is {task.status}: messages go only to a running task")
+    _control(task, Control(task.pk, "message", text=text))
+    return "message sent; the engine injects it at the next token boundary outside a call block"
+
+
+class TaskNotRunning(Exception):
+    pass
+
+
+def _control(task: Task, message: Control) -> None:
+    try:
+        client().xadd(results_stream(task.engine_id), {"c": message.to_json()})
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"Could not reach the engine: Redis at {settings.REDIS_URL} is not reachable "
+                                 f"({exc}).") from exc
 
 
 def cancel_task(task: Task, reason: str = "cancelled by the user") -> str:
@@ -54,15 +117,16 @@ def cancel_task(task: Task, reason: str = "cancelled by the user") -> str:
     cancelled by its engine (which revokes its queued calls) on a control message."""
     if task.is_final:
         return f"the task had already {task.status}"
+    if task.compare_group:
+        # Cancelling one run of a comparison cancels the runs that have not started yet.
+        Task.objects.filter(compare_group=task.compare_group, pk__gt=task.pk, status=Task.Status.QUEUED).update(
+            status=Task.Status.CANCELLED, status_reason=f"comparison cancelled at task {task.pk}",
+            finished_at=timezone.now())
     if Task.objects.filter(pk=task.pk, status=Task.Status.QUEUED).update(
             status=Task.Status.CANCELLED, status_reason=reason, finished_at=timezone.now()):
         return "cancelled before it started"
     task.refresh_from_db()
     if task.is_final:
         return f"the task had already {task.status}"
-    try:
-        client().xadd(results_stream(task.engine_id), {"c": Control(task.pk, "cancel", reason).to_json()})
-    except redis.RedisError as exc:
-        raise ServiceUnavailable(f"Could not reach the engine: Redis at {settings.REDIS_URL} is not reachable "
-                                 f"({exc}).") from exc
+    _control(task, Control(task.pk, "cancel", reason))
     return "cancel requested; the engine stops the task at its next step"

@@ -1,13 +1,19 @@
+import json
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from webapp.core.redis import ServiceUnavailable, read_health
-from webapp.runs.forms import TaskForm
+from webapp.runs.export import trace_document
+from webapp.runs.forms import TaskFilterForm, TaskForm
 from webapp.runs.models import Task
-from webapp.runs.submit import cancel_task, submit_task, task_fields
+from webapp.runs.submit import TaskNotRunning, cancel_task, send_message, submit_comparison, submit_task, task_fields
 
 
 @login_required
@@ -15,14 +21,57 @@ def dashboard(request):
     form = TaskForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
+            if form.cleaned_data["compare"]:
+                runs = submit_comparison(request.user, **task_fields(form.cleaned_data))
+                return redirect("compare", group=runs[0].compare_group)
             task = submit_task(request.user, **task_fields(form.cleaned_data))
         except ServiceUnavailable as exc:
             form.add_error(None, str(exc))
         else:
             return redirect("task_detail", pk=task.pk)
-    tasks = Paginator(Task.objects.filter(owner=request.user), 25).get_page(request.GET.get("page"))
-    return render(request, "runs/dashboard.html", {"form": form, "tasks": tasks},
+    filters = TaskFilterForm(request.GET or None)
+    rows = filters.apply(Task.objects.filter(owner=request.user))
+    tasks = Paginator(rows, 25).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "runs/dashboard.html",
+                  {"form": form, "tasks": tasks, "filters": filters, "query": query.urlencode()},
                   status=400 if form.errors else 200)
+
+
+@login_required
+def compare(request, group):
+    runs = list(Task.objects.filter(owner=request.user, compare_group=group).order_by("pk"))
+    if not runs:
+        raise Http404("no such comparison")
+    return render(request, "runs/compare.html", {"runs": runs, "group": group})
+
+
+@login_required
+def task_trace(request, pk: int):
+    task = get_object_or_404(Task, pk=pk, owner=request.user)
+    body = json.dumps(trace_document(task), cls=DjangoJSONEncoder, indent=1)
+    response = HttpResponse(body, content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="asynclm-task-{task.pk}-trace.json"'
+    return response
+
+
+@login_required
+@require_POST
+def task_message(request, pk: int):
+    task = get_object_or_404(Task, pk=pk, owner=request.user)
+    text = request.POST.get("text", "").strip()
+    limit = settings.ASYNCLM_MAX_MESSAGE_CHARS
+    if not text:
+        messages.error(request, "Write a message first.")
+    elif len(text) > limit:
+        messages.error(request, f"The message is {len(text)} characters; the limit is {limit}. Nothing was sent.")
+    else:
+        try:
+            messages.info(request, f"Task {task.pk}: {send_message(task, text)}.")
+        except (TaskNotRunning, ServiceUnavailable) as exc:
+            messages.error(request, f"Not sent: {exc}.")
+    return redirect("task_detail", pk=task.pk)
 
 
 @login_required
@@ -41,7 +90,24 @@ def task_detail(request, pk: int):
             warning = (f"Engine {task.engine_id} that runs this task stopped answering. The task will "
                        "be marked failed when an engine starts again.")
     return render(request, "runs/task_detail.html",
-                  {"task": task, "engine_warning": warning, "calls": task.calls.all()})
+                  {"task": task, "engine_warning": warning, "calls": task.calls.all(),
+                   "sync_twin": sync_twin(task), "max_message_chars": settings.ASYNCLM_MAX_MESSAGE_CHARS})
+
+
+def sync_twin(task: Task) -> Task | None:
+    """The latest finished `sync` run of the same prompt, model, seed and tools: the baseline of the
+    speedup shown on the task page."""
+    if task.mode == Task.Mode.SYNC:
+        return None
+    candidates = Task.objects.filter(owner=task.owner, mode=Task.Mode.SYNC, status=Task.Status.FINISHED,
+                                     prompt=task.prompt, model=task.model, seed=task.seed)
+    if task.compare_group:
+        candidates = candidates.filter(compare_group=task.compare_group)
+    names = sorted(t["name"] for t in task.tools)
+    for twin in candidates.order_by("-pk")[:20]:
+        if sorted(t["name"] for t in twin.tools) == names and twin.metrics.get("latency_ms"):
+            return twin
+    return None
 
 
 @login_required

@@ -21,9 +21,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "ninja",
     "webapp.core",
     "webapp.tools",
     "webapp.runs",
+    "webapp.api",
 ]
 
 MIDDLEWARE = [
@@ -89,6 +91,15 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Shared by every process (the API's rate limits count across web processes).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "asynclm:cache",
+    }
+}
+
 CELERY_BROKER_URL = env.redis_url("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = env.redis_url("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_SERIALIZER = "json"
@@ -113,6 +124,11 @@ ASYNCLM_N_CTX = env.int("ASYNCLM_N_CTX", 4096, min=256)
 ASYNCLM_MAX_PROMPT_CHARS = env.int("ASYNCLM_MAX_PROMPT_CHARS", 8000, min=1)
 ASYNCLM_MAX_TOKENS_LIMIT = env.int("ASYNCLM_MAX_TOKENS_LIMIT", 2048, min=1)
 ASYNCLM_HEARTBEAT_TTL = env.int("ASYNCLM_HEARTBEAT_TTL", 15, min=3)
+ASYNCLM_MAX_MESSAGE_CHARS = env.int("ASYNCLM_MAX_MESSAGE_CHARS", 2000, min=1)
+# Task creation through the API, per user ("N/s", "N/m", "N/h" or "N/d").
+ASYNCLM_API_TASK_RATE = env.str("ASYNCLM_API_TASK_RATE", "30/m")
+# `python manage.py purge_tasks` deletes tasks (and their events) older than this.
+ASYNCLM_TASK_RETENTION_DAYS = env.int("ASYNCLM_TASK_RETENTION_DAYS", 30, min=1)
 
 LOGGING = {
     "version": 1,

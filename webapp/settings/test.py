@@ -25,6 +25,10 @@ CHANNEL_LAYERS = {
     }
 }
 CELERY_BROKER_URL = CELERY_RESULT_BACKEND = REDIS_URL
+CACHES = {"default": {**CACHES["default"], "LOCATION": REDIS_URL}}  # noqa: F405
 
 # Persistent connections held by channels' worker threads would keep the test database open.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# Low, so the rate-limit test needs few requests (the redis_client fixture resets the counters).
+ASYNCLM_API_TASK_RATE = env.str("ASYNCLM_API_TASK_RATE", "5/m")

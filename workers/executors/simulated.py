@@ -66,7 +66,8 @@ class SimulatedExecutor(Executor):
     def run(self, tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any:
         config = tool.config
         seed_text = f"{config.get('seed', 0)}|{tool.name}|{json.dumps(args, sort_keys=True)}"
-        rng = random.Random(f"{seed_text}|{ctx.task_id}|{ctx.call_id}")
+        # A comparison's tasks share a scope, so every mode faces the same latencies.
+        rng = random.Random(f"{seed_text}|{config.get('latency_scope', ctx.task_id)}|{ctx.call_id}")
         time.sleep(draw_latency_ms(config.get("latency_ms", {"dist": "fixed", "value": tool.est_latency_ms}), rng)
                    / 1000)
         if "error" in config:

@@ -1,0 +1,128 @@
+"""The JSON API (django-ninja): tasks, their events and traces, messages, cancellation.
+
+Scripts authenticate with `Authorization: Bearer <token>` (tokens are made and revoked on the
+settings page); the browser uses its session (with CSRF on unsafe methods). Every lookup is
+scoped to the caller's own tasks: another user's task is a 404, like a missing one."""
+
+from django.conf import settings
+from django.shortcuts import get_object_or_404
+from ninja import NinjaAPI, Query, Router, Status
+from ninja.pagination import PageNumberPagination, paginate
+from ninja.security import HttpBearer, SessionAuth
+from ninja.throttling import AuthRateThrottle
+
+from webapp.api.models import ApiToken
+from webapp.api.schemas import (
+    ActionOut,
+    ComparisonOut,
+    ErrorOut,
+    EventsOut,
+    MessageIn,
+    TaskFilters,
+    TaskIn,
+    TaskOut,
+    TaskSummary,
+    ValidationErrorOut,
+)
+from webapp.core.redis import ServiceUnavailable
+from webapp.runs.export import events_after, task_document, trace_document
+from webapp.runs.forms import TaskForm
+from webapp.runs.models import Task
+from webapp.runs.submit import TaskNotRunning, cancel_task, send_message, submit_comparison, submit_task, task_fields
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request, token):  # noqa: ANN001, ANN201
+        user = ApiToken.authenticate(token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+api = NinjaAPI(
+    title="AsyncLM API",
+    version="1",
+    description="LLM tasks whose function calls run while the model keeps decoding. "
+                "Authenticate with `Authorization: Bearer <token>` (make one on /settings/tokens/).",
+    auth=[TokenAuth(), SessionAuth()],
+    urls_namespace="api",
+)
+tasks = Router(tags=["tasks"])
+
+
+def _own(request, pk: int) -> Task:  # noqa: ANN001
+    return get_object_or_404(Task, pk=pk, owner=request.auth)
+
+
+@tasks.post("/tasks", response={201: TaskOut | ComparisonOut, 422: ValidationErrorOut, 503: ErrorOut},
+            throttle=[AuthRateThrottle(settings.ASYNCLM_API_TASK_RATE)],
+            summary="Create a task (or, with compare, one per mode run one after the other)")
+def create_task(request, payload: TaskIn):  # noqa: ANN001, ANN201
+    form = TaskForm(payload.form_data())
+    if not form.is_valid():
+        errors = {field: [str(m) for m in messages] for field, messages in form.errors.items()}
+        return Status(422, {"detail": "invalid task", "errors": errors})
+    try:
+        if form.cleaned_data.get("compare"):
+            runs = submit_comparison(request.auth, **task_fields(form.cleaned_data))
+            return Status(201, {"compare_group": str(runs[0].compare_group), "tasks": [task_document(t) for t in runs]})
+        task = submit_task(request.auth, **task_fields(form.cleaned_data))
+    except ServiceUnavailable as exc:
+        return Status(503, {"detail": str(exc)})
+    return Status(201, task_document(task))
+
+
+@tasks.get("/tasks", response=list[TaskSummary], summary="Your tasks, newest first")
+@paginate(PageNumberPagination, page_size=25)
+def list_tasks(request, filters: Query[TaskFilters]):  # noqa: ANN001, ANN201
+    rows = Task.objects.filter(owner=request.auth)
+    if filters.status:
+        rows = rows.filter(status=filters.status)
+    if filters.mode:
+        rows = rows.filter(mode=filters.mode)
+    if filters.compare_group:
+        rows = rows.filter(compare_group=filters.compare_group)
+    return [task_document(t, calls=False) for t in rows]
+
+
+@tasks.get("/tasks/{pk}", response={200: TaskOut, 404: ErrorOut}, summary="A task: status, output, calls, metrics")
+def get_task(request, pk: int):  # noqa: ANN001, ANN201
+    return task_document(_own(request, pk))
+
+
+@tasks.get("/tasks/{pk}/events", response={200: EventsOut, 404: ErrorOut},
+           summary="Trace events after a sequence number (poll with the returned `last_seq`)")
+def get_events(request, pk: int, after: int = 0, limit: int = 1000):  # noqa: ANN001, ANN201
+    task = _own(request, pk)
+    events = events_after(task, after, max(1, min(limit, 5000)))
+    return {"task_id": task.pk, "status": task.status, "events": events,
+            "last_seq": events[-1]["seq"] if events else after}
+
+
+@tasks.get("/tasks/{pk}/trace", response={200: dict, 404: ErrorOut},
+           summary="The whole trace as one JSON document (task, calls, every event)")
+def export_trace(request, pk: int):  # noqa: ANN001, ANN201
+    return trace_document(_own(request, pk))
+
+
+@tasks.post("/tasks/{pk}/messages", response={202: ActionOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut},
+            summary="Send a person's message into a running task (a human interrupt)")
+def post_message(request, pk: int, payload: MessageIn):  # noqa: ANN001, ANN201
+    task = _own(request, pk)
+    try:
+        return Status(202, {"detail": send_message(task, payload.text)})
+    except TaskNotRunning as exc:
+        return Status(409, {"detail": str(exc)})
+    except ServiceUnavailable as exc:
+        return Status(503, {"detail": str(exc)})
+
+
+@tasks.post("/tasks/{pk}/cancel", response={202: ActionOut, 404: ErrorOut, 503: ErrorOut}, summary="Cancel a task")
+def cancel(request, pk: int):  # noqa: ANN001, ANN201
+    try:
+        return Status(202, {"detail": cancel_task(_own(request, pk))})
+    except ServiceUnavailable as exc:
+        return Status(503, {"detail": str(exc)})
+
+
+api.add_router("/", tasks)

@@ -1,0 +1,135 @@
+"""The API's request and response shapes (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from django.conf import settings
+from ninja import Field, Schema
+
+from webapp.tools.models import Tool
+
+Mode = Literal["async", "sync", "sync_parallel"]
+
+
+class TaskIn(Schema):
+    prompt: str
+    model: str | None = Field(None, description="a model name from the catalog; the default model when left out")
+    mode: Mode = "async"
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    pack: str | None = Field(None, description="give the model every enabled tool of this pack")
+    tools: list[str] = Field(default_factory=list, description='tools as "pack/name", e.g. "demo/get_weather"')
+    instances: dict[str, Any] | None = Field(
+        None, description='named BFCL instances: {"e1": {"class": "GorillaFileSystem", "initial_config": {}}}')
+    max_calls: int = 16
+    max_wall_s: float = 300.0
+    compare: bool = Field(False, description="run under sync, sync_parallel and async, one after the other")
+
+    def form_data(self) -> dict[str, Any]:
+        """The submit form's input: the API validates exactly like the dashboard."""
+        data = self.model_dump(exclude={"tools", "instances", "model", "pack", "compare"})
+        data["model"] = self.model or settings.ASYNCLM_DEFAULT_MODEL
+        data["pack"] = self.pack or ""
+        data["tools"] = [str(pk) for pk in _tool_ids(self.tools)]
+        if self.instances:
+            data["instances"] = json.dumps(self.instances)
+        if self.compare:
+            data["compare"] = "on"
+        return data
+
+
+def _tool_ids(names: list[str]) -> list[int | str]:
+    ids: list[int | str] = []
+    for name in names:
+        pack, _, tool = name.rpartition("/")
+        found = Tool.objects.filter(pack__name=pack, name=tool, enabled=True).values_list("pk", flat=True).first()
+        ids.append(found if found is not None else f"unknown tool {name!r}")  # the form reports it
+    return ids
+
+
+class MessageIn(Schema):
+    text: str = Field(min_length=1, max_length=settings.ASYNCLM_MAX_MESSAGE_CHARS)
+
+
+class CallOut(Schema):
+    call_id: str
+    tool: str
+    arguments: Any
+    status: str
+    worker: str
+    decoded_ms: float | None
+    dispatched_ms: float | None
+    started_ms: float | None
+    finished_ms: float | None
+    injected_ms: float | None
+    result: Any
+    error: str
+
+
+class TaskSummary(Schema):
+    id: int
+    url: str
+    status: str
+    status_reason: str
+    mode: Mode
+    model: str
+    prompt: str
+    tools: list[str]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    output: str
+    metrics: dict[str, Any]
+    compare_group: UUID | None
+
+
+class TaskOut(TaskSummary):
+    calls: list[CallOut]
+
+
+class ComparisonOut(Schema):
+    compare_group: UUID
+    tasks: list[TaskOut]
+
+
+class TaskFilters(Schema):
+    status: Literal["queued", "running", "finished", "failed", "cancelled"] | None = None
+    mode: Mode | None = None
+    compare_group: UUID | None = None
+
+
+class EventOut(Schema):
+    seq: int
+    t_ms: float
+    kind: str
+    payload: dict[str, Any]
+
+
+class EventsOut(Schema):
+    task_id: int
+    status: str
+    events: list[EventOut]
+    last_seq: int
+
+
+class ActionOut(Schema):
+    detail: str
+
+
+class ErrorOut(Schema):
+    detail: str
+
+
+class ValidationErrorOut(Schema):
+    detail: str
+    errors: dict[str, list[str]]

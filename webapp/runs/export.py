@@ -1,0 +1,54 @@
+"""A task as JSON: for the API and for the trace download on the task page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from django.utils import timezone
+
+from webapp.runs.models import Task
+
+CALL_FIELDS = ("call_id", "tool", "arguments", "status", "worker", "decoded_ms", "dispatched_ms", "started_ms",
+               "finished_ms", "injected_ms", "result", "error")
+
+
+def task_document(task: Task, calls: bool = True) -> dict[str, Any]:
+    doc = {
+        "id": task.pk,
+        "url": reverse("task_detail", args=[task.pk]),
+        "status": task.status,
+        "status_reason": task.status_reason,
+        "mode": task.mode,
+        "model": task.model,
+        "prompt": task.prompt,
+        "tools": [t["name"] for t in task.tools],
+        "max_tokens": task.max_tokens,
+        "temperature": task.temperature,
+        "top_p": task.top_p,
+        "seed": task.seed,
+        "created_at": task.created_at,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+        "output": task.final_text,
+        "metrics": task.metrics,
+        "compare_group": task.compare_group,
+    }
+    if calls:
+        doc["calls"] = [{f: getattr(c, f) for f in CALL_FIELDS} for c in task.calls.all()]
+    return doc
+
+
+def events_after(task: Task, after: int, limit: int) -> list[dict[str, Any]]:
+    rows = task.events.filter(seq__gt=after).order_by("seq")[:limit]
+    return [{"seq": e.seq, "t_ms": e.t_ms, "kind": e.kind, "payload": e.payload} for e in rows]
+
+
+def trace_document(task: Task) -> dict[str, Any]:
+    """Everything about one task: its settings and tool snapshot, calls and every trace event."""
+    doc = task_document(task)
+    doc["tool_specs"] = task.tools
+    doc["events"] = [{"seq": e.seq, "t_ms": e.t_ms, "kind": e.kind, "payload": e.payload}
+                     for e in task.events.order_by("seq").iterator(chunk_size=2000)]
+    doc["exported_at"] = timezone.now()
+    return doc
