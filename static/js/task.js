@@ -106,6 +106,25 @@
     schedule();
   }
 
+  // The message box posts without leaving the page; the message shows when the engine injects it.
+  const messageForm = document.getElementById("message-form");
+  if (messageForm) {
+    messageForm.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      const note = document.getElementById("message-status");
+      const input = document.getElementById("message-text");
+      fetch(messageForm.action, {method: "POST", body: new FormData(messageForm),
+        headers: {"X-Requested-With": "fetch"}, credentials: "same-origin"})
+        .then(function (r) { return r.json(); })
+        .then(function (data) {
+          note.textContent = data.detail;
+          note.className = data.ok ? "hint" : "error";
+          if (data.ok) input.value = "";
+        })
+        .catch(function () { note.textContent = "Not sent: the server did not answer."; note.className = "error"; });
+    });
+  }
+
   const initial = JSON.parse(document.getElementById("initial-metrics").textContent || "{}");
   showMetrics(initial);
   T.follow(root.dataset.wsPath, trace, {

@@ -23,6 +23,7 @@
       this.started = null;
       this.finish = null;
       this.status = null;
+      this.prefill = null;
     }
 
     // Returns false for an event already applied (a catch-up overlap after a reconnect).
@@ -77,8 +78,11 @@
         overlap_ms: overlap(busy, union(running)),
       };
       m.tokens_per_s = m.latency_ms ? Math.round((m.tokens - 1) / (m.latency_ms / 1000) * 100) / 100 : null;
+      m.injections = this.injections.length;
+      if (this.prefill) Object.assign(m, this.prefill);
+      // At the end the engine's own figures win (the overlap is only computed here).
       if (this.finish && this.finish.metrics) {
-        ["ttft_ms", "latency_ms", "tokens", "tokens_per_s", "injected_tokens"].forEach(k => {
+        Object.keys(this.finish.metrics).forEach(k => {
           if (this.finish.metrics[k] !== undefined && this.finish.metrics[k] !== null) m[k] = this.finish.metrics[k];
         });
       }
@@ -88,7 +92,10 @@
 
   const HANDLERS = {
     status(tr, t, p) { tr.status = p.status; tr.started = t; tr.enter("prefill", t); },
-    prefill(tr, t) { tr.enter("decoding", t); },
+    prefill(tr, t, p) {
+      tr.enter("decoding", t);
+      tr.prefill = {prompt_tokens: p.prompt_tokens, prefill_ms: p.ms, reused_prompt_tokens: p.reused_tokens};
+    },
     token(tr, t, p) {
       if (!tr.state || tr.state.state !== "decoding") tr.enter("decoding", t);
       tr.tokens += 1;
@@ -233,6 +240,8 @@
 
     trace.injections.forEach(inj => {
       const g = el("g", {class: "marker", tabindex: "0"}, svg);
+      // A wide transparent target: the dashed line alone is hard to hit.
+      el("rect", {x: x(inj.t) - 5, y: AXIS_H, width: 10, height: height - AXIS_H - 4, class: "mark-hit"}, g);
       el("line", {x1: x(inj.t), x2: x(inj.t), y1: AXIS_H, y2: height - 4, class: "mark-line"}, g);
       el("path", {d: `M${x(inj.t) - 5} ${AXIS_H} L${x(inj.t) + 5} ${AXIS_H} L${x(inj.t)} ${AXIS_H + 7} Z`, class: "mark-head"}, g);
       el("title", {}, g).textContent = describeInjection(trace, inj);

@@ -5,7 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -62,15 +62,19 @@ def task_message(request, pk: int):
     task = get_object_or_404(Task, pk=pk, owner=request.user)
     text = request.POST.get("text", "").strip()
     limit = settings.ASYNCLM_MAX_MESSAGE_CHARS
+    ok, detail = False, ""
     if not text:
-        messages.error(request, "Write a message first.")
+        detail = "Write a message first."
     elif len(text) > limit:
-        messages.error(request, f"The message is {len(text)} characters; the limit is {limit}. Nothing was sent.")
+        detail = f"The message is {len(text)} characters; the limit is {limit}. Nothing was sent."
     else:
         try:
-            messages.info(request, f"Task {task.pk}: {send_message(task, text)}.")
+            ok, detail = True, f"Task {task.pk}: {send_message(task, text)}."
         except (TaskNotRunning, ServiceUnavailable) as exc:
-            messages.error(request, f"Not sent: {exc}.")
+            detail = f"Not sent: {exc}."
+    if request.headers.get("x-requested-with") == "fetch":  # the page's script: no reload
+        return JsonResponse({"ok": ok, "detail": detail}, status=202 if ok else 409)
+    (messages.info if ok else messages.error)(request, detail)
     return redirect("task_detail", pk=task.pk)
 
 

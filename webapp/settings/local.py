@@ -6,6 +6,9 @@ from webapp.settings.base import *  # noqa: F403
 from webapp.settings.base import VAR_DIR, env
 
 DEBUG = env.bool("DJANGO_DEBUG", True)
+# Static files change while `make run` runs: re-read them (without it, an edited file is served
+# with its old length, cut short).
+WHITENOISE_AUTOREFRESH = DEBUG
 
 
 def _local_secret_key() -> str:
