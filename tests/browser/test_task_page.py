@@ -92,3 +92,30 @@ def test_calls_and_injected_results_show_live(page, web_server, start_engine, ce
     first = page.locator("#calls tbody tr").first
     expect(first).to_contain_text("get_weather")
     expect(first).to_contain_text("done")
+
+
+def test_model_output_and_tool_results_are_shown_as_text_not_run(page, web_server, alice, redis_client):
+    from webapp.runs.models import TraceEvent
+
+    evil = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+    task = Task.objects.create(owner=alice, prompt=evil, model="m", status="finished", final_text="")
+    events = [
+        ("status", {"status": "running"}), ("prefill", {"prompt_tokens": 3, "ms": 1.0, "reused_tokens": 0}),
+        ("token", {"i": 1, "text": evil}),
+        ("call_decoded", {"call_id": "a", "name": "f", "args": {"x": evil}, "position": 4, "depends_on": []}),
+        ("call_result", {"call_id": "a", "ok": True, "error": "", "error_type": "", "injected": evil}),
+        ("interrupt_injected", {"calls": ["a"], "messages": [], "began_ms": 5.0, "position": 5, "tokens": 9,
+                                "ms": 1.0, "text": f" [INTR] a [HEAD] {evil} [END] "}),
+        ("finish", {"status": "finished", "reason": "", "finish_reason": "stop", "text": "", "metrics": {}}),
+    ]
+    for seq, (kind, payload) in enumerate(events, start=1):
+        TraceEvent.objects.create(task=task, seq=seq, t_ms=float(seq), kind=kind, payload=payload)
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    log_in(page, web_server, "alice")
+    page.goto(f"{web_server}/tasks/{task.pk}/")
+    expect(page.locator("#live")).to_contain_text("finished")
+    expect(page.locator("#output")).to_contain_text("<script>window.pwned = 1</script>")
+    expect(page.locator("#calls tbody tr").first).to_contain_text("<img src=x")
+    assert page.evaluate("window.pwned") is None and not dialogs
+    assert page.locator("#output script, #output img, #calls script, #calls img").count() == 0

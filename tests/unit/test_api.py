@@ -29,7 +29,9 @@ def post(client, path, body):
     return client.post(path, json.dumps(body), content_type="application/json")
 
 
-def test_it_serves_a_valid_openapi_document(client):
+def test_it_serves_a_valid_openapi_document_to_logged_in_users(client, alice):
+    assert client.get("/api/openapi.json").status_code == 302  # to the login page
+    client.force_login(alice)
     response = client.get("/api/openapi.json")
     assert response.status_code == 200
     document = response.json()

@@ -5,6 +5,7 @@ settings page); the browser uses its session (with CSRF on unsafe methods). Ever
 scoped to the caller's own tasks: another user's task is a 404, like a missing one."""
 
 from django.conf import settings
+from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404
 from ninja import NinjaAPI, Query, Router, Status
 from ninja.pagination import PageNumberPagination, paginate
@@ -46,6 +47,8 @@ api = NinjaAPI(
                 "Authenticate with `Authorization: Bearer <token>` (make one on /settings/tokens/).",
     auth=[TokenAuth(), SessionAuth()],
     urls_namespace="api",
+    # The document and its UI are for logged-in users too (login is required everywhere).
+    docs_decorator=login_required,
 )
 tasks = Router(tags=["tasks"])
 
