@@ -33,3 +33,9 @@ class IntrBan:
         if self.open_bracket(tail):
             logits[self.after_open] = -np.inf
         return logits
+
+
+def forbidden(tail: str, piece: str) -> bool:
+    """Would appending `piece` to text ending in `tail` start an interrupt marker? (For servers
+    that sample themselves: the engine checks each streamed token instead of masking logits.)"""
+    return bool(_INSIDE_TOKEN.search(piece)) or (IntrBan.open_bracket(tail) and bool(_CONTINUES.match(piece)))

@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import Backend, Sequence
-from engine.ban import IntrBan
+from engine.backends.base import Backend, RemoteSequence, Sequence, StreamEnd
+from engine.ban import IntrBan, forbidden
 from engine.cml import CallComplete, Future, Malformed, Monitor, Trap
+from engine.grammar import call_structural_tag
 from engine.messages import CallRequest, TaskSubmission, TraceEvent
 from engine.profiles import compact, profile_for
 from engine.sampling import sample
@@ -105,6 +106,16 @@ class TaskRun:
     forced: deque[int] = field(default_factory=deque)
     injected_tokens: int = 0
     injections: int = 0
+    # Remote backends (the server samples): tokens held while they may begin an [INTR] spelling,
+    # token ids banned after they tried to, the context length to cut back to when the rest of a
+    # request must not count, and whether we asked for the running request's abort.
+    held: list[tuple[int, str]] = field(default_factory=list)
+    banned_ids: set[int] = field(default_factory=set)
+    keep_tokens: int | None = None
+    abort_asked: bool = False
+    reported_submissions: int = 0
+    cache_expected: int = 0
+    cache_hit: int = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     utf8: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -145,6 +156,7 @@ class Scheduler:
         self._ready: deque[int] = deque()
         self._outbox: list[CallRequest] = []
         self._bans: dict[int, IntrBan] = {}
+        self._draining: set[int] = set()  # remote tasks waiting (parked, blocked) whose last request still ends
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -152,7 +164,7 @@ class Scheduler:
         return len(self._runs)
 
     def has_work(self) -> bool:
-        return bool(self._ready)
+        return bool(self._ready or self._draining)
 
     def run(self, task_id: int) -> TaskRun | None:
         return self._runs.get(task_id)
@@ -263,13 +275,17 @@ class Scheduler:
 
     def step(self) -> list[TraceEvent]:
         """One unit of work for the next runnable task, round-robin. [] when idle."""
+        tried = 0
+        drained = self._drain()
         while self._ready:
             task_id = self._ready.popleft()
             run = self._runs.get(task_id)
             if run is None or run.status not in RUNNABLE:
                 continue
             try:
-                if run.status is Status.PREFILL:
+                if run.backend.remote:
+                    events = self._remote_step(run)
+                elif run.status is Status.PREFILL:
                     events = self._prefill(run)
                 elif run.interrupts and not run.monitor.critical:
                     events = self._inject(run)
@@ -279,8 +295,27 @@ class Scheduler:
                 return self._finish(run, Status.FAILED, f"backend error: {exc}")
             if run.status in RUNNABLE:
                 self._ready.append(task_id)
-            return events
-        return []
+            if events or not run.backend.remote:
+                return events
+            tried += 1
+            if tried >= len(self._ready):
+                return drained  # only remote tasks waiting for their servers
+        return drained
+
+    def _drain(self) -> list[TraceEvent]:
+        """Read the ends of requests of remote tasks that stopped to wait: their extra tokens are
+        dropped and the context cut back, so the server holds no request while a task waits."""
+        events: list[TraceEvent] = []
+        for task_id in list(self._draining):
+            run = self._runs.get(task_id)
+            if run is None or run.status in RUNNABLE or not run.seq.streaming:
+                self._draining.discard(task_id)
+                continue
+            for item in run.seq.poll():
+                if isinstance(item, StreamEnd):
+                    events += self._remote_end(run, item)
+                    self._draining.discard(task_id)
+        return events
 
     # -- work units ------------------------------------------------------------------------
     def _prefill(self, run: TaskRun) -> list[TraceEvent]:
@@ -314,15 +349,7 @@ class Scheduler:
     def _inject(self, run: TaskRun) -> list[TraceEvent]:
         """Evaluate the queued interrupts' frame on top of the live KV cache (no re-prefill)."""
         assert run.seq is not None
-        batch, run.interrupts = run.interrupts, []
-        profile = profile_for(run.sub.model)
-        results = [(cid, payload) for cid, payload in batch if cid is not None]
-        messages = [payload for cid, payload in batch if cid is None]
-        text = profile.frame_results(results) if results else ""
-        ids = run.backend.tokenize(text) if text else []
-        for message in messages:
-            frame, frame_ids = profile.frame_user_message(run.backend, message)
-            text, ids = text + frame, ids + frame_ids
+        text, ids, results, messages = self._frame(run)
         room = run.backend.n_ctx - run.seq.n_tokens - len(run.unevaluated) - 1
         if len(ids) > room:
             return self._finish(
@@ -357,6 +384,19 @@ class Scheduler:
             )
         ]
 
+    def _frame(self, run: TaskRun) -> tuple[str, list[int], list[tuple[str, str]], list[str]]:
+        """The queued interrupts as one frame: text, token ids, the results and the messages."""
+        batch, run.interrupts = run.interrupts, []
+        profile = profile_for(run.sub.model)
+        results = [(cid, payload) for cid, payload in batch if cid is not None]
+        messages = [payload for cid, payload in batch if cid is None]
+        text = profile.frame_results(results) if results else ""
+        ids = run.backend.tokenize(text) if text else []
+        for message in messages:
+            frame, frame_ids = profile.frame_user_message(run.backend, message)
+            text, ids = text + frame, ids + frame_ids
+        return text, ids, results, messages
+
     def _decode(self, run: TaskRun) -> list[TraceEvent]:
         assert run.seq is not None
         self._flush_unevaluated(run)
@@ -366,14 +406,20 @@ class Scheduler:
         token = sample(logits, run.sub.sampling, run.rng)
         if run.forced:
             token = run.forced.popleft()
-        now = self._clock()
         if token in run.backend.stop_ids():
             return self._end_of_sequence(run)
+        events = self._on_token(run, token, run.utf8.decode(run.backend.token_bytes(token)))
+        if run.status not in FINAL:
+            run.unevaluated = [token]
+        return events
+
+    def _on_token(self, run: TaskRun, token: int, piece: str) -> list[TraceEvent]:
+        """A generated token, whoever sampled it: text, CML, budgets."""
+        now = self._clock()
         run.generated.append(token)
         if run.first_token_at is None:
             run.first_token_at = now
         run.last_token_at = now
-        piece = run.utf8.decode(run.backend.token_bytes(token))
         run.text.append(piece)
         run.tail = (run.tail + piece)[-32:]
         events = [self._event(run, "token", {"i": len(run.generated), "id": token, "text": piece})]
@@ -384,7 +430,6 @@ class Scheduler:
         limit = min(run.sub.max_tokens, run.backend.n_ctx - run.context_len)
         if len(run.generated) >= run.sub.max_tokens or limit <= 0:
             return events + self._finish(run, Status.FINISHED, "", finish_reason="length")
-        run.unevaluated = [token]
         return events
 
     def _end_of_sequence(self, run: TaskRun) -> list[TraceEvent]:
@@ -641,6 +686,7 @@ class Scheduler:
             "calls": len(run.calls),
             "injections": run.injections,
             "injected_tokens": run.injected_tokens,
+            **self._remote_metrics(run),
         }
 
     def _finish(self, run: TaskRun, status: Status, reason: str, *, finish_reason: str = "") -> list[TraceEvent]:
@@ -664,6 +710,159 @@ class Scheduler:
         if run.task_id in self._ready:
             self._ready.remove(run.task_id)
         return [event]
+
+
+    # -- remote backends (SGLang): the server samples; interrupts by abort and resubmit --------
+    def _remote_step(self, run: TaskRun) -> list[TraceEvent]:
+        seq = run.seq
+        assert isinstance(seq, RemoteSequence)
+        if run.status is Status.PREFILL:
+            run.status = Status.DECODING
+            seq.submit(run.prompt_ids, self._remote_params(run), "prompt")
+            return []
+        events: list[TraceEvent] = []
+        for item in seq.poll():
+            events += self._remote_report(run)
+            if isinstance(item, StreamEnd):
+                events += self._remote_end(run, item)
+            elif run.keep_tokens is None and run.status is Status.DECODING:
+                events += self._remote_token(run, *item)
+            if run.status in FINAL:
+                return events
+        if run.status is not Status.DECODING and seq.streaming:
+            self._draining.add(run.task_id)
+        elif run.status is Status.DECODING and not seq.streaming and run.keep_tokens is None:
+            events += self._remote_resume(run)
+        elif run.interrupts and not run.monitor.critical and seq.streaming and not run.abort_asked:
+            run.abort_asked = True
+            seq.abort()  # the results go in at the end of this request's stream
+        return events
+
+    def _remote_token(self, run: TaskRun, token: int, piece: str) -> list[TraceEvent]:
+        if token in run.backend.stop_ids():
+            self._remote_cut(run)
+            return self._end_of_sequence(run)
+        if run.tools and not run.monitor.in_block:
+            tail = run.tail + "".join(p for _, p in run.held)
+            if forbidden(tail, piece):
+                # The model began an [INTR] spelling: drop this token, ban it, continue without it.
+                run.banned_ids.add(token)
+                self._remote_cut(run, extra=len(run.held))
+                return [self._event(run, "banned_token", {"id": token, "text": piece})]
+            if IntrBan.open_bracket(tail + piece):
+                run.held.append((token, piece))  # the next token decides what the marker becomes
+                return []
+        held, run.held = [*run.held, (token, piece)], []
+        events: list[TraceEvent] = []
+        for tid, text in held:
+            events += self._on_token(run, tid, text)
+            if run.status is not Status.DECODING:
+                # A sync call, a trap, the end of the turn or the budget: the rest of this request
+                # must not count (the server may have generated more).
+                self._remote_cut(run)
+                break
+        return events
+
+    def _remote_cut(self, run: TaskRun, extra: int = 0) -> None:
+        """Keep the context as the engine has used it (plus `extra` held tokens); end the request."""
+        if run.seq is None:
+            return  # finished: closing the sequence aborted its request
+        run.keep_tokens = run.context_len + extra
+        if run.seq.streaming and not run.abort_asked:
+            run.abort_asked = True
+            run.seq.abort()
+
+    def _remote_end(self, run: TaskRun, end: StreamEnd) -> list[TraceEvent]:
+        seq = run.seq
+        asked, run.abort_asked = run.abort_asked, False
+        if run.keep_tokens is not None:
+            seq.truncate(min(run.keep_tokens, seq.n_tokens))
+            run.keep_tokens = None
+        if run.status in FINAL:
+            return []
+        if run.status is not Status.DECODING and asked:
+            return []  # a waiting task's request ended as asked; nothing stays open on the server
+        if end.finish == "error":
+            return self._finish(run, Status.FAILED, f"SGLang server: {end.message}")
+        if end.finish == "abort" and not asked:
+            return self._finish(run, Status.FAILED, f"the SGLang server aborted the request: {end.message}")
+        if run.status is not Status.DECODING:
+            return []  # parked or blocked: no request stays open while the task waits
+        if end.finish == "stop" and not asked:
+            return self._end_of_sequence(run)  # the stop token itself was not streamed
+        if end.finish == "length" and not asked:
+            return self._finish(run, Status.FINISHED, "the server's length limit", finish_reason="length")
+        return self._remote_resume(run)
+
+    def _remote_resume(self, run: TaskRun) -> list[TraceEvent]:
+        """Submit again: with the queued interrupts when outside a critical section, else just
+        to go on (after a ban, or when an aborted request's last tokens opened a block)."""
+        if run.interrupts and not run.monitor.critical:
+            return self._remote_inject(run)
+        run.seq.submit([], self._remote_params(run), "continue")
+        return []
+
+    def _remote_inject(self, run: TaskRun) -> list[TraceEvent]:
+        text, ids, results, messages = self._frame(run)
+        if len(ids) > run.backend.n_ctx - run.context_len - 1:
+            return self._finish(
+                run, Status.FINISHED, "the context is full: no room for the results", finish_reason="context_full"
+            )
+        position = run.context_len
+        began_ms = round((self._clock() - run.t0) * 1000, 3)
+        run.injected_tokens += len(ids)
+        run.injections += 1
+        run.text.append(text)
+        run.tail = (run.tail + text)[-32:]
+        run.at_eos = False
+        run.seq.submit(ids, self._remote_params(run), "interrupt")
+        return [self._event(run, "interrupt_injected", {
+            "calls": [cid for cid, _ in results], "messages": messages, "began_ms": began_ms,
+            "position": position, "tokens": len(ids), "ms": 0.0, "text": text, "rid": run.seq.submissions[-1].rid,
+        })]
+
+    def _remote_params(self, run: TaskRun) -> dict[str, Any]:
+        sampling = run.sub.sampling
+        budget = min(run.sub.max_tokens - len(run.generated), run.backend.n_ctx - run.context_len - 1)
+        params = run.backend.sampling_params(
+            max_new_tokens=max(1, budget),
+            temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
+            structural_tag=call_structural_tag(list(run.tools)) if run.tools else None,
+        )
+        if run.banned_ids:
+            params["logit_bias"] = {str(i): -100.0 for i in sorted(run.banned_ids)}
+        return params
+
+    def _remote_report(self, run: TaskRun) -> list[TraceEvent]:
+        """Each submission's prompt and cached tokens, once its first chunk arrived."""
+        events: list[TraceEvent] = []
+        for sub in run.seq.submissions[run.reported_submissions:]:
+            if sub.prompt_tokens is None:
+                break
+            run.reported_submissions += 1
+            cached = sub.cached_tokens or 0
+            if sub.reason == "prompt":
+                run.prefill_ms = round((self._clock() - run.t0) * 1000, 1)
+                events.append(self._event(run, "prefill", {
+                    "prompt_tokens": sub.prompt_tokens, "reused_tokens": cached, "ms": run.prefill_ms,
+                    "rid": sub.rid}))
+                continue
+            run.cache_expected += sub.expected_cached
+            run.cache_hit += min(cached, sub.expected_cached)
+            events.append(self._event(run, "resubmitted", {
+                "rid": sub.rid, "reason": sub.reason, "prompt_tokens": sub.prompt_tokens, "cached_tokens": cached,
+                "expected_cached": sub.expected_cached}))
+            if cached < 0.95 * sub.expected_cached - 1:
+                events.append(self._event(run, "warning", {
+                    "message": f"prefix cache miss: the server had {cached} of the {sub.expected_cached} tokens "
+                               f"already in this context cached (request {sub.rid})"}))
+        return events
+
+    def _remote_metrics(self, run: TaskRun) -> dict[str, Any]:
+        if run.backend is None or not run.backend.remote or not run.cache_expected:
+            return {}
+        return {"resubmissions": run.reported_submissions - 1, "cached_tokens": run.cache_hit,
+                "cache_hit_ratio": round(run.cache_hit / run.cache_expected, 4)}
 
 
 def error_payload(kind: str, message: str) -> str:

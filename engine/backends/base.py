@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +44,68 @@ class Sequence(ABC):
         """Give the KV state back to the backend."""
 
 
+@dataclass(frozen=True)
+class StreamEnd:
+    """A remote request ended: "stop", "length", "abort" (asked for) or "error"."""
+
+    finish: str
+    matched: int | str | None = None
+    message: str = ""
+
+
+@dataclass
+class Submission:
+    """One request to a remote server: what it carried and what its prefix cache held."""
+
+    rid: str
+    reason: str  # "prompt" | "interrupt" | "continue"
+    input_tokens: int
+    expected_cached: int  # tokens the server had already seen in this context
+    prompt_tokens: int | None = None  # from the first chunk's meta_info
+    cached_tokens: int | None = None
+
+
+class RemoteSequence(ABC):
+    """A task's context on a server that samples for itself (SGLang): the engine submits the
+    context, reads the tokens the server streams back, and to inject an interrupt aborts the
+    request and submits again with the interrupt appended."""
+
+    submissions: list[Submission]
+
+    @property
+    @abstractmethod
+    def n_tokens(self) -> int:
+        """Tokens in the context: submitted, plus generated ones of finished requests."""
+
+    @property
+    @abstractmethod
+    def streaming(self) -> bool: ...
+
+    @abstractmethod
+    def submit(self, extra_ids: Seq[int], params: dict[str, Any], reason: str) -> None:
+        """Append `extra_ids` to the context and start generating from it."""
+
+    @abstractmethod
+    def poll(self) -> list[tuple[int, str] | StreamEnd]:
+        """What arrived since the last poll, without waiting: (token id, its text) items, then a
+        StreamEnd once the request is over (its tokens are then part of the context)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Ask the server to stop the running request; it still ends with a StreamEnd."""
+
+    @abstractmethod
+    def truncate(self, n_tokens: int) -> None:
+        """Forget everything after the first `n_tokens` tokens (not while streaming)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
 class Backend(ABC):
     spec: ModelSpec
     n_vocab: int
+    remote = False  # True: open_sequence returns a RemoteSequence and the server samples
 
     @property
     @abstractmethod

@@ -1,0 +1,236 @@
+"""SGLang backend: the model runs on an SGLang server, reached over its native HTTP API.
+
+SGLang samples on the server, so a task's sequence is a stream of tokens rather than logits
+(RemoteSequence). It has no way to add tokens to a running request, so an interrupt is injected
+by abort and resubmit: `POST /abort_request` for the running request (only after its first chunk
+arrived: earlier aborts are dropped), read its stream to the final chunk (a token or two may
+follow the abort; the final `output_ids` are authoritative), then `POST /generate` again with
+`input_ids` = everything so far + the interrupt's tokens. The server's radix cache still holds the
+old tokens, so only the interrupt is prefilled; every submission's `cached_tokens` is reported.
+
+Token ids always travel as ids (never re-tokenised text) and text is tokenised by the server's
+own `/tokenize`, so the ids cannot drift from the server's tokenizer. The service never imports
+`sglang`: it needs only an HTTP client.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from engine.backends.base import Backend, BackendError, RemoteSequence, StreamEnd, Submission
+from engine.backends.sglang_protocol import DONE, Chunk, ProtocolError, SseReader, StreamError, StreamState, parse_event
+from engine.catalog import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# Fixed length: SGLang matches /abort_request rids by prefix, so no rid may prefix another.
+RID_PREFIX = "asynclm-"
+
+
+def new_rid() -> str:
+    return RID_PREFIX + uuid.uuid4().hex
+
+
+@dataclass
+class _Stream:
+    rid: str
+    input_len: int
+    first_chunk: threading.Event = field(default_factory=threading.Event)
+    abort_wanted: bool = False
+    abort_sent: bool = False
+
+
+class SGLangSequence(RemoteSequence):
+    def __init__(self, backend: SGLangBackend) -> None:
+        self._backend = backend
+        self._context: list[int] = []
+        self._items: queue.SimpleQueue = queue.SimpleQueue()
+        self._stream: _Stream | None = None
+        self._lock = threading.Lock()
+        self.submissions: list[Submission] = []
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self._context)
+
+    @property
+    def streaming(self) -> bool:
+        return self._stream is not None
+
+    def submit(self, extra_ids: Seq[int], params: dict[str, Any], reason: str) -> None:
+        if self._stream is not None:
+            raise BackendError("a request is still streaming: abort it and read it to its end first")
+        expected_cached = len(self._context)
+        self._context.extend(extra_ids)
+        stream = _Stream(new_rid(), len(self._context))
+        self._stream = stream
+        submission = Submission(stream.rid, reason, len(self._context), expected_cached)
+        self.submissions.append(submission)
+        body = {"rid": stream.rid, "input_ids": list(self._context), "stream": True, "sampling_params": params}
+        threading.Thread(target=self._read, args=(stream, body, submission), daemon=True,
+                         name=f"sglang-{stream.rid[-6:]}").start()
+
+    def _read(self, stream: _Stream, body: dict[str, Any], submission: Submission) -> None:
+        """Reader thread: SSE chunks -> (token id, text) items, then one StreamEnd."""
+        state = StreamState()
+        reader = SseReader()
+        end: StreamEnd | None = None
+        try:
+            with self._backend.client.stream("POST", "/generate", json=body,
+                                             timeout=self._backend.stream_timeout) as response:
+                if response.status_code != 200:
+                    detail = response.read().decode("utf-8", "replace")[:300]
+                    raise BackendError(f"SGLang refused the request: HTTP {response.status_code} {detail}")
+                for data in response.iter_bytes():
+                    for payload in reader.feed(data):
+                        event = parse_event(payload)
+                        if event == DONE:
+                            break
+                        if isinstance(event, StreamError):
+                            raise BackendError(f"SGLang stream error: {event.message} (code {event.code})")
+                        assert isinstance(event, Chunk)
+                        if state.first is None:
+                            submission.prompt_tokens = event.prompt_tokens
+                            submission.cached_tokens = event.cached_tokens
+                            stream.first_chunk.set()
+                            if stream.abort_wanted:
+                                self._send_abort(stream)
+                        for item in state.advance(event):
+                            self._items.put(item)
+                        if event.finish is not None:
+                            end = StreamEnd(event.finish.type, event.finish.matched, event.finish.message)
+            if end is None:
+                end = StreamEnd("error", message="the stream ended without a finish reason (server restarted?)")
+        except (httpx.HTTPError, ProtocolError, BackendError) as exc:
+            end = StreamEnd("error", message=_describe(exc, self._backend.url))
+        finally:
+            stream.first_chunk.set()
+        with self._lock:
+            self._context.extend(state.output_ids)
+            if self._stream is stream:
+                self._stream = None
+        self._items.put(end)
+        self._backend.notify()
+
+    def poll(self) -> list[tuple[int, str] | StreamEnd]:
+        out: list = []
+        while True:
+            try:
+                out.append(self._items.get_nowait())
+            except queue.Empty:
+                return out
+
+    def abort(self) -> None:
+        stream = self._stream
+        if stream is None or stream.abort_wanted:
+            return
+        stream.abort_wanted = True
+        if stream.first_chunk.is_set():
+            self._send_abort(stream)
+
+    def _send_abort(self, stream: _Stream) -> None:
+        if stream.abort_sent:
+            return
+        stream.abort_sent = True
+        try:
+            self._backend.client.post("/abort_request", json={"rid": stream.rid}, timeout=5)
+        except httpx.HTTPError as exc:  # the stream still ends (or fails) on its own
+            log.warning("abort of %s failed: %s", stream.rid, exc)
+
+    def truncate(self, n_tokens: int) -> None:
+        with self._lock:
+            if self._stream is not None:
+                raise BackendError("cannot truncate while a request streams")
+            if not 0 <= n_tokens <= len(self._context):
+                raise BackendError(f"cannot truncate to {n_tokens} tokens (have {len(self._context)})")
+            del self._context[n_tokens:]
+
+    def close(self) -> None:
+        self.abort()
+
+
+class SGLangBackend(Backend):
+    remote = True
+
+    def __init__(self, spec: ModelSpec, url: str, *, notify: Callable[[], None] = lambda: None,
+                 timeout_s: float = 10.0, stream_timeout_s: float = 300.0) -> None:
+        self.spec = spec
+        self.url = url.rstrip("/")
+        self.notify = notify
+        self.client = httpx.Client(base_url=self.url, timeout=timeout_s)
+        self.stream_timeout = httpx.Timeout(timeout_s, read=stream_timeout_s)
+        self._cache: dict[tuple[str, bool], list[int]] = {}
+        try:
+            info = self._tokenize_call("<|im_end|>")
+        except BackendError as exc:
+            raise BackendError(f"SGLang server for {spec.name} is not usable: {exc}") from exc
+        self._n_ctx = int(info["max_model_len"])
+        self._stop = frozenset(ids[0] for s in spec.stop_tokens if len(ids := self.tokenize(s, special=True)) == 1)
+        self.n_vocab = 0  # not needed: the server samples
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def _tokenize_call(self, text: str) -> dict[str, Any]:
+        try:
+            response = self.client.post("/tokenize", json={"prompt": text, "add_special_tokens": False})
+        except httpx.HTTPError as exc:
+            raise BackendError(_describe(exc, self.url)) from exc
+        if response.status_code != 200:
+            raise BackendError(f"/tokenize answered HTTP {response.status_code}: {response.text[:200]}")
+        return response.json()
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """The server's own token ids. Its tokenizer always parses template markers, so for text
+        that must stay text (special=False: a person's message, a tool result) a zero-width space
+        breaks any marker written into it: such text cannot forge a chat turn."""
+        if not special:
+            text = text.replace("<|", "<\u200b|")
+        key = (text, special)
+        ids = self._cache.get(key)
+        if ids is None:
+            ids = [int(i) for i in self._tokenize_call(text)["tokens"]]
+            if len(self._cache) < 10_000:
+                self._cache[key] = ids
+        return list(ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        raise BackendError("the SGLang backend streams text with its tokens")
+
+    def stop_ids(self) -> frozenset[int]:
+        return self._stop
+
+    def open_sequence(self, prompt_ids: Seq[int] = ()) -> SGLangSequence:
+        return SGLangSequence(self)
+
+    def sampling_params(self, *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+                        stop_regex: str | None = None, structural_tag: str | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+            "sampling_seed": seed, "stop_token_ids": sorted(self._stop), "skip_special_tokens": False,
+        }
+        if stop_regex:
+            params["stop_regex"] = stop_regex
+        if structural_tag:
+            params["structural_tag"] = structural_tag
+        return params
+
+
+def _describe(exc: Exception, url: str) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect to the SGLang server at {url} ({exc})"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the SGLang server at {url} did not answer in time ({type(exc).__name__})"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the SGLang server at {url} cut the stream ({exc})"
+    return str(exc)
