@@ -114,10 +114,11 @@ class ResultReader:
 
 class EngineProcess:
     def __init__(self, config: EngineConfig, scheduler: Scheduler, intake: Intake, store: TaskStore,
-                 publisher: Publisher, client: redis.Redis, dispatcher: Dispatcher) -> None:
+                 publisher: Publisher, client: redis.Redis, dispatcher: Dispatcher,
+                 wake: threading.Event | None = None) -> None:
         self.config = config
         self.dispatcher = dispatcher
-        self.wake = threading.Event()
+        self.wake = wake or threading.Event()  # results, control messages and streamed tokens set it
         self.results = ResultReader(client, config.engine_id, self.wake)
         self.scheduler = scheduler
         self.intake = intake

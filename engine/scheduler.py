@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import Backend, RemoteSequence, Sequence, StreamEnd
+from engine.backends.base import Backend, BackendError, RemoteSequence, Sequence, StreamEnd
 from engine.ban import IntrBan, forbidden
 from engine.cml import CallComplete, Future, Malformed, Monitor, Trap
 from engine.grammar import call_structural_tag
@@ -199,7 +199,12 @@ class Scheduler:
             )
         ]
         profile = profile_for(sub.model)
-        run.prompt_ids = profile.prompt_ids(backend, sub.prompt, list(run.tools.values()), sub.mode)
+        try:
+            run.prompt_ids = profile.prompt_ids(backend, sub.prompt, list(run.tools.values()), sub.mode)
+            if sub.forced_text:
+                run.forced = deque(backend.tokenize(sub.forced_text) + sorted(backend.stop_ids())[:1])
+        except BackendError as exc:  # a remote tokenizer that does not answer
+            return events + self._finish(run, Status.FAILED, str(exc))
         if len(run.prompt_ids) >= backend.n_ctx:
             events += self._finish(
                 run,
@@ -219,8 +224,6 @@ class Scheduler:
                     },
                 )
             )
-        if sub.forced_text:
-            run.forced = deque(backend.tokenize(sub.forced_text) + sorted(backend.stop_ids())[:1])
         run.seq = backend.open_sequence(run.prompt_ids)
         run.prefilled = run.reused_tokens = run.seq.n_tokens
         self._ready.append(sub.task_id)

@@ -41,6 +41,9 @@ if [ ! -f "$stamp" ] && [ ! -f "$VENV/.installed-$hash-1" ]; then
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
     "$PY" -m pip install --progress-bar off -r "$reqs" 2>&1 | pip_filter
   "$PY" -m pip install --progress-bar off --no-deps -r requirements/bfcl.txt 2>&1 | pip_filter
+  if [ "$dev" = 1 ]; then
+    "$PY" -m pip install --progress-bar off --no-deps -r requirements/sglang-contract.txt 2>&1 | pip_filter
+  fi
   "$PY" -c "import django, channels, celery, llama_cpp, bfcl_eval, mpmath" \
     || die "Python requirements did not install; see the output above"
   rm -f "$VENV"/.installed-*

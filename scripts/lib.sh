@@ -35,8 +35,8 @@ free_port() {
 }
 
 # Drop the noise this machine's pip configuration prints for every package; keep the exit status.
-# bfcl-eval is installed without its declared requirements on purpose (requirements/bfcl.txt).
+# bfcl-eval and sglang are installed without their declared requirements on purpose.
 pip_filter() {
   grep -v -e "is ignored: it is neither a file nor a directory" -e "^Requirement already satisfied" -e "^Looking in" \
-    -e "^bfcl-eval .* requires " -e "dependency resolver does not currently take into account" || true
+    -e "^bfcl-eval .* requires " -e "^sglang .* requires " -e "dependency resolver does not currently take into account" || true
 }

@@ -173,3 +173,26 @@ def own_celery_worker(tmp_path, redis_client) -> Iterator[Proc]:
     proc = _start_worker(tmp_path, f"worker-own-{time.monotonic_ns()}@localhost")
     yield proc
     proc.kill()
+
+
+def start_sglang_imitation(model: str, log_dir: Path) -> tuple[Proc, str]:
+    """The SGLang imitation server (tests/sglang_imitation.py) with `model`, on a free port."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = Proc(f"sglang-imitation-{port}", [sys.executable, "-m", "tests.sglang_imitation", "--port", str(port),
+                                              "--model", model, "--model-dir", str(settings.ASYNCLM_MODEL_DIR)],
+                subprocess_env(), log_dir)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return urllib.request.urlopen(url + "/health", timeout=1).status == 200
+        except OSError:
+            return False
+
+    proc.wait_until(healthy, 60, "it to answer /health")
+    return proc, url

@@ -106,6 +106,7 @@ class SGLangSequence(RemoteSequence):
                                 self._send_abort(stream)
                         for item in state.advance(event):
                             self._items.put(item)
+                        self._backend.notify()
                         if event.finish is not None:
                             end = StreamEnd(event.finish.type, event.finish.matched, event.finish.message)
             if end is None:

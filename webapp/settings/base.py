@@ -124,6 +124,9 @@ ASYNCLM_N_CTX = env.int("ASYNCLM_N_CTX", 4096, min=256)
 ASYNCLM_MAX_PROMPT_CHARS = env.int("ASYNCLM_MAX_PROMPT_CHARS", 8000, min=1)
 ASYNCLM_MAX_TOKENS_LIMIT = env.int("ASYNCLM_MAX_TOKENS_LIMIT", 2048, min=1)
 ASYNCLM_HEARTBEAT_TTL = env.int("ASYNCLM_HEARTBEAT_TTL", 15, min=3)
+# An SGLang server (e.g. http://sglang:30000) serving these catalog models; empty: all embedded.
+ASYNCLM_SGLANG_URL = env.str("ASYNCLM_SGLANG_URL", "")
+ASYNCLM_SGLANG_MODELS = env.list("ASYNCLM_SGLANG_MODELS", [ASYNCLM_DEFAULT_MODEL])
 ASYNCLM_MAX_MESSAGE_CHARS = env.int("ASYNCLM_MAX_MESSAGE_CHARS", 2000, min=1)
 # Task creation through the API, per user ("N/s", "N/m", "N/h" or "N/d").
 ASYNCLM_API_TASK_RATE = env.str("ASYNCLM_API_TASK_RATE", "30/m")

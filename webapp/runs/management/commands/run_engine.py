@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 
 import redis
@@ -12,8 +13,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from engine import health
-from engine.backends.base import Backend
+from engine.backends.base import Backend, BackendError
 from engine.backends.llamacpp import LlamaCppBackend
+from engine.backends.sglang import SGLangBackend
 from engine.catalog import UnknownModel, get_model
 from engine.intake import Intake
 from engine.modelfiles import ModelFileError, verified_path
@@ -28,17 +30,22 @@ class BackendCache:
     """Loads each model once, on first use; a model that fails to load fails its tasks with the
     reason, and is tried again for the next task (the file may have been fixed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake: threading.Event) -> None:
         self._loaded: dict[str, Backend] = {}
+        self._wake = wake
 
     def __call__(self, name: str) -> Backend:
         backend = self._loaded.get(name)
         if backend is None:
             spec = get_model(name)
-            path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
-            backend = LlamaCppBackend(spec, path, n_ctx=settings.ASYNCLM_N_CTX,
-                                      n_threads=settings.ASYNCLM_ENGINE_THREADS,
-                                      max_idle_contexts=settings.ASYNCLM_ENGINE_MAX_ACTIVE)
+            if settings.ASYNCLM_SGLANG_URL and name in settings.ASYNCLM_SGLANG_MODELS:
+                # Streamed tokens wake the engine's loop like results do.
+                backend = SGLangBackend(spec, settings.ASYNCLM_SGLANG_URL, notify=self._wake.set)
+            else:
+                path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
+                backend = LlamaCppBackend(spec, path, n_ctx=settings.ASYNCLM_N_CTX,
+                                          n_threads=settings.ASYNCLM_ENGINE_THREADS,
+                                          max_idle_contexts=settings.ASYNCLM_ENGINE_MAX_ACTIVE)
             self._loaded[name] = backend
         return backend
 
@@ -73,18 +80,19 @@ class Command(BaseCommand):
     def handle(self, *args, preload, id, max_active, redis_wait, **options):
         client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
         wait_for_redis(client, redis_wait)
-        backends = BackendCache()
+        wake = threading.Event()
+        backends = BackendCache(wake)
         for name in filter(None, (n.strip() for n in preload.split(","))):
             try:
                 backends(name)
-            except (UnknownModel, ModelFileError) as exc:
+            except (UnknownModel, ModelFileError, BackendError) as exc:
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"engine: loaded {name}")
         config = EngineConfig(engine_id=id or health.process_id("engine"), max_active=max_active,
                               heartbeat_ttl=settings.ASYNCLM_HEARTBEAT_TTL, models=backends.names)
         engine = EngineProcess(
             config, Scheduler(backends, engine_id=config.engine_id), Intake(client), DjangoTaskStore(),
-            TracePublisher(settings.REDIS_URL, get_channel_layer()), client, CeleryDispatcher(),
+            TracePublisher(settings.REDIS_URL, get_channel_layer()), client, CeleryDispatcher(), wake=wake,
         )
 
         def stop(signum, frame):  # noqa: ARG001

@@ -1,0 +1,221 @@
+"""A test server that imitates SGLang 0.5.23's native HTTP API as recorded from a real server
+(tests/fixtures/sglang-0.5.23), generating real tokens with the embedded model. Tests only: the
+product never uses it, and numbers measured against it are the imitation's, not SGLang's.
+
+What it imitates: `POST /generate` streaming cumulative `text` / `output_ids` chunks with
+`meta_info` and a final `data: [DONE]`; `POST /abort_request` matching rids by prefix, ignoring
+unknown ones and letting one or two more tokens through; duplicate running rids refused;
+`cached_tokens` from a prefix cache of earlier requests (all tokens whose KV was computed);
+`POST /tokenize`; `GET /health`. Every request it receives and every chunk it sends is checked
+against SGLang's own contract (`sglang/api/v1/api_types.py` from the `sglang` wheel, loaded by
+file path: importing the package would pull in torch). It does not enforce `structural_tag`.
+
+Test hooks: `POST /_imitation/fail` {"mode": "cut" | "500"} makes the next /generate cut its
+stream after a few tokens or answer HTTP 500; `GET /_imitation/log` returns the requests seen.
+
+usage: python -m tests.sglang_imitation --port 30000 --model qwen2.5-coder-0.5b [--model-dir var/models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import distribution
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from engine.backends.llamacpp import LlamaCppBackend
+from engine.catalog import get_model
+from engine.messages import Sampling
+from engine.modelfiles import verified_path
+from engine.sampling import sample
+
+
+def load_contract() -> ModuleType:
+    path = Path(str(distribution("sglang").locate_file("sglang/api/v1/api_types.py")))
+    spec = importlib.util.spec_from_file_location("sglang_api_types", path)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+class Imitation:
+    def __init__(self, backend: LlamaCppBackend, contract: ModuleType) -> None:
+        self.backend = backend
+        self.api = contract
+        self.lock = threading.Lock()
+        self.running: dict[str, dict] = {}  # rid -> {"abort_after": int | None}
+        self.cache: list[list[int]] = []
+        self.log: list[dict] = []
+        self.fail: str | None = None
+
+    def cached_tokens(self, ids: list[int]) -> int:
+        best = 0
+        for seq in self.cache:
+            n = 0
+            for a, b in zip(ids, seq, strict=False):
+                if a != b:
+                    break
+                n += 1
+            best = max(best, n)
+        return min(best, max(0, len(ids) - 1))
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ThreadingHTTPServer
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def sim(self) -> Imitation:
+        return self.server.imitation  # type: ignore[attr-defined]
+
+    def log_message(self, format, *args):  # noqa: A002, ANN001 - quiet
+        pass
+
+    def _json(self, status: int, body) -> None:  # noqa: ANN001
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length) or b"{}")
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/health":
+            return self._json(200, {})
+        if self.path == "/_imitation/log":
+            return self._json(200, self.sim.log)
+        return self._json(404, {"error": {"message": "not found", "code": 404}})
+
+    def do_POST(self):  # noqa: N802
+        body = self._body()
+        if self.path == "/tokenize":
+            ids = self.sim.backend.tokenize(body["prompt"], special=True)  # HF tokenizers parse markers
+            return self._json(200, {"tokens": ids, "count": len(ids), "max_model_len": self.sim.backend.n_ctx})
+        if self.path == "/abort_request":
+            self.sim.api.AbortRequest.from_json_value(body)
+            rid = body.get("rid", "")
+            with self.sim.lock:
+                for running, state in self.sim.running.items():
+                    if running.startswith(rid) and state["abort_after"] is None:
+                        state["abort_after"] = 1 + sum(map(ord, running)) % 2  # one or two more tokens
+            return self._json(200, {})
+        if self.path == "/_imitation/fail":
+            self.sim.fail = body["mode"]
+            return self._json(200, {})
+        if self.path == "/generate":
+            return self.generate(body)
+        return self._json(404, {"error": {"message": "not found", "code": 404}})
+
+    def generate(self, body: dict) -> None:
+        sim = self.sim
+        try:
+            request = sim.api.GenerateRequest.from_json_value(body)
+        except sim.api.JsonContractError as exc:
+            return self._json(400, {"error": {"message": f"contract: {exc}", "code": 400}})
+        params = body.get("sampling_params") or {}
+        sim.api.SamplingParams.from_json_value(params)
+        rid, ids = body["rid"], list(body["input_ids"])
+        sim.log.append({"rid": rid, "input_ids": ids, "sampling_params": params, "stream": request.stream})
+        fail, sim.fail = sim.fail, None
+        if fail == "500":
+            return self._json(500, {"error": {"message": "internal server error (imitated)", "code": 500}})
+        with sim.lock:
+            if rid in sim.running:
+                return self._json(400, {"error": {"message": f"Duplicate request ID {rid}", "code": 400}})
+            sim.running[rid] = {"abort_after": None}
+        try:
+            self._stream(rid, ids, params, cut=fail == "cut")
+        finally:
+            with sim.lock:
+                sim.running.pop(rid, None)
+
+    def _send_chunk(self, chunk: dict) -> None:
+        self.sim.api.GenerateResponse.from_json_value(chunk)  # what we send honours the contract
+        self._write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+    def _write(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _stream(self, rid: str, ids: list[int], params: dict, cut: bool) -> None:
+        sim, backend = self.sim, self.sim.backend
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        cached = sim.cached_tokens(ids)
+        seq = backend.open_sequence(ids)
+        seq.append(ids[seq.n_tokens:])
+        stop_ids = set(params.get("stop_token_ids") or []) | set(backend.stop_ids())
+        bias = {int(k): float(v) for k, v in (params.get("logit_bias") or {}).items()}
+        sampling = Sampling(temperature=params.get("temperature", 1.0), top_p=params.get("top_p", 1.0))
+        rng = np.random.default_rng(params.get("sampling_seed") or 0)
+        out: list[int] = []
+        raw = b""
+        max_new = params.get("max_new_tokens", 128)
+        finish = None
+        try:
+            while finish is None:
+                logits = seq.logits()
+                for token_id, value in bias.items():
+                    logits[token_id] += value
+                token = sample(logits, sampling, rng)
+                out.append(token)
+                if token not in stop_ids:
+                    raw += backend.token_bytes(token)
+                    seq.append([token])
+                state = sim.running[rid]
+                if token in stop_ids:
+                    finish = {"type": "stop", "matched": token}
+                elif len(out) >= max_new:
+                    finish = {"type": "length", "length": len(out)}
+                elif state["abort_after"] is not None:
+                    state["abort_after"] -= 1
+                    if state["abort_after"] < 0:
+                        finish = {"type": "abort", "message": "Aborted", "status_code": None, "err_type": None}
+                meta = {"id": rid, "finish_reason": finish, "prompt_tokens": len(ids), "completion_tokens": len(out),
+                        "cached_tokens": cached, "weight_version": "default"}
+                text = raw.decode("utf-8", errors="ignore")
+                if cut and len(out) == 3:
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)  # the stream is cut mid-way
+                    self.close_connection = True
+                    return
+                self._send_chunk({"text": text, "output_ids": list(out), "meta_info": meta})
+            self._write(b"data: [DONE]\n\n")
+            self._write(b"")  # end of the chunked body
+        finally:
+            with sim.lock:
+                sim.cache.append(ids + [t for t in out[:-1] if t not in stop_ids])
+            seq.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--model-dir", default="var/models")
+    parser.add_argument("--n-ctx", type=int, default=4096)
+    args = parser.parse_args()
+    spec = get_model(args.model)
+    backend = LlamaCppBackend(spec, verified_path(spec, Path(args.model_dir)), n_ctx=args.n_ctx, n_threads=2)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.imitation = Imitation(backend, load_contract())  # type: ignore[attr-defined]
+    print(f"SGLang imitation on 127.0.0.1:{args.port} with {args.model}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
