@@ -854,7 +854,7 @@ class Scheduler:
             run.cache_hit += min(cached, sub.expected_cached)
             events.append(self._event(run, "resubmitted", {
                 "rid": sub.rid, "reason": sub.reason, "prompt_tokens": sub.prompt_tokens, "cached_tokens": cached,
-                "expected_cached": sub.expected_cached}))
+                "expected_cached": sub.expected_cached, "abort_to_first_token_ms": sub.abort_to_first_token_ms}))
             if cached < 0.95 * sub.expected_cached - 1:
                 events.append(self._event(run, "warning", {
                     "message": f"prefix cache miss: the server had {cached} of the {sub.expected_cached} tokens "

@@ -63,6 +63,7 @@ class Submission:
     expected_cached: int  # tokens the server had already seen in this context
     prompt_tokens: int | None = None  # from the first chunk's meta_info
     cached_tokens: int | None = None
+    abort_to_first_token_ms: float | None = None  # previous request's abort sent -> this one's first chunk
 
 
 class RemoteSequence(ABC):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
@@ -56,6 +57,7 @@ class SGLangSequence(RemoteSequence):
         self._items: queue.SimpleQueue = queue.SimpleQueue()
         self._stream: _Stream | None = None
         self._lock = threading.Lock()
+        self._abort_sent_at: float | None = None
         self.submissions: list[Submission] = []
 
     @property
@@ -75,11 +77,12 @@ class SGLangSequence(RemoteSequence):
         self._stream = stream
         submission = Submission(stream.rid, reason, len(self._context), expected_cached)
         self.submissions.append(submission)
+        aborted_at, self._abort_sent_at = self._abort_sent_at, None
         body = {"rid": stream.rid, "input_ids": list(self._context), "stream": True, "sampling_params": params}
-        threading.Thread(target=self._read, args=(stream, body, submission), daemon=True,
+        threading.Thread(target=self._read, args=(stream, body, submission, aborted_at), daemon=True,
                          name=f"sglang-{stream.rid[-6:]}").start()
 
-    def _read(self, stream: _Stream, body: dict[str, Any], submission: Submission) -> None:
+    def _read(self, stream: _Stream, body: dict[str, Any], submission: Submission, aborted_at: float | None) -> None:
         """Reader thread: SSE chunks -> (token id, text) items, then one StreamEnd."""
         state = StreamState()
         reader = SseReader()
@@ -99,6 +102,8 @@ class SGLangSequence(RemoteSequence):
                             raise BackendError(f"SGLang stream error: {event.message} (code {event.code})")
                         assert isinstance(event, Chunk)
                         if state.first is None:
+                            if aborted_at is not None:
+                                submission.abort_to_first_token_ms = round((time.monotonic() - aborted_at) * 1000, 2)
                             submission.prompt_tokens = event.prompt_tokens
                             submission.cached_tokens = event.cached_tokens
                             stream.first_chunk.set()
@@ -142,6 +147,7 @@ class SGLangSequence(RemoteSequence):
         if stream.abort_sent:
             return
         stream.abort_sent = True
+        self._abort_sent_at = time.monotonic()
         try:
             self._backend.client.post("/abort_request", json={"rid": stream.rid}, timeout=5)
         except httpx.HTTPError as exc:  # the stream still ends (or fails) on its own

@@ -10,7 +10,7 @@ import yaml
 from django.core.management import get_commands
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("web", "engine", "worker")
+APP_SERVICES = ("web", "engine", "worker", "engine-gpu")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,10 @@ def test_it_has_the_services_of_the_design(compose):
     assert {"redis", "web", "engine", "worker", "sglang"} <= set(services)
     assert services["sglang"]["profiles"] == ["gpu"]
     assert services["sglang"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "/health" in " ".join(services["sglang"]["healthcheck"]["test"])
+    gpu_engine = services["engine-gpu"]
+    assert gpu_engine["profiles"] == ["gpu"] and gpu_engine["depends_on"]["sglang"]["condition"] == "service_healthy"
+    assert gpu_engine["environment"]["ASYNCLM_SGLANG_URL"] == "http://sglang:30000"
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)

@@ -139,7 +139,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
-    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"},
+                "httpx": {"level": "WARNING"}},  # one line per SGLang request otherwise
 }
 ASYNCLM_PYTHON_TOOL_MODULES = env.list("ASYNCLM_PYTHON_TOOL_MODULES", ["workers.toolbox"])
 ASYNCLM_WORKER_MAX_RESULT_BYTES = env.int("ASYNCLM_WORKER_MAX_RESULT_BYTES", 1_000_000, min=1000)

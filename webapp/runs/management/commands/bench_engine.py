@@ -67,12 +67,22 @@ class Command(BaseCommand):
         parser.add_argument("--calls-per-task", type=int, default=20)
         parser.add_argument("--tokens", type=int, default=200, help="tokens for the decode-speed comparison")
         parser.add_argument("--out", default=str(settings.VAR_DIR / "bench" / "engine.json"))
+        parser.add_argument("--sglang-url", default="",
+                            help="only measure the SGLang path against this server: abort -> first new token of "
+                                 "the resubmission, and the cache-hit ratio")
+        parser.add_argument("--sglang-label", default="",
+                            help='what the server is, recorded with the numbers (e.g. "SGLang 0.5.23 on H100" or '
+                                 '"the tests\' SGLang imitation")')
+        parser.add_argument("--interrupts", type=int, default=30, help="interrupts for the SGLang path")
 
     def say(self, text: str) -> None:
         self.stdout.write(text)
         self.stdout.flush()
 
-    def handle(self, *args, model, calls, calls_per_task, tokens, out, **options):
+    def handle(self, *args, model, calls, calls_per_task, tokens, out, sglang_url, sglang_label, interrupts,
+               **options):
+        if sglang_url:
+            return self.sglang(model, sglang_url, sglang_label, interrupts, out)
         spec = get_model(model)
         path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
         result = {"params": {"model": model, "calls": calls, "tokens": tokens, "machine": platform.node(),
@@ -91,6 +101,58 @@ class Command(BaseCommand):
         Path(out).write_text(json.dumps(result, indent=2))
         self.say(json.dumps({k: v for k, v in result.items() if k != "params"}, indent=2))
         self.say(self.style.SUCCESS(f"saved {out}"))
+
+    # -- the SGLang path ------------------------------------------------------------------------
+    def sglang(self, model: str, url: str, label: str, interrupts: int, out: str) -> None:
+        """Interrupts by abort and resubmit on one growing context: after 8 streamed tokens, abort,
+        read the stream to its end, resubmit with a 28-token frame appended; the time from the
+        abort going out to the first chunk of the resubmission, and cached over already-seen tokens."""
+        from engine.backends.base import StreamEnd
+        from engine.backends.sglang import SGLangBackend
+        from engine.profiles import chat_prompt_ids
+
+        if not label:
+            raise CommandError("--sglang-label is required: say what the server is (real SGLang or the imitation)")
+        backend = SGLangBackend(get_model(model), url)
+        seq = backend.open_sequence()
+        params = backend.sampling_params(max_new_tokens=4000, temperature=0.0, top_p=1.0, seed=0)
+        frame = backend.tokenize(FRAME)[:28]
+        seq.submit(chat_prompt_ids(backend, "Write a very long story about a lighthouse keeper."), params, "prompt")
+        for i in range(interrupts):
+            streamed, ended = 0, False
+            while not ended:
+                for item in seq.poll():
+                    if isinstance(item, StreamEnd):
+                        if item.finish == "error":
+                            raise CommandError(f"the server failed: {item.message}")
+                        ended = True
+                    else:
+                        streamed += 1
+                if streamed >= 8:
+                    seq.abort()
+                time.sleep(0.001)
+            seq.submit(frame, params, "interrupt")
+            self.say(f"interrupt {i + 1}/{interrupts}")
+        while seq.streaming or not seq.submissions[-1].prompt_tokens:
+            seq.abort()
+            time.sleep(0.01)
+        subs = [s for s in seq.submissions if s.reason == "interrupt"]
+        overheads = [s.abort_to_first_token_ms for s in subs if s.abort_to_first_token_ms is not None]
+        cached = sum(min(s.cached_tokens or 0, s.expected_cached) for s in subs)
+        expected = sum(s.expected_cached for s in subs)
+        result = {
+            "params": {"model": model, "server": url, "server_is": label, "interrupts": len(subs),
+                       "frame_tokens": len(frame), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "machine": platform.node()},
+            "sglang_abort_to_first_token_ms": summary(overheads),
+            "sglang_cache_hit_ratio": round(cached / expected, 4) if expected else None,
+            "sglang_context_tokens_at_end": seq.n_tokens,
+        }
+        path = Path(out).with_name("engine-sglang.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        self.say(json.dumps(result, indent=2))
+        self.say(self.style.SUCCESS(f"saved {path}"))
 
     # -- in-process measurements ------------------------------------------------------------
     def injection(self, backend: LlamaCppBackend) -> tuple[dict, dict]:
