@@ -48,6 +48,19 @@ class _Stream:
     first_chunk: threading.Event = field(default_factory=threading.Event)
     abort_wanted: bool = False
     abort_sent: bool = False
+    # The reader (first chunk seen) and the engine (abort wanted) race: one of them must send.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def abort_due(self, *, first_chunk: bool = False, wanted: bool = False) -> bool:
+        """Record an event; True exactly once: when the abort is wanted and may be sent."""
+        with self.lock:
+            if first_chunk:
+                self.first_chunk.set()
+            self.abort_wanted = self.abort_wanted or wanted
+            if self.abort_wanted and self.first_chunk.is_set() and not self.abort_sent:
+                self.abort_sent = True
+                return True
+            return False
 
 
 class SGLangSequence(RemoteSequence):
@@ -106,8 +119,7 @@ class SGLangSequence(RemoteSequence):
                                 submission.abort_to_first_token_ms = round((time.monotonic() - aborted_at) * 1000, 2)
                             submission.prompt_tokens = event.prompt_tokens
                             submission.cached_tokens = event.cached_tokens
-                            stream.first_chunk.set()
-                            if stream.abort_wanted:
+                            if stream.abort_due(first_chunk=True):
                                 self._send_abort(stream)
                         for item in state.advance(event):
                             self._items.put(item)
@@ -137,16 +149,10 @@ class SGLangSequence(RemoteSequence):
 
     def abort(self) -> None:
         stream = self._stream
-        if stream is None or stream.abort_wanted:
-            return
-        stream.abort_wanted = True
-        if stream.first_chunk.is_set():
+        if stream is not None and stream.abort_due(wanted=True):
             self._send_abort(stream)
 
     def _send_abort(self, stream: _Stream) -> None:
-        if stream.abort_sent:
-            return
-        stream.abort_sent = True
         self._abort_sent_at = time.monotonic()
         try:
             self._backend.client.post("/abort_request", json={"rid": stream.rid}, timeout=5)

@@ -122,3 +122,23 @@ def test_the_imitation_checks_requests_against_sglangs_contract(server):
         chunks = [json.loads(line[5:]) for line in lines if line.startswith("data: {")]
     assert chunks[-1]["meta_info"]["finish_reason"]["type"] == "abort"
     assert len(chunks[-1]["output_ids"]) < 40
+
+
+def test_an_abort_before_the_first_chunk_waits_for_it(server):
+    """SGLang drops an abort for a rid it has not registered yet: the backend sends it only once
+    the request's first chunk arrived, so the request still stops early."""
+    from engine.backends.base import StreamEnd
+
+    _, url = server
+    backend = SGLangBackend(get_model(MODEL), url)
+    seq = backend.open_sequence()
+    prompt = backend.tokenize("<|im_start|>user\nWrite a long story.<|im_end|>\n<|im_start|>assistant\n", special=True)
+    seq.submit(prompt, backend.sampling_params(max_new_tokens=200, temperature=0.0, top_p=1.0, seed=0), "prompt")
+    seq.abort()  # at once: before the server has sent anything
+    items, deadline = [], time.monotonic() + 30
+    while not (items and isinstance(items[-1], StreamEnd)) and time.monotonic() < deadline:
+        items += seq.poll()
+        time.sleep(0.01)
+    assert items[-1] == StreamEnd("abort", None, "Aborted")
+    assert len(items) - 1 <= 4  # the first chunk, then one or two more tokens
+    assert seq.n_tokens == len(prompt) + len(items) - 1 and not seq.streaming
