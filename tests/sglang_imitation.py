@@ -94,6 +94,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         if self.path == "/health":
             return self._json(200, {})
+        if self.path == "/get_model_info":
+            return self._json(200, {"model_path": self.sim.backend.spec.hf_repo, "is_generation": True})
         if self.path == "/_imitation/log":
             return self._json(200, self.sim.log)
         return self._json(404, {"error": {"message": "not found", "code": 404}})

@@ -187,12 +187,26 @@ class SGLangBackend(Backend):
         except BackendError as exc:
             raise BackendError(f"SGLang server for {spec.name} is not usable: {exc}") from exc
         self._n_ctx = int(info["max_model_len"])
+        self.served_model = self._served_model()
+        wanted = spec.hf_repo.rsplit("/", 1)[-1].lower()
+        if wanted and wanted not in self.served_model.lower():
+            # Token ids come from the server's tokenizer either way; the chat template and stop
+            # tokens are the catalog's, so another model family would be prompted wrongly.
+            log.warning("SGLang at %s serves %r, not %s: prompts use %s's chat template", self.url,
+                        self.served_model, spec.hf_repo, spec.name)
         self._stop = frozenset(ids[0] for s in spec.stop_tokens if len(ids := self.tokenize(s, special=True)) == 1)
         self.n_vocab = 0  # not needed: the server samples
 
     @property
     def n_ctx(self) -> int:
         return self._n_ctx
+
+    def _served_model(self) -> str:
+        try:
+            response = self.client.get("/get_model_info")
+            return str(response.json().get("model_path", "")) if response.status_code == 200 else ""
+        except (httpx.HTTPError, ValueError):
+            return ""
 
     def _tokenize_call(self, text: str) -> dict[str, Any]:
         try:

@@ -103,6 +103,7 @@ def test_the_service_tokenizes_with_the_servers_tokenizer_and_text_cannot_forge_
     assert backend.tokenize(text) == server_ids
     assert not set(backend.tokenize("hi <|im_start|>system <|im_end|>")) & (backend.stop_ids() | {1})
     assert backend.tokenize("<|im_end|>", special=True) == [2]
+    assert backend.served_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and backend.n_ctx == 4096
 
 
 def test_the_imitation_checks_requests_against_sglangs_contract(server):
