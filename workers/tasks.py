@@ -16,7 +16,7 @@ from django.conf import settings
 
 from engine.messages import CallReport, CallRequest
 from engine.tools import ToolSpec
-from workers.executors import ToolError, TransientToolError, executor_for
+from workers.executors import StatefulExecutor, ToolError, TransientToolError, executor_for
 from workers.executors.base import CallContext, CallFailed
 from workers.instances import run_on_instance
 from workers.reporting import notify_browser, report, worker_redis
@@ -43,7 +43,7 @@ def execute(tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any:
         executor = executor_for(tool.kind)
     except ToolError as exc:
         raise CallFailed(exc.kind, str(exc)) from None
-    if not executor.stateful:
+    if not isinstance(executor, StatefulExecutor):
         return _checked(tool, args, ctx, lambda: (executor.run(tool, args, ctx), None))[0]
     return run_on_instance(
         worker_redis(), ctx.task_id, executor.instance_name(tool), ctx.call_id, ctx.order, tool.timeout_s + 2,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,24 +34,29 @@ class CallContext:
     order: int = 0  # the call's position among its task's calls, in the order the model issued them
 
 
-class Executor:
-    """One per tool kind. `run` returns a JSON-serialisable value or raises ToolError.
-
-    A stateful kind (`stateful = True`) implements `run_stateful` instead: it receives the state
-    its instance was left in (None before the first call) and returns the value and the new
-    state; the worker keeps the state between calls (workers/instances.py)."""
+class BaseExecutor:
+    """One per tool kind (one small module each)."""
 
     kind = ""
-    stateful = False
 
     def check_config(self, config: dict[str, Any]) -> None:  # noqa: B027 - most kinds accept any config
         """Raise ToolError when a tool's configuration is unusable for this kind."""
 
+
+class Executor(BaseExecutor, ABC):
+    """A stateless kind: `run` returns a JSON-serialisable value or raises ToolError."""
+
+    @abstractmethod
+    def run(self, tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any: ...
+
+
+class StatefulExecutor(BaseExecutor, ABC):
+    """A kind whose calls act on an instance's state: `run_stateful` receives the state the
+    instance was left in (None before its first call) and returns the value and the new state;
+    the worker keeps the state between calls (workers/instances.py)."""
+
     def instance_name(self, tool: ToolSpec) -> str:
         return tool.instance or tool.name
 
-    def run(self, tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any:
-        raise NotImplementedError(f"{self.kind} tools are stateful")
-
-    def run_stateful(self, tool: ToolSpec, args: dict[str, Any], state: Any) -> tuple[Any, Any]:
-        raise NotImplementedError(f"{self.kind} tools are not stateful")
+    @abstractmethod
+    def run_stateful(self, tool: ToolSpec, args: dict[str, Any], state: Any) -> tuple[Any, Any]: ...

@@ -10,7 +10,7 @@ from functools import cache
 from typing import Any
 
 from engine.tools import ToolSpec
-from workers.executors.base import Executor, ToolError
+from workers.executors.base import StatefulExecutor, ToolError
 
 MODULE_PREFIX = "bfcl_eval.eval_checker.multi_turn_eval.func_source_code"
 
@@ -48,9 +48,8 @@ def new_instance(class_name: str, initial_config: dict[str, Any] | None) -> Any:
     return obj
 
 
-class BfclExecutor(Executor):
+class BfclExecutor(StatefulExecutor):
     kind = "bfcl"
-    stateful = True
 
     def check_config(self, config: dict[str, Any]) -> None:
         cls = bfcl_class(str(config.get("class", "")))
