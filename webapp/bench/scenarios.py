@@ -1,0 +1,145 @@
+"""Benchmark scenarios from the installed bfcl-eval package (the paper's latency experiment).
+
+A scenario is a question, the tools the model gets, and the ground-truth calls it should make,
+each with a tool latency drawn from the paper's distribution by a generator seeded with
+(run seed, scenario, call index): every mode faces exactly the same latencies.
+
+- `parallel`, `parallel_multiple`, `live_parallel`, `live_parallel_multiple`: one BFCL entry; the
+  first acceptable value of each ground-truth argument (an empty string marks an optional argument
+  that may be left out);
+- `multistep_parallel` (the paper's multi-step parallel set): the first-turn ground truth of 3
+  `multi_turn_base` entries drawn with the run seed, run against BFCL's stateful classes with
+  one instance per (entry, class); tools are namespaced per entry (`e1.cd`, `e2.cd`); calls of one
+  entry depend on each other through state, so call k+1 of an entry needs call k's result.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from engine.cml import parse_call
+from engine.tools import ToolSpec
+from webapp.tools.bfcl import PAPER_LATENCY_MS, class_functions, data_dir, dataset, json_schema
+from workers.executors.simulated import draw_latency_ms
+
+SINGLE_TURN = ("parallel", "parallel_multiple", "live_parallel", "live_parallel_multiple")
+MULTISTEP = "multistep_parallel"
+DATASETS = (*SINGLE_TURN, MULTISTEP)
+ENTRIES_PER_MULTISTEP = 3
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    index: int  # position in the scenario's ground truth
+    name: str  # as the model writes it (namespaced in multistep scenarios)
+    args: dict[str, Any]
+    latency_ms: float
+    after: int | None = None  # the call whose result this one needs first (same multistep entry)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    dataset: str
+    question: str
+    tools: list[dict[str, Any]]  # ToolSpec dicts
+    calls: list[PlannedCall]
+    sources: list[str] = field(default_factory=list)  # BFCL entry ids
+    instances: dict[str, dict[str, Any]] = field(default_factory=dict)  # instance -> class, initial_config
+
+
+def draw_latencies(seed: int, scenario_id: str, n: int) -> list[float]:
+    """The paper's distribution (30-500 ms, mean 110), one seeded generator per call."""
+    return [round(draw_latency_ms(PAPER_LATENCY_MS, random.Random(f"{seed}|{scenario_id}|{i}")), 3)
+            for i in range(n)]
+
+
+@cache
+def _answers(name: str) -> dict[str, Any]:
+    path = data_dir() / "possible_answer" / f"BFCL_v4_{name}.json"
+    with path.open(encoding="utf-8") as f:
+        return {d["id"]: d["ground_truth"] for d in map(json.loads, f) if d}
+
+
+def _first_acceptable(values: dict[str, list[Any]]) -> dict[str, Any]:
+    """BFCL lists the acceptable values of each argument ("" = may be left out); a dict argument
+    is itself written that way, one level down."""
+    args = {}
+    for arg, acceptable in values.items():
+        chosen = next((v for v in acceptable if v != ""), None) if isinstance(acceptable, list) else acceptable
+        if isinstance(chosen, dict):
+            chosen = _first_acceptable(chosen)
+        if chosen is not None:
+            args[arg] = chosen
+    return args
+
+
+def _question(entry: dict[str, Any], turn: int = 0) -> str:
+    return " ".join(m.get("content", "") for m in entry["question"][turn] if m.get("role") == "user")
+
+
+def single_turn(name: str, seed: int, limit: int | None = None) -> list[Scenario]:
+    answers = _answers(name)
+    out = []
+    for entry in dataset(name)[:limit]:
+        truth = answers[entry["id"]]
+        latencies = draw_latencies(seed, entry["id"], len(truth))
+        calls = []
+        for i, (call, ms) in enumerate(zip(truth, latencies, strict=True)):
+            (fn, values), = call.items()
+            calls.append(PlannedCall(i, fn, _first_acceptable(values), ms))
+        tools = [ToolSpec(fn["name"], fn.get("description", ""), json_schema(fn.get("parameters") or {}),
+                          kind="simulated").to_dict() for fn in entry["function"]]
+        out.append(Scenario(entry["id"], name, _question(entry), tools, calls, [entry["id"]]))
+    return out
+
+
+def multistep(seed: int, limit: int | None = None) -> list[Scenario]:
+    entries = dataset("multi_turn_base")
+    answers = _answers("multi_turn_base")
+    count = limit if limit is not None else len(entries) // ENTRIES_PER_MULTISTEP
+    out = []
+    for k in range(count):
+        sid = f"{MULTISTEP}_{k}"
+        picked = random.Random(f"{seed}|{sid}").sample(entries, ENTRIES_PER_MULTISTEP)
+        tools: list[dict[str, Any]] = []
+        instances: dict[str, dict[str, Any]] = {}
+        planned: list[tuple[str, dict[str, Any], int | None]] = []
+        questions = []
+        for n, entry in enumerate(picked, start=1):
+            prefix = f"e{n}"
+            owner: dict[str, str] = {}  # method -> instance, for this entry
+            for cls in entry["involved_classes"]:
+                instance = f"{prefix}_{cls}"
+                instances[instance] = {"class": cls, "initial_config": entry["initial_config"].get(cls, {})}
+                for fn in class_functions(cls):
+                    owner.setdefault(fn["name"], instance)
+                    tools.append(ToolSpec(f"{prefix}.{fn['name']}", fn.get("description", ""),
+                                          json_schema(fn.get("parameters") or {}), kind="bfcl",
+                                          config={"class": cls, "method": fn["name"], "instance": instance,
+                                                  "initial_config": instances[instance]["initial_config"]}
+                                          ).to_dict())
+            previous = None
+            for text in answers[entry["id"]][0]:
+                fn, positional, keywords = parse_call(text)
+                spec = next(ToolSpec.from_dict(t) for t in tools if t["name"] == f"{prefix}.{fn}")
+                planned.append((spec.name, spec.bind(positional, keywords), previous))
+                previous = len(planned) - 1
+            questions.append(f"({prefix}) {_question(entry)}")
+        latencies = draw_latencies(seed, sid, len(planned))
+        calls = [PlannedCall(i, name, args, ms, after)
+                 for i, ((name, args, after), ms) in enumerate(zip(planned, latencies, strict=True))]
+        out.append(Scenario(sid, MULTISTEP, " ".join(questions), tools, calls, [e["id"] for e in picked], instances))
+    return out
+
+
+def scenarios(name: str, seed: int, limit: int | None = None) -> list[Scenario]:
+    if name == MULTISTEP:
+        return multistep(seed, limit)
+    if name in SINGLE_TURN:
+        return single_turn(name, seed, limit)
+    raise ValueError(f"unknown dataset {name!r} (one of {', '.join(DATASETS)})")
