@@ -1,4 +1,4 @@
-.PHONY: run test test-postgres lint engine web worker clean bench-engine bench-tools
+.PHONY: run test test-postgres lint engine web worker clean bench bench-engine bench-tools
 
 run:            ## install what is missing and start every process (Ctrl-C stops them)
 	@scripts/run.sh
@@ -22,6 +22,10 @@ worker:
 
 clean:          ## remove the virtualenv and local state (models, database)
 	rm -rf .venv var
+
+bench:          ## the paper's latency experiment on BFCL, simulated decoder at 10 ms/token -> var/bench/
+	@scripts/bootstrap.sh
+	@scripts/with-redis.sh .venv/bin/python manage.py bench --token-ms 10 --limit 20
 
 bench-engine:   ## the engine's costs on this machine -> var/bench/engine.json
 	@scripts/bootstrap.sh

@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "webapp.tools",
     "webapp.runs",
     "webapp.api",
+    "webapp.bench",
 ]
 
 MIDDLEWARE = [

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,17 @@ class CallContext:
     task_id: int
     call_id: str
     order: int = 0  # the call's position among its task's calls, in the order the model issued them
+
+
+def planned_latency_ms(config: dict[str, Any], call_id: str, args: dict[str, Any]) -> float | None:
+    """A benchmark fixes each call's latency in the tool's config: by call id (the simulated
+    decoder's ids are the plan's), else by the call's arguments (a model picks its own ids)."""
+    by_call = config.get("latency_by_call") or {}
+    if call_id in by_call:
+        return float(by_call[call_id])
+    by_args = config.get("latency_by_args") or {}
+    key = json.dumps(args, sort_keys=True)
+    return float(by_args[key]) if key in by_args else None
 
 
 class BaseExecutor:

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from engine.tools import ToolSpec
-from workers.executors.base import CallContext, Executor, ToolError
+from workers.executors.base import CallContext, Executor, ToolError, planned_latency_ms
 
 DISTS = ("fixed", "uniform", "normal", "lognormal")
 
@@ -68,8 +68,10 @@ class SimulatedExecutor(Executor):
         seed_text = f"{config.get('seed', 0)}|{tool.name}|{json.dumps(args, sort_keys=True)}"
         # A comparison's tasks share a scope, so every mode faces the same latencies.
         rng = random.Random(f"{seed_text}|{config.get('latency_scope', ctx.task_id)}|{ctx.call_id}")
-        time.sleep(draw_latency_ms(config.get("latency_ms", {"dist": "fixed", "value": tool.est_latency_ms}), rng)
-                   / 1000)
+        planned = planned_latency_ms(config, ctx.call_id, args)
+        if planned is None:
+            planned = draw_latency_ms(config.get("latency_ms", {"dist": "fixed", "value": tool.est_latency_ms}), rng)
+        time.sleep(planned / 1000)
         if "error" in config:
             raise ToolError(str(config["error"]))
         returns = config.get("returns")

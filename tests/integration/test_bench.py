@@ -1,0 +1,36 @@
+"""A small benchmark run end to end through the real processes (engine with the simulated
+decoder, Celery workers, Redis): valid files, the bound respected, async ahead of sync."""
+
+import json
+
+import pytest
+from django.core.management import call_command
+
+from tests.conftest import database_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_small_bench_run_writes_valid_files(tmp_path, monkeypatch, redis_client, capsys):
+    monkeypatch.setenv("DATABASE_URL", database_url())  # the processes it starts use the test database
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "webapp.settings.test")
+    call_command("bench", "--datasets", "parallel,multistep_parallel", "--limit", "1", "--token-ms", "5",
+                 "--out", str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "scenarios.jsonl").read_text().splitlines()]
+    assert [(r["dataset"], r["mode"]) for r in rows] == [
+        (d, m) for d in ("parallel", "multistep_parallel") for m in ("sync", "sync_parallel", "async")]
+    for row in rows:
+        assert not row["errors"], row["errors"]
+        assert row["latency_ms"] > 0 and row["bound_ms"] > 0
+        assert 0.9 < row["measured_over_bound"] < 2.0, row  # never faster than the ideal system
+        assert all(c["started_ms"] is not None and c["finished_ms"] >= c["started_ms"] for c in row["calls"])
+    by_mode = {(r["dataset"], r["mode"]): r["latency_ms"] for r in rows}
+    for dataset in ("parallel", "multistep_parallel"):
+        assert by_mode[(dataset, "async")] < by_mode[(dataset, "sync")]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["params"]["decoder"] == "simulated" and report["params"]["git_commit"]
+    assert {r["mode"] for r in report["results"]} == {"sync", "sync_parallel", "async"}
+    for result in report["results"]:
+        assert {"dataset", "decoder", "mode", "n", "latency_ms", "speedup_vs_sync", "bound_ms",
+                "measured_over_bound", "extra_tokens_vs_sync", "accuracy", "errors"} <= set(result)
+    assert "| parallel | async |" in (tmp_path / "bench.md").read_text()
