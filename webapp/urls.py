@@ -9,4 +9,5 @@ urlpatterns = [
     path("", include("webapp.core.urls")),
     path("", include("webapp.runs.urls")),
     path("", include("webapp.api.urls")),
+    path("", include("webapp.bench.urls")),
 ]

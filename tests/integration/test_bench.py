@@ -34,3 +34,6 @@ def test_a_small_bench_run_writes_valid_files(tmp_path, monkeypatch, redis_clien
         assert {"dataset", "decoder", "mode", "n", "latency_ms", "speedup_vs_sync", "bound_ms",
                 "measured_over_bound", "extra_tokens_vs_sync", "accuracy", "errors"} <= set(result)
     assert "| parallel | async |" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    (kept,) = (tmp_path / "runs").iterdir()  # the dashboard lists it
+    assert {p.name for p in kept.iterdir()} == {"bench.json", "bench.md", "bench.png", "scenarios.jsonl"}

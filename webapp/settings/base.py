@@ -133,6 +133,8 @@ ASYNCLM_MAX_MESSAGE_CHARS = env.int("ASYNCLM_MAX_MESSAGE_CHARS", 2000, min=1)
 ASYNCLM_API_TASK_RATE = env.str("ASYNCLM_API_TASK_RATE", "30/m")
 # `python manage.py purge_tasks` deletes tasks (and their events) older than this.
 ASYNCLM_TASK_RETENTION_DAYS = env.int("ASYNCLM_TASK_RETENTION_DAYS", 30, min=1)
+# Where `manage.py bench` writes by default; the dashboard lists the runs kept in its runs/ folder.
+ASYNCLM_BENCH_DIR = env.path("ASYNCLM_BENCH_DIR", VAR_DIR / "bench")
 
 LOGGING = {
     "version": 1,

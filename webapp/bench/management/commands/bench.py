@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from webapp.bench.plot import plot
 from webapp.bench.report import markdown, summarize
 from webapp.bench.runner import BenchError, Services, run_scenario
 from webapp.bench.scenarios import DATASETS, scenarios
@@ -38,7 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("--inject-ms", type=float, default=None, help="default: a tenth of --token-ms")
         parser.add_argument("--limit", type=int, default=20, help="scenarios per dataset")
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--out", default=str(settings.VAR_DIR / "bench"))
+        parser.add_argument("--out", default=str(settings.ASYNCLM_BENCH_DIR))
 
     def handle(self, *args, datasets, modes, decoder, token_ms, inject_ms, limit, seed, out, **options):
         datasets, modes = _csv(datasets, DATASETS, "datasets"), _csv(modes, MODES, "modes")
@@ -82,9 +84,15 @@ class Command(BaseCommand):
         results = summarize(rows)
         (out_dir / "bench.json").write_text(json.dumps({"params": params, "results": results}, indent=2))
         (out_dir / "bench.md").write_text(markdown(params, results))
+        plot(params, results, out_dir / "bench.png")
+        # Every run is also kept under runs/, which the dashboard's benchmark page lists.
+        archive = out_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{params['git_commit']}"
+        archive.mkdir(parents=True, exist_ok=True)
+        for name in ("bench.json", "bench.md", "bench.png", "scenarios.jsonl"):
+            shutil.copy2(out_dir / name, archive / name)
         self.stdout.write(markdown(params, results))
-        self.stdout.write(self.style.SUCCESS(f"saved {out_dir}/bench.json, bench.md, scenarios.jsonl "
-                                             f"in {time.monotonic() - started:.0f} s"))
+        self.stdout.write(self.style.SUCCESS(f"saved {out_dir}/bench.json, bench.md, bench.png, scenarios.jsonl "
+                                             f"(and a copy in {archive}) in {time.monotonic() - started:.0f} s"))
 
 
 def _commit() -> str:

@@ -1,0 +1,48 @@
+"""The dashboard's benchmark pages read the runs kept by `manage.py bench`."""
+
+import json
+
+import pytest
+from django.urls import reverse
+
+pytestmark = pytest.mark.django_db
+
+RESULT = {"dataset": "parallel", "decoder": "simulated", "mode": "async", "n": 2,
+          "latency_ms": {"p10": 600.0, "p50": 650.0, "p90": 700.0, "mean": 651.0},
+          "speedup_vs_sync": {"mean": 1.31, "median": 1.3}, "bound_ms": 620.0, "measured_over_bound": 1.05,
+          "extra_tokens_vs_sync": 2.5, "accuracy": None, "errors": 0}
+PARAMS = {"decoder": "simulated", "token_ms": 10, "inject_ms": 1, "datasets": ["parallel"], "modes": ["async"],
+          "limit": 2, "seed": 0, "git_commit": "abc1234", "date": "2026-11-25", "machine": "vm",
+          "latency_model": "lognormal"}
+
+
+@pytest.fixture
+def bench_dir(tmp_path, settings):
+    settings.ASYNCLM_BENCH_DIR = tmp_path
+    run = tmp_path / "runs" / "20261125-120000-abc1234"
+    run.mkdir(parents=True)
+    (run / "bench.json").write_text(json.dumps({"params": PARAMS, "results": [RESULT]}))
+    (run / "bench.png").write_bytes(b"\x89PNG fake")
+    return tmp_path
+
+
+def test_the_pages_list_runs_and_show_their_tables_and_plots(client, alice, bench_dir):
+    client.force_login(alice)
+    listing = client.get(reverse("bench_runs")).content.decode()
+    assert "20261125-120000-abc1234" in listing and "<strong>simulated</strong>" in listing
+    page = client.get(reverse("bench_run", args=["20261125-120000-abc1234"])).content.decode()
+    assert "1.31 / 1.3" in page and "not measured" in page and "bench.png" in page
+    image = client.get(reverse("bench_file", args=["20261125-120000-abc1234", "bench.png"]))
+    assert image["Content-Type"] == "image/png" and b"".join(image.streaming_content) == b"\x89PNG fake"
+
+
+def test_only_kept_runs_and_known_files_are_served(client, alice, bench_dir):
+    client.force_login(alice)
+    (bench_dir / "secret.txt").write_text("no")
+    assert client.get(reverse("bench_run", args=["..%2F..%2Fetc"])).status_code == 404
+    assert client.get(reverse("bench_file", args=["20261125-120000-abc1234", "secret.txt"])).status_code == 404
+    assert client.get(reverse("bench_file", args=["20261125-120000-abc1234", "scenarios.jsonl"])).status_code == 404
+
+
+def test_the_pages_need_a_login(client, bench_dir):
+    assert client.get(reverse("bench_runs")).status_code == 302

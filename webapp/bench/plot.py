@@ -1,0 +1,39 @@
+"""bench.png: mean latency per mode with p10-p90 bars and the bound, one panel per dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLOURS = {"sync": "#dd8452", "sync_parallel": "#c9b037", "async": "#2b6cb0"}
+
+
+def plot(params: dict[str, Any], results: list[dict[str, Any]], path: Path) -> None:
+    datasets = sorted({r["dataset"] for r in results})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.8), squeeze=False, sharey=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        rows = [r for r in results if r["dataset"] == dataset and r["latency_ms"]]
+        for x, r in enumerate(rows):
+            lat = r["latency_ms"]
+            ax.bar(x, lat["mean"], color=COLOURS.get(r["mode"], "#888"), width=0.6)
+            ax.errorbar(x, lat["p50"], yerr=[[lat["p50"] - lat["p10"]], [lat["p90"] - lat["p50"]]], fmt="o",
+                        color="black", capsize=4, markersize=3)
+            ax.plot([x - 0.3, x + 0.3], [r["bound_ms"]] * 2, color="black", linestyle="--", linewidth=1)
+            speed = r["speedup_vs_sync"]
+            if speed and r["mode"] != "sync":
+                ax.annotate(f"{speed['mean']:.2f}x", (x, lat["mean"]), ha="center", va="bottom", fontsize=8,
+                            xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(range(len(rows)), [r["mode"].replace("_", "\n") for r in rows], fontsize=8)
+        ax.set_title(dataset, fontsize=9)
+        ax.set_ylabel("latency, first -> last token (ms)", fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.suptitle(f"{params['decoder']} decoder, {params['token_ms']:g} ms/token: bars mean, dots p50 with p10-p90, "
+                 "dashes the bound", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
