@@ -157,6 +157,7 @@ class Scheduler:
         self._outbox: list[CallRequest] = []
         self._bans: dict[int, IntrBan] = {}
         self._draining: set[int] = set()  # remote tasks waiting (parked, blocked) whose last request still ends
+        self.worked = False  # the last step did a unit of work (a prefill chunk has no events)
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -277,8 +278,10 @@ class Scheduler:
         return events
 
     def step(self) -> list[TraceEvent]:
-        """One unit of work for the next runnable task, round-robin. [] when idle."""
+        """One unit of work for the next runnable task, round-robin. [] when idle (`worked` then
+        says whether a unit without events, such as a prefill chunk, was done)."""
         tried = 0
+        self.worked = False
         drained = self._drain()
         while self._ready:
             task_id = self._ready.popleft()
@@ -299,6 +302,7 @@ class Scheduler:
             if run.status in RUNNABLE:
                 self._ready.append(task_id)
             if events or not run.backend.remote:
+                self.worked = True
                 return events
             tried += 1
             if tried >= len(self._ready):
