@@ -23,7 +23,7 @@ from typing import Any
 
 from engine.cml import parse_call
 from engine.tools import ToolSpec
-from webapp.tools.bfcl import PAPER_LATENCY_MS, class_functions, data_dir, dataset, json_schema
+from webapp.tools.bfcl import PAPER_LATENCY_MS, class_functions, data_dir, dataset, doc_tool, question
 from workers.executors.simulated import draw_latency_ms
 
 SINGLE_TURN = ("parallel", "parallel_multiple", "live_parallel", "live_parallel_multiple")
@@ -78,10 +78,6 @@ def _first_acceptable(values: dict[str, list[Any]]) -> dict[str, Any]:
     return args
 
 
-def _question(entry: dict[str, Any], turn: int = 0) -> str:
-    return " ".join(m.get("content", "") for m in entry["question"][turn] if m.get("role") == "user")
-
-
 def single_turn(name: str, seed: int, limit: int | None = None) -> list[Scenario]:
     answers = _answers(name)
     out = []
@@ -92,9 +88,8 @@ def single_turn(name: str, seed: int, limit: int | None = None) -> list[Scenario
         for i, (call, ms) in enumerate(zip(truth, latencies, strict=True)):
             (fn, values), = call.items()
             calls.append(PlannedCall(i, fn, _first_acceptable(values), ms))
-        tools = [ToolSpec(fn["name"], fn.get("description", ""), json_schema(fn.get("parameters") or {}),
-                          kind="simulated").to_dict() for fn in entry["function"]]
-        out.append(Scenario(entry["id"], name, _question(entry), tools, calls, [entry["id"]]))
+        tools = [ToolSpec.from_dict(doc_tool(fn, "simulated", {})).to_dict() for fn in entry["function"]]
+        out.append(Scenario(entry["id"], name, question(entry), tools, calls, [entry["id"]]))
     return out
 
 
@@ -112,24 +107,21 @@ def multistep(seed: int, limit: int | None = None) -> list[Scenario]:
         questions = []
         for n, entry in enumerate(picked, start=1):
             prefix = f"e{n}"
-            owner: dict[str, str] = {}  # method -> instance, for this entry
             for cls in entry["involved_classes"]:
                 instance = f"{prefix}_{cls}"
                 instances[instance] = {"class": cls, "initial_config": entry["initial_config"].get(cls, {})}
                 for fn in class_functions(cls):
-                    owner.setdefault(fn["name"], instance)
-                    tools.append(ToolSpec(f"{prefix}.{fn['name']}", fn.get("description", ""),
-                                          json_schema(fn.get("parameters") or {}), kind="bfcl",
-                                          config={"class": cls, "method": fn["name"], "instance": instance,
-                                                  "initial_config": instances[instance]["initial_config"]}
-                                          ).to_dict())
+                    config = {"class": cls, "method": fn["name"], "instance": instance,
+                              "initial_config": instances[instance]["initial_config"]}
+                    tools.append(ToolSpec.from_dict(doc_tool(fn, "bfcl", config, name=f"{prefix}.{fn['name']}")
+                                                    ).to_dict())
             previous = None
             for text in answers[entry["id"]][0]:
                 fn, positional, keywords = parse_call(text)
                 spec = next(ToolSpec.from_dict(t) for t in tools if t["name"] == f"{prefix}.{fn}")
                 planned.append((spec.name, spec.bind(positional, keywords), previous))
                 previous = len(planned) - 1
-            questions.append(f"({prefix}) {_question(entry)}")
+            questions.append(f"({prefix}) {question(entry)}")
         latencies = draw_latencies(seed, sid, len(planned))
         calls = [PlannedCall(i, name, args, ms, after)
                  for i, ((name, args, after), ms) in enumerate(zip(planned, latencies, strict=True))]

@@ -90,36 +90,26 @@ def json_schema(bfcl_params: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def doc_tool(fn: dict[str, Any], kind: str, config: dict[str, Any], name: str | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """One BFCL function document as a tool (registry fields, also a ToolSpec dict)."""
+    return {"name": name or fn["name"], "description": fn.get("description", ""),
+            "parameters": json_schema(fn.get("parameters") or {}), "kind": kind, "config": config, **extra}
+
+
 def entry_tools(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": fn["name"],
-            "description": fn.get("description", ""),
-            "parameters": json_schema(fn.get("parameters") or {}),
-            "kind": "simulated",
-            "config": {"latency_ms": PAPER_LATENCY_MS},
-        }
-        for fn in entry["function"]
-    ]
+    return [doc_tool(fn, "simulated", {"latency_ms": PAPER_LATENCY_MS}) for fn in entry["function"]]
 
 
 def class_tools(class_name: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": fn["name"],
-            "description": fn.get("description", ""),
-            "parameters": json_schema(fn.get("parameters") or {}),
-            "kind": "bfcl",
-            "config": {"class": class_name, "method": fn["name"]},
-            "est_latency_ms": 50,
-        }
-        for fn in class_functions(class_name)
-    ]
+    return [doc_tool(fn, "bfcl", {"class": class_name, "method": fn["name"]}, est_latency_ms=50)
+            for fn in class_functions(class_name)]
 
 
-def _question(entry: dict[str, Any]) -> str:
+def question(entry: dict[str, Any], turn: int = 0) -> str:
+    """What the user asks in one turn of a BFCL entry."""
     turns = entry.get("question") or [[]]
-    return " ".join(m.get("content", "") for m in turns[0] if m.get("role") == "user")
+    return " ".join(m.get("content", "") for m in turns[turn] if m.get("role") == "user")
 
 
 def import_bfcl(datasets: list[str], classes: list[str], limit: int | None = None) -> list[ImportReport]:
@@ -133,7 +123,7 @@ def import_bfcl(datasets: list[str], classes: list[str], limit: int | None = Non
     for name in datasets:
         for entry in dataset(name)[:limit]:
             reports.append(import_pack(f"{PACK_PREFIX}{entry['id']}", entry_tools(entry), prune=True, source=source,
-                                       description=f"BFCL {entry['id']}: {_question(entry)}"))
+                                       description=f"BFCL {entry['id']}: {question(entry)}"))
     return reports
 
 
