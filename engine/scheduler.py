@@ -409,7 +409,7 @@ class Scheduler:
         self._flush_unevaluated(run)
         logits = run.seq.logits()
         if run.tools and not run.monitor.in_block:
-            logits = self._ban(run.backend).apply(logits, run.tail)
+            logits = self._ban(run.backend).apply(logits, run.tail, trap=bool(run.pending() or run.interrupts))
         token = sample(logits, run.sub.sampling, run.rng)
         if run.forced:
             token = run.forced.popleft()

@@ -3,11 +3,14 @@ labelled simulated). It sits behind the same Backend interface as the embedded m
 wall-clock time, but instead of a language model it follows a plan carried in the task's prompt:
 
     [plan] {"calls": [{"id": "c1", "call": "f(x=1)", "e": 120.5, "after": null}, ...],
-            "final": "Done.", "token_ms": 10, "inject_ms": 1}
+            "final": "Done.", "token_ms": 10, "inject_ms": 1, "wait": "trap"}
 
 It writes the ready calls as CML in LPT order (longest expected latency `e` first; a call whose
-`after` names another is ready once that call's result was injected), writes `[TRAP][END]` when
-nothing is ready and results are pending, and ends with the final answer once every result is in.
+`after` names another is ready once that call's result was injected), yields when nothing is
+ready and results are pending, and ends with the final answer once every result is in. It yields
+with `[TRAP][END]` (AsyncLM's trap), or with `"wait": "eos"` by ending its turn (one end-of-sequence
+token, as a model trained for OpenAI-style parallel calls does; the engine treats both as the
+yield of sync_parallel).
 So it reacts to the real interrupts the engine injects. Each generated token costs `token_ms`,
 each injected token `inject_ms`; the prompt is free (latency is measured from the first token).
 
@@ -96,7 +99,7 @@ class SimulatedSequence(Sequence):
             self.written.add(call["id"])
             return f"[CALL] {call['id']} [HEAD] {call['call']} [END] "
         if any(c["id"] not in self.injected for c in calls):
-            return "[TRAP][END] "
+            return "" if self.plan.get("wait") == "eos" else "[TRAP][END] "  # "" is written as EOS
         self.answering = True
         return self.plan.get("final", "Done.")
 

@@ -1,5 +1,6 @@
 """A small benchmark run end to end through the real processes (engine with the simulated
-decoder, Celery workers, Redis): valid files, the bound respected, async ahead of sync."""
+decoder or the embedded model, Celery workers, Redis): valid files, the bound respected, async
+ahead of sync, BFCL's checker applied to what ran."""
 
 import json
 
@@ -24,6 +25,8 @@ def test_a_small_bench_run_writes_valid_files(tmp_path, monkeypatch, redis_clien
         assert row["latency_ms"] > 0 and row["bound_ms"] > 0
         assert 0.9 < row["measured_over_bound"] < 2.0, row  # never faster than the ideal system
         assert all(c["started_ms"] is not None and c["finished_ms"] >= c["started_ms"] for c in row["calls"])
+        assert row["checker"] == {"valid": True, "error": ""}  # the simulated decoder writes the ground truth
+        assert len(row["executed"]) == len(row["calls"]) and not row["model_errors"]
     by_mode = {(r["dataset"], r["mode"]): r["latency_ms"] for r in rows}
     for dataset in ("parallel", "multistep_parallel"):
         assert by_mode[(dataset, "async")] < by_mode[(dataset, "sync")]
@@ -33,7 +36,34 @@ def test_a_small_bench_run_writes_valid_files(tmp_path, monkeypatch, redis_clien
     for result in report["results"]:
         assert {"dataset", "decoder", "mode", "n", "latency_ms", "speedup_vs_sync", "bound_ms",
                 "measured_over_bound", "extra_tokens_vs_sync", "accuracy", "errors"} <= set(result)
+        assert result["accuracy"] == 1.0
     assert "| parallel | async |" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     (kept,) = (tmp_path / "runs").iterdir()  # the dashboard lists it
     assert {p.name for p in kept.iterdir()} == {"bench.json", "bench.md", "bench.png", "scenarios.jsonl"}
+
+
+def test_an_embedded_run_is_added_beside_a_simulated_one(tmp_path, monkeypatch, redis_client):
+    monkeypatch.setenv("DATABASE_URL", database_url())
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "webapp.settings.test")
+    call_command("bench", "--datasets", "parallel", "--modes", "sync,async", "--limit", "1", "--token-ms", "5",
+                 "--out", str(tmp_path))
+    call_command("bench", "--append", "--decoder", "embedded", "--model", "qwen2.5-coder-0.5b", "--datasets",
+                 "parallel", "--modes", "sync,async", "--limit", "1", "--max-tokens", "160", "--out", str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "scenarios.jsonl").read_text().splitlines()]
+    assert [(r["decoder"], r["mode"]) for r in rows] == [
+        ("simulated", "sync"), ("simulated", "async"), ("embedded", "sync"), ("embedded", "async")]
+    for row in rows[2:]:
+        assert row["cheat_sheet"] is True and row["label"] == "embedded qwen2.5-coder-0.5b, with cheat sheet"
+        assert row["latency_ms"] > 0 and row["token_ms"] > 0 and row["bound_ms"] > 0
+        assert 0.9 < row["measured_over_bound"] < 3.0, row
+        assert isinstance(row["checker"]["valid"], bool)
+        assert [(c["name"], c["args"]) for c in row["executed"]] == [
+            (c["name"], c["args"]) for c in row["executed"] if c["name"] == "spotify.play"]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [p["decoder"] for p in report["params"]["parts"]] == ["simulated", "embedded"]
+    embedded = [r for r in report["results"] if r["decoder"] == "embedded"]
+    assert {r["mode"] for r in embedded} == {"sync", "async"}
+    assert all(r["accuracy"] in (0.0, 1.0) for r in embedded)  # one scenario: accepted or not
+    text = (tmp_path / "bench.md").read_text()
+    assert "## simulated" in text and "## embedded qwen2.5-coder-0.5b, with cheat sheet" in text

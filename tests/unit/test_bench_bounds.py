@@ -52,3 +52,18 @@ def test_bad_input():
         bound_ms("turbo", CALLS)
     with pytest.raises(ValueError, match="cycle"):
         bound_ms("async", [BoundCall(1, 1, after=1), BoundCall(1, 1, after=0)])
+
+
+def test_the_plans_bound_charges_sync_parallel_no_trap_and_batched_frames_their_share():
+    from webapp.bench import plan
+    from webapp.bench.scenarios import PlannedCall, Scenario
+
+    calls = [PlannedCall(0, "f", {"x": 1}, 200.0), PlannedCall(1, "f", {"x": 2}, 100.0)]
+    scenario = Scenario("s", "parallel", "q", [], calls)
+    g = sum(plan.tokens(plan.cml(c.index, c.name, c.args)) for c in calls) * 10
+    i = sum(len(f" [INTR] c{k} [HEAD] {{}} [END]") for k in (1, 2)) / 4 * 1
+    final = plan.tokens(plan.FINAL) * 10
+    assert plan.bound(scenario, "sync_parallel", 10, 1) == pytest.approx(g + 200 + i + final - 10)
+    assert plan.bound(scenario, "sync", 10, 1) == pytest.approx(g + 300 + i + final - 10)
+    assert plan.plan(scenario, "sync_parallel", 10, 1)["wait"] == "eos"
+    assert plan.plan(scenario, "async", 10, 1)["wait"] == "trap"

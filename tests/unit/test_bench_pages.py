@@ -7,13 +7,19 @@ from django.urls import reverse
 
 pytestmark = pytest.mark.django_db
 
-RESULT = {"dataset": "parallel", "decoder": "simulated", "mode": "async", "n": 2,
+RESULT = {"dataset": "parallel", "decoder": "simulated", "label": "simulated", "mode": "async", "n": 2,
           "latency_ms": {"p10": 600.0, "p50": 650.0, "p90": 700.0, "mean": 651.0},
           "speedup_vs_sync": {"mean": 1.31, "median": 1.3}, "bound_ms": 620.0, "measured_over_bound": 1.05,
           "extra_tokens_vs_sync": 2.5, "accuracy": None, "errors": 0}
-PARAMS = {"decoder": "simulated", "token_ms": 10, "inject_ms": 1, "datasets": ["parallel"], "modes": ["async"],
-          "limit": 2, "seed": 0, "git_commit": "abc1234", "date": "2026-11-25", "machine": "vm",
-          "latency_model": "lognormal"}
+EMBEDDED = {**RESULT, "decoder": "embedded", "label": "embedded qwen2.5-coder-0.5b, with cheat sheet",
+            "accuracy": 0.9, "mode": "sync", "speedup_vs_sync": {"mean": 1.0, "median": 1.0}}
+PARTS = [{"decoder": "simulated", "label": "simulated", "model": "simulated", "token_ms": 10, "inject_ms": 1,
+          "datasets": ["parallel"], "modes": ["async"], "limit": 2, "cheat_sheet": True, "seconds": 12},
+         {"decoder": "embedded", "label": EMBEDDED["label"], "model": "qwen2.5-coder-0.5b", "token_ms": None,
+          "inject_ms": None, "datasets": ["parallel"], "modes": ["sync"], "limit": 2, "cheat_sheet": True,
+          "seconds": 40}]
+PARAMS = {"decoder": f"simulated + {EMBEDDED['label']}", "parts": PARTS, "seed": 0, "git_commit": "abc1234",
+          "date": "2026-11-25", "machine": "vm", "latency_model": "lognormal"}
 
 
 @pytest.fixture
@@ -21,7 +27,7 @@ def bench_dir(tmp_path, settings):
     settings.ASYNCLM_BENCH_DIR = tmp_path
     run = tmp_path / "runs" / "20261125-120000-abc1234"
     run.mkdir(parents=True)
-    (run / "bench.json").write_text(json.dumps({"params": PARAMS, "results": [RESULT]}))
+    (run / "bench.json").write_text(json.dumps({"params": PARAMS, "results": [RESULT, EMBEDDED]}))
     (run / "bench.png").write_bytes(b"\x89PNG fake")
     return tmp_path
 
@@ -29,9 +35,11 @@ def bench_dir(tmp_path, settings):
 def test_the_pages_list_runs_and_show_their_tables_and_plots(client, alice, bench_dir):
     client.force_login(alice)
     listing = client.get(reverse("bench_runs")).content.decode()
-    assert "20261125-120000-abc1234" in listing and "<strong>simulated</strong>" in listing
+    assert "20261125-120000-abc1234" in listing and "<strong>simulated + embedded" in listing
+    assert "simulated at 10 ms/token: parallel" in listing
     page = client.get(reverse("bench_run", args=["20261125-120000-abc1234"])).content.decode()
     assert "1.31 / 1.3" in page and "not measured" in page and "bench.png" in page
+    assert "<strong>embedded model qwen2.5-coder-0.5b</strong>, with the cheat sheet" in page and "90%" in page
     image = client.get(reverse("bench_file", args=["20261125-120000-abc1234", "bench.png"]))
     assert image["Content-Type"] == "image/png" and b"".join(image.streaming_content) == b"\x89PNG fake"
 

@@ -1,7 +1,7 @@
 """Benchmark scenarios from bfcl-eval: seeded, reproducible, the same latencies for every mode."""
 
 from engine.tools import ToolSpec
-from webapp.bench.scenarios import MULTISTEP, draw_latencies, scenarios
+from webapp.bench.scenarios import MULTISTEP, draw_latencies, scenarios, unusable
 
 
 def test_latencies_follow_the_papers_distribution_and_are_reproducible():
@@ -48,3 +48,11 @@ def test_multistep_scenarios_join_three_entries_with_namespaced_instances():
     for call in scenario.calls:
         tool = by_name[call.name]
         assert tool["kind"] == "bfcl" and tool["config"]["instance"].startswith(call.name.split(".")[0] + "_")
+
+
+def test_entries_whose_ground_truth_breaks_the_functions_schema_are_left_out_with_the_reason():
+    left = unusable("live_parallel")
+    assert list(left) == ["live_parallel_15-11-0"] and "is not one of" in left["live_parallel_15-11-0"]
+    ids = [s.id for s in scenarios("live_parallel", seed=0)]
+    assert "live_parallel_15-11-0" not in ids and len(ids) == 15
+    assert len(scenarios("parallel_multiple", seed=0, limit=30)) == 30  # the limit counts usable entries

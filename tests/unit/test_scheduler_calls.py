@@ -109,13 +109,6 @@ def test_a_trap_parks_until_the_next_result_and_costs_no_steps():
     ]
 
 
-def test_a_trap_with_nothing_pending_is_a_no_op():
-    scheduler, events, *_ = make(["hi", "[TRAP][END]", " bye"])
-    events += run_until_idle(scheduler)
-    assert [e.payload["action"] for e in events if e.kind == "trap"] == ["noop"]
-    assert events[-1].payload["status"] == "finished"
-
-
 def test_sync_decodes_nothing_between_a_call_and_its_result():
     scheduler, events, *_ = make(["[CALL] a [HEAD] f(a=1) [END]", " after"], mode="sync")
     events += run_until_idle(scheduler)
@@ -256,6 +249,17 @@ def test_a_split_interrupt_spelling_is_banned_at_the_letter():
     scheduler, events, *_ = make(["ok [", "_", "INTR", "] a"])
     events += run_until_idle(scheduler)
     assert "[_INTR" not in events[-1].payload["text"]
+
+
+def test_a_trap_with_nothing_to_wait_for_is_banned_and_one_with_a_pending_call_is_not():
+    for mode in ("async", "sync", "sync_parallel"):
+        scheduler, events, *_ = make(["ok ", "[TRAP][END]", " done"], mode=mode)
+        events += run_until_idle(scheduler)
+        assert "[TRAP" not in events[-1].payload["text"], mode
+        assert not [e for e in events if e.kind == "trap"]
+    scheduler, events, *_ = make(["[CALL] a [HEAD] f(a=1) [END]", "[TRAP][END]"])
+    events += run_until_idle(scheduler)
+    assert [e.payload["action"] for e in events if e.kind == "trap"] == ["parked"]
 
 
 def test_parked_tasks_do_not_hold_up_others():

@@ -58,6 +58,14 @@ def test_sync_and_sync_parallel_follow_the_same_plan():
     assert "[TRAP][END]" in parallel[-1].payload["text"]
 
 
+def test_sync_parallel_can_yield_by_ending_its_turn_instead_of_a_trap():
+    events = run("sync_parallel", {**PLAN, "wait": "eos"})
+    assert [e.payload["calls"] for e in events if e.kind == "interrupt_injected"][0] in (["b", "a"], ["a", "b"])
+    finish = events[-1]
+    assert finish.payload["status"] == "finished" and "[TRAP]" not in finish.payload["text"]
+    assert finish.payload["text"].endswith("All three are done.")
+
+
 def test_it_spends_wall_clock_time_per_token():
     plan = {**PLAN, "calls": PLAN["calls"][:1], "token_ms": 5}
     events = run("async", plan)

@@ -22,16 +22,27 @@ def call_text(name: str, args: dict[str, Any]) -> str:
     return f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"  # Python literals, as CML wants
 
 
-def plan(scenario: Scenario, token_ms: float, inject_ms: float) -> dict[str, Any]:
+def plan(scenario: Scenario, mode: str, token_ms: float, inject_ms: float) -> dict[str, Any]:
     return {
         "calls": [{"id": call_id(c.index), "call": call_text(c.name, c.args), "e": c.latency_ms,
                    "after": call_id(c.after) if c.after is not None else None} for c in scenario.calls],
-        "final": FINAL, "token_ms": token_ms, "inject_ms": inject_ms,
+        "final": FINAL, "token_ms": token_ms, "inject_ms": inject_ms, "wait": wait(mode),
     }
 
 
-def prompt(scenario: Scenario, token_ms: float, inject_ms: float) -> str:
-    return f"{scenario.question}\n[plan] {json.dumps(plan(scenario, token_ms, inject_ms))}"
+def wait(mode: str) -> str:
+    """How the simulated model yields: sync_parallel ends its turn (the OpenAI/Anthropic-style
+    baseline: one end-of-sequence token, no trap); async writes AsyncLM's [TRAP][END]; sync never
+    waits on its own (the engine blocks at each [END])."""
+    return "eos" if mode == "sync_parallel" else "trap"
+
+
+def trap_tokens(mode: str) -> int:
+    return 0 if wait(mode) == "eos" else tokens(TRAP)  # the end of sequence is not a generated token
+
+
+def prompt(scenario: Scenario, mode: str, token_ms: float, inject_ms: float) -> str:
+    return f"{scenario.question}\n[plan] {json.dumps(plan(scenario, mode, token_ms, inject_ms))}"
 
 
 def tools(scenario: Scenario) -> list[dict[str, Any]]:
@@ -51,8 +62,23 @@ def tokens(text: str) -> int:
     return math.ceil(len(text) / CHUNK)
 
 
+def injected_tokens(text: str) -> float:
+    """An injected frame's share of tokens: results that arrive together are injected as one text,
+    chunked as a whole, so a frame is charged len/CHUNK (never more than its share of the batch)."""
+    return len(text) / CHUNK
+
+
 def cml(index: int, name: str, args: dict[str, Any]) -> str:
     return f"[CALL] {call_id(index)} [HEAD] {call_text(name, args)} [END] "
+
+
+def frame(cid: str, payload: str) -> str:
+    return f" [INTR] {cid} [HEAD] {payload} [END]"
+
+
+def g_ms_per_call(scenario: Scenario, token_ms: float) -> float | None:
+    g = [tokens(cml(c.index, c.name, c.args)) * token_ms for c in scenario.calls]
+    return round(sum(g) / len(g), 1) if g else None
 
 
 def bound(scenario: Scenario, mode: str, token_ms: float, inject_ms: float,
@@ -64,10 +90,9 @@ def bound(scenario: Scenario, mode: str, token_ms: float, inject_ms: float,
     injected = injected or {}
     calls = [
         BoundCall(g_ms=tokens(cml(c.index, c.name, c.args)) * token_ms, e_ms=c.latency_ms,
-                  i_ms=tokens(f" [INTR] {call_id(c.index)} [HEAD] {injected.get(call_id(c.index), '{}')} [END]")
-                  * inject_ms,
+                  i_ms=injected_tokens(frame(call_id(c.index), injected.get(call_id(c.index), "{}"))) * inject_ms,
                   after=c.after)
         for c in scenario.calls
     ]
-    total = bound_ms(mode, calls, final_ms=tokens(FINAL) * token_ms, trap_ms=tokens(TRAP) * token_ms)
+    total = bound_ms(mode, calls, final_ms=tokens(FINAL) * token_ms, trap_ms=trap_tokens(mode) * token_ms)
     return round(total - token_ms, 3)

@@ -1,4 +1,4 @@
-"""bench.png: mean latency per mode with p10-p90 bars and the bound, one panel per dataset."""
+"""bench.png: mean latency per mode with p10-p90 bars and the bound, one panel per (decoder, dataset)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ COLOURS = {"sync": "#dd8452", "sync_parallel": "#c9b037", "async": "#2b6cb0"}
 
 
 def plot(params: dict[str, Any], results: list[dict[str, Any]], path: Path) -> None:
-    datasets = sorted({r["dataset"] for r in results})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets), 3.8), squeeze=False, sharey=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        rows = [r for r in results if r["dataset"] == dataset and r["latency_ms"]]
+    panels = list(dict.fromkeys((r["label"], r["dataset"]) for r in results))
+    columns = min(len(panels), 5)
+    grid = (len(panels) + columns - 1) // columns
+    fig, axes = plt.subplots(grid, columns, figsize=(3.2 * columns, 3.9 * grid), squeeze=False, sharey=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (label, dataset) in zip(axes.flat, panels, strict=False):
+        rows = [r for r in results if r["label"] == label and r["dataset"] == dataset and r["latency_ms"]]
         for x, r in enumerate(rows):
             lat = r["latency_ms"]
             ax.bar(x, lat["mean"], color=COLOURS.get(r["mode"], "#888"), width=0.6)
@@ -29,11 +33,11 @@ def plot(params: dict[str, Any], results: list[dict[str, Any]], path: Path) -> N
                 ax.annotate(f"{speed['mean']:.2f}x", (x, lat["mean"]), ha="center", va="bottom", fontsize=8,
                             xytext=(0, 2), textcoords="offset points")
         ax.set_xticks(range(len(rows)), [r["mode"].replace("_", "\n") for r in rows], fontsize=8)
-        ax.set_title(dataset, fontsize=9)
+        ax.set_title(f"{dataset}\n{label}", fontsize=8)
         ax.set_ylabel("latency, first -> last token (ms)", fontsize=8)
         ax.tick_params(axis="y", labelsize=8)
-    fig.suptitle(f"{params['decoder']} decoder, {params['token_ms']:g} ms/token: bars mean, dots p50 with p10-p90, "
-                 "dashes the bound", fontsize=9)
+    speeds = ", ".join(f"{p['label']} at {p['token_ms']:g} ms/token" for p in params["parts"] if p["token_ms"])
+    fig.suptitle(f"Bars mean, dots p50 with p10-p90, dashes the bound{'; ' + speeds if speeds else ''}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -23,7 +23,7 @@ from django.contrib.auth import get_user_model
 from engine import health
 from engine.intake import Intake
 from engine.messages import Budgets, Sampling, TaskSubmission
-from webapp.bench import plan
+from webapp.bench import checker, embedded, plan
 from webapp.bench.scenarios import Scenario
 from webapp.runs.models import Task, TraceEvent
 
@@ -34,11 +34,33 @@ class BenchError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Setup:
+    """How scenarios are run: which decoder and model, at what token charges (simulated), with or
+    without the cheat sheet (embedded)."""
+
+    decoder: str  # "simulated" or "embedded"
+    model: str
+    seed: int = 0
+    token_ms: float = 10.0  # simulated only
+    inject_ms: float = 1.0  # simulated only
+    cheat_sheet: bool = True  # embedded only
+    max_tokens: int = 20000
+
+    @property
+    def label(self) -> str:
+        """The decoder as tables show it."""
+        if self.decoder == "simulated":
+            return "simulated"
+        return f"embedded {self.model}, {'with' if self.cheat_sheet else 'without'} cheat sheet"
+
+
 @dataclass
 class Services:
-    """Redis, an engine with the simulated decoder and a Celery worker, all for the benchmark."""
+    """Redis, an engine with the benchmark's model and a Celery worker, all for the benchmark."""
 
     log_dir: Path
+    model: str = "simulated"
     worker_concurrency: int = 12
     redis_url: str = ""
     procs: list[subprocess.Popen] = field(default_factory=list)
@@ -64,7 +86,7 @@ class Services:
                "DJANGO_SETTINGS_MODULE": os.environ.get(
                    "DJANGO_SETTINGS_MODULE", "webapp.settings.local"), "LOG_LEVEL": "WARNING"}
         engine_id, worker_id = f"bench-engine-{os.getpid()}", f"bench-worker-{os.getpid()}@localhost"
-        self._spawn("engine", [sys.executable, "manage.py", "run_engine", "--preload", "simulated", "--id",
+        self._spawn("engine", [sys.executable, "manage.py", "run_engine", "--preload", self.model, "--id",
                                engine_id, "--max-active", "8"], env)
         self._spawn("worker", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "default,tools",
                                "--pool", "prefork", "--concurrency", str(self.worker_concurrency), "-n", worker_id,
@@ -120,16 +142,19 @@ def bench_user():  # noqa: ANN201
     return user
 
 
-def run_scenario(services: Services, scenario: Scenario, mode: str, *, token_ms: float, inject_ms: float,
-                 seed: int, timeout_s: float = 120.0) -> dict[str, Any]:
+def run_scenario(services: Services, scenario: Scenario, mode: str, setup: Setup,
+                 timeout_s: float = 120.0) -> dict[str, Any]:
     """One (scenario, mode) through the engine; returns its scenarios.jsonl line."""
-    tools = plan.tools(scenario)
-    task = Task.objects.create(owner=bench_user(), prompt=plan.prompt(scenario, token_ms, inject_ms),
-                               model="simulated", max_tokens=20000, seed=seed, mode=mode, tools=tools,
-                               max_calls=len(scenario.calls) + 8, max_wall_s=timeout_s)
+    if setup.decoder == "simulated":
+        text, tools = plan.prompt(scenario, mode, setup.token_ms, setup.inject_ms), plan.tools(scenario)
+    else:
+        text, tools = embedded.prompt(scenario, setup.cheat_sheet), embedded.tools(scenario, setup.seed)
+    task = Task.objects.create(owner=bench_user(), prompt=text, model=setup.model, max_tokens=setup.max_tokens,
+                               seed=setup.seed, mode=mode, tools=tools, max_calls=len(scenario.calls) + 8,
+                               max_wall_s=timeout_s)
     client = redis.Redis.from_url(services.redis_url)
-    Intake(client).submit(TaskSubmission(task.pk, "simulated", task.prompt, task.max_tokens, time.time(),
-                                         Sampling(seed=seed), mode=mode, tools=tools,
+    Intake(client).submit(TaskSubmission(task.pk, setup.model, task.prompt, task.max_tokens, time.time(),
+                                         Sampling(seed=setup.seed), mode=mode, tools=tools,
                                          budgets=Budgets(max_calls=task.max_calls, max_wall_s=timeout_s)))
     deadline = time.monotonic() + timeout_s + 30
     while not Task.objects.filter(pk=task.pk, status__in=Task.FINAL).exists():
@@ -139,30 +164,56 @@ def run_scenario(services: Services, scenario: Scenario, mode: str, *, token_ms:
             raise BenchError(f"task {task.pk} ({scenario.id}, {mode}) did not end within {timeout_s + 30:g} s")
         time.sleep(0.05)
     task.refresh_from_db()
-    return measure(task, scenario, mode, token_ms=token_ms, inject_ms=inject_ms)
+    return measure(task, scenario, mode, setup)
 
 
-def measure(task: Task, scenario: Scenario, mode: str, *, token_ms: float, inject_ms: float) -> dict[str, Any]:
+def _calls(scenario: Scenario, setup: Setup, events: list[TraceEvent], started: dict[str, float],
+           finished: dict[str, float]) -> list[dict[str, Any]]:
+    """Each call with its drawn latency and when it ran: the plan's calls for the simulated decoder,
+    the calls the model wrote (matched to the ground truth by arguments) for a real one."""
+    if setup.decoder == "simulated":
+        written = [(plan.call_id(c.index), c.name, c.latency_ms) for c in scenario.calls]
+    else:
+        drawn = {(c.name, embedded.args_key(c.args)): c.latency_ms for c in scenario.calls}
+        written = [(e.payload["call_id"], e.payload["name"],
+                    drawn.get((e.payload["name"], embedded.args_key(e.payload["args"]))))
+                   for e in events if e.kind == "call_decoded"]
+    return [{"call_id": cid, "name": name, "drawn_latency_ms": ms, "started_ms": started.get(cid),
+             "finished_ms": finished.get(cid)} for cid, name, ms in written]
+
+
+def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str, Any]:
     events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
     tokens = [e.t_ms for e in events if e.kind == "token"]
     injected = {e.payload["call_id"]: e.payload["injected"] for e in events if e.kind == "call_result"}
     started = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_started"}
     finished = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_finished"}
-    errors = [e.payload.get("error", "") for e in events if e.kind in ("call_error", "malformed")]
-    errors += [f"{e.payload['call_id']}: {e.payload['error']}" for e in events
-               if e.kind == "call_result" and not e.payload["ok"]]
+    # The model's mistakes (a malformed block, an unknown function, bad arguments) are part of what
+    # is measured; a failed tool, a lost call or a task that did not finish is a failure of the run.
+    model_errors = [f"{e.payload['call_id']}: {e.payload['error']}" for e in events if e.kind == "call_error"]
+    model_errors += [f"malformed: {e.payload['reason']}" for e in events if e.kind == "malformed"]
+    errors = [f"{e.payload['call_id']}: {e.payload['error']}" for e in events
+              if e.kind == "call_result" and not e.payload["ok"]]
+    finish = next((e.payload for e in reversed(events) if e.kind == "finish"), {})
     if task.status != Task.Status.FINISHED:
         errors.append(f"task {task.status}: {task.status_reason}")
     latency = round(tokens[-1] - tokens[0], 3) if len(tokens) > 1 else None
-    bound = plan.bound(scenario, mode, token_ms, inject_ms, injected)
+    if setup.decoder == "simulated":
+        bound, per_token = plan.bound(scenario, mode, setup.token_ms, setup.inject_ms, injected), setup.token_ms
+        g_per_call = plan.g_ms_per_call(scenario, setup.token_ms)
+    else:
+        bound, per_token, g_per_call = embedded.bound(scenario, mode, events)
+    executed = [(c.tool, c.arguments) for c in task.calls.exclude(started_ms=None).order_by("started_ms", "id")]
+    verdict = checker.check(scenario.dataset, scenario.sources, executed)
     return {
-        "scenario": scenario.id, "dataset": scenario.dataset, "decoder": "simulated", "mode": mode,
-        "task_id": task.pk, "latency_ms": latency, "bound_ms": bound,
+        "scenario": scenario.id, "dataset": scenario.dataset, "decoder": setup.decoder, "label": setup.label,
+        "model": setup.model, "cheat_sheet": setup.cheat_sheet if setup.decoder == "embedded" else None,
+        "mode": mode, "task_id": task.pk, "latency_ms": latency, "bound_ms": bound, "token_ms": per_token,
+        "g_ms_per_call": g_per_call,
         "measured_over_bound": round(latency / bound, 4) if latency and bound else None,
-        "tokens": len(tokens), "injected_tokens": sum(e.payload["tokens"] for e in events
-                                                     if e.kind == "interrupt_injected"),
-        "calls": [{"call_id": plan.call_id(c.index), "name": c.name, "drawn_latency_ms": c.latency_ms,
-                   "started_ms": started.get(plan.call_id(c.index)), "finished_ms": finished.get(plan.call_id(c.index))}
-                  for c in scenario.calls],
-        "errors": errors, "sources": scenario.sources,
+        "tokens": len(tokens), "finish_reason": finish.get("finish_reason", ""),
+        "injected_tokens": sum(e.payload["tokens"] for e in events if e.kind == "interrupt_injected"),
+        "calls": _calls(scenario, setup, events, started, finished),
+        "checker": verdict.to_dict(), "executed": [{"name": n, "args": a} for n, a in executed],
+        "errors": errors, "model_errors": model_errors, "sources": scenario.sources,
     }

@@ -59,17 +59,20 @@ def draw_latencies(seed: int, scenario_id: str, n: int) -> list[float]:
 
 
 @cache
-def _answers(name: str) -> dict[str, Any]:
+def answers(name: str) -> dict[str, Any]:
     path = data_dir() / "possible_answer" / f"BFCL_v4_{name}.json"
     with path.open(encoding="utf-8") as f:
         return {d["id"]: d["ground_truth"] for d in map(json.loads, f) if d}
 
 
-def _first_acceptable(values: dict[str, list[Any]]) -> dict[str, Any]:
+def _first_acceptable(values: dict[str, list[Any]], known: set[str] | None = None) -> dict[str, Any]:
     """BFCL lists the acceptable values of each argument ("" = may be left out); a dict argument
-    is itself written that way, one level down."""
+    is itself written that way, one level down. An optional argument the function's document does
+    not define (BFCL's data has a few) is left out: its checker rejects it as unexpected."""
     args = {}
     for arg, acceptable in values.items():
+        if known is not None and arg not in known and isinstance(acceptable, list) and "" in acceptable:
+            continue
         chosen = next((v for v in acceptable if v != ""), None) if isinstance(acceptable, list) else acceptable
         if isinstance(chosen, dict):
             chosen = _first_acceptable(chosen)
@@ -79,23 +82,47 @@ def _first_acceptable(values: dict[str, list[Any]]) -> dict[str, Any]:
 
 
 def single_turn(name: str, seed: int, limit: int | None = None) -> list[Scenario]:
-    answers = _answers(name)
+    """The dataset's first `limit` entries whose ground truth fits the functions' own schemas
+    (BFCL's data has a few calls that do not, e.g. a value outside the parameter's enum: the engine
+    would refuse them before they run; `unusable` lists them)."""
     out = []
-    for entry in dataset(name)[:limit]:
-        truth = answers[entry["id"]]
-        latencies = draw_latencies(seed, entry["id"], len(truth))
-        calls = []
-        for i, (call, ms) in enumerate(zip(truth, latencies, strict=True)):
-            (fn, values), = call.items()
-            calls.append(PlannedCall(i, fn, _first_acceptable(values), ms))
-        tools = [ToolSpec.from_dict(doc_tool(fn, "simulated", {})).to_dict() for fn in entry["function"]]
-        out.append(Scenario(entry["id"], name, question(entry), tools, calls, [entry["id"]]))
+    for entry in dataset(name):
+        if limit is not None and len(out) >= limit:
+            break
+        scenario, _ = _single_turn_entry(name, entry, seed)
+        if scenario is not None:
+            out.append(scenario)
     return out
+
+
+@cache
+def unusable(name: str) -> dict[str, str]:
+    """Entries of a single-turn dataset left out of the benchmark, with the reason."""
+    return {entry["id"]: problem for entry in dataset(name)
+            if (problem := _single_turn_entry(name, entry, 0)[1])}
+
+
+def _single_turn_entry(name: str, entry: dict[str, Any], seed: int) -> tuple[Scenario | None, str]:
+    truth = answers(name)[entry["id"]]
+    latencies = draw_latencies(seed, entry["id"], len(truth))
+    tools = [ToolSpec.from_dict(doc_tool(fn, "simulated", {})) for fn in entry["function"]]
+    by_name = {t.name: t for t in tools}
+    params = {fn["name"]: set(fn.get("parameters", {}).get("properties", {})) for fn in entry["function"]}
+    calls = []
+    for i, (call, ms) in enumerate(zip(truth, latencies, strict=True)):
+        (fn, values), = call.items()
+        args = _first_acceptable(values, params.get(fn))
+        try:
+            by_name[fn].validate(args)
+        except (KeyError, ValueError) as exc:
+            return None, f"ground truth call {fn}: {exc}"
+        calls.append(PlannedCall(i, fn, args, ms))
+    return Scenario(entry["id"], name, question(entry), [t.to_dict() for t in tools], calls, [entry["id"]]), ""
 
 
 def multistep(seed: int, limit: int | None = None) -> list[Scenario]:
     entries = dataset("multi_turn_base")
-    answers = _answers("multi_turn_base")
+    truths = answers("multi_turn_base")
     count = limit if limit is not None else len(entries) // ENTRIES_PER_MULTISTEP
     out = []
     for k in range(count):
@@ -116,7 +143,7 @@ def multistep(seed: int, limit: int | None = None) -> list[Scenario]:
                     tools.append(ToolSpec.from_dict(doc_tool(fn, "bfcl", config, name=f"{prefix}.{fn['name']}")
                                                     ).to_dict())
             previous = None
-            for text in answers[entry["id"]][0]:
+            for text in truths[entry["id"]][0]:
                 fn, positional, keywords = parse_call(text)
                 spec = next(ToolSpec.from_dict(t) for t in tools if t["name"] == f"{prefix}.{fn}")
                 planned.append((spec.name, spec.bind(positional, keywords), previous))

@@ -6,18 +6,25 @@ import json
 import platform
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
+from engine.catalog import UnknownModel, get_model
 from webapp.bench.plot import plot
 from webapp.bench.report import markdown, summarize
-from webapp.bench.runner import BenchError, Services, run_scenario
-from webapp.bench.scenarios import DATASETS, scenarios
+from webapp.bench.runner import BenchError, Services, Setup, run_scenario
+from webapp.bench.scenarios import DATASETS, SINGLE_TURN, Scenario, scenarios, unusable
 
 MODES = ("sync", "sync_parallel", "async")
+DECODERS = ("simulated", "embedded")
+FILES = ("bench.json", "bench.md", "bench.png", "scenarios.jsonl")
 
 
 def _csv(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -34,53 +41,53 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--datasets", default=",".join(DATASETS))
         parser.add_argument("--modes", default=",".join(MODES))
-        parser.add_argument("--decoder", default="simulated", choices=["simulated"],
-                            help="the embedded decoder comes with a later change")
-        parser.add_argument("--token-ms", type=float, default=10.0)
-        parser.add_argument("--inject-ms", type=float, default=None, help="default: a tenth of --token-ms")
+        parser.add_argument("--decoder", default="simulated", choices=DECODERS)
+        parser.add_argument("--model", default=None,
+                            help=f"embedded decoder: the catalog's model (default {settings.ASYNCLM_DEFAULT_MODEL})")
+        parser.add_argument("--no-cheat-sheet", dest="cheat_sheet", action="store_false",
+                            help="embedded decoder: give the model the question only (for accuracy)")
+        parser.add_argument("--max-tokens", type=int, default=None,
+                            help="per task (default 20000 simulated, 160 embedded: the cheat sheet's calls "
+                                 "take 20-120 tokens; a model that loops is cut there, and counted)")
+        parser.add_argument("--token-ms", type=float, default=10.0, help="simulated decoder: ms per generated token")
+        parser.add_argument("--inject-ms", type=float, default=None,
+                            help="simulated decoder: ms per injected token (default a tenth of --token-ms)")
         parser.add_argument("--limit", type=int, default=20, help="scenarios per dataset")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--concurrency", type=int, default=1,
+                            help="scenarios run at once (1: one after another; concurrent runs on 2 cores distort "
+                                 "each other's latencies)")
         parser.add_argument("--out", default=str(settings.ASYNCLM_BENCH_DIR))
+        parser.add_argument("--append", action="store_true",
+                            help="add to the results already in --out (another decoder or dataset) instead of "
+                                 "replacing them; rows of the same decoder, dataset and mode are replaced")
 
-    def handle(self, *args, datasets, modes, decoder, token_ms, inject_ms, limit, seed, out, **options):
-        datasets, modes = _csv(datasets, DATASETS, "datasets"), _csv(modes, MODES, "modes")
-        inject_ms = token_ms / 10 if inject_ms is None else inject_ms
-        out_dir = Path(out)
+    def handle(self, *args, **opts):
+        datasets, modes = _csv(opts["datasets"], DATASETS, "datasets"), _csv(opts["modes"], MODES, "modes")
+        if opts["concurrency"] < 1 or opts["limit"] < 1:
+            raise CommandError("--concurrency and --limit must be at least 1")
+        setup = self._setup(opts)
+        out_dir = Path(opts["out"])
         out_dir.mkdir(parents=True, exist_ok=True)
-        work = [(d, s) for d in datasets for s in scenarios(d, seed, limit)]
+        work = [s for d in datasets for s in scenarios(d, setup.seed, opts["limit"])]
         if not work:
             raise CommandError("no scenarios: check --datasets and --limit")
-        total = len(work) * len(modes)
-        params = {"datasets": datasets, "modes": modes, "decoder": decoder, "token_ms": token_ms,
-                  "inject_ms": inject_ms, "limit": limit, "seed": seed, "concurrency": 1,
+        part = {"decoder": setup.decoder, "label": setup.label, "model": setup.model, "datasets": datasets,
+                "modes": modes, "limit": opts["limit"], "cheat_sheet": setup.cheat_sheet,
+                "token_ms": setup.token_ms if setup.decoder == "simulated" else None,
+                "inject_ms": setup.inject_ms if setup.decoder == "simulated" else None,
+                "max_tokens": setup.max_tokens, "concurrency": opts["concurrency"],
+                "left_out": {d: unusable(d) for d in datasets if d in SINGLE_TURN and unusable(d)}}
+        previous_rows, previous_parts = self._previous(out_dir, setup.label, datasets, modes) if opts["append"] \
+            else ([], [])
+        started = time.monotonic()
+        rows = self._run(setup, work, modes, out_dir, opts["concurrency"], previous_rows)
+        part["seconds"] = round(time.monotonic() - started)
+        params = {"seed": setup.seed, "concurrency": opts["concurrency"],
                   "latency_model": "lognormal mean 110 ms, clamped to 30-500 ms, seeded per (seed, scenario, call)",
                   "machine": platform.node(), "git_commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "labels": "simulated decoder: every figure here comes from the simulated decoder"}
-        services = Services(out_dir)
-        rows = []
-        started = time.monotonic()
-        try:
-            services.start(self.stdout.write)
-            # The first task of a fresh engine and worker pays for warming up: not measured.
-            self.stdout.write("warming up (not measured)")
-            for mode in modes:
-                run_scenario(services, work[0][1], mode, token_ms=token_ms, inject_ms=inject_ms, seed=seed)
-            with (out_dir / "scenarios.jsonl").open("w") as lines:
-                for n, (dataset, scenario) in enumerate(work):
-                    for mode in modes:
-                        row = run_scenario(services, scenario, mode, token_ms=token_ms, inject_ms=inject_ms,
-                                           seed=seed)
-                        rows.append(row)
-                        lines.write(json.dumps(row) + "\n")
-                        done = len(rows)
-                        self.stdout.write(f"[{done}/{total}] {dataset} {scenario.id} {mode}: {row['latency_ms']} ms "
-                                          f"(bound {row['bound_ms']}){' ERRORS' if row['errors'] else ''}")
-                    if n % 10 == 9:
-                        self.stdout.write(f"  ... {time.monotonic() - started:.0f} s so far")
-        except BenchError as exc:
-            raise CommandError(str(exc)) from exc
-        finally:
-            services.stop()
+                  "parts": [*previous_parts, part]}
+        params["decoder"] = " + ".join(dict.fromkeys(p["label"] for p in params["parts"]))
         results = summarize(rows)
         (out_dir / "bench.json").write_text(json.dumps({"params": params, "results": results}, indent=2))
         (out_dir / "bench.md").write_text(markdown(params, results))
@@ -88,11 +95,94 @@ class Command(BaseCommand):
         # Every run is also kept under runs/, which the dashboard's benchmark page lists.
         archive = out_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{params['git_commit']}"
         archive.mkdir(parents=True, exist_ok=True)
-        for name in ("bench.json", "bench.md", "bench.png", "scenarios.jsonl"):
+        for name in FILES:
             shutil.copy2(out_dir / name, archive / name)
         self.stdout.write(markdown(params, results))
         self.stdout.write(self.style.SUCCESS(f"saved {out_dir}/bench.json, bench.md, bench.png, scenarios.jsonl "
-                                             f"(and a copy in {archive}) in {time.monotonic() - started:.0f} s"))
+                                             f"(and a copy in {archive}) in {part['seconds']} s"))
+
+    def _setup(self, opts: dict[str, Any]) -> Setup:
+        decoder = opts["decoder"]
+        model = "simulated" if decoder == "simulated" else (opts["model"] or settings.ASYNCLM_DEFAULT_MODEL)
+        try:
+            spec = get_model(model)
+        except UnknownModel as exc:
+            raise CommandError(str(exc)) from exc
+        if decoder == "embedded" and spec.backend == "simulated":
+            raise CommandError("--decoder embedded needs a real model, not the simulated one")
+        if opts["token_ms"] <= 0:
+            raise CommandError("--token-ms must be positive")
+        inject_ms = opts["token_ms"] / 10 if opts["inject_ms"] is None else opts["inject_ms"]
+        max_tokens = opts["max_tokens"] or (20000 if decoder == "simulated" else 160)
+        return Setup(decoder, model, seed=opts["seed"], token_ms=opts["token_ms"], inject_ms=inject_ms,
+                     cheat_sheet=opts["cheat_sheet"], max_tokens=max_tokens)
+
+    def _previous(self, out_dir: Path, label: str, datasets: list[str], modes: list[str]) -> tuple[list, list]:
+        """The rows and parts already in --out that this run does not replace."""
+        try:
+            lines = (out_dir / "scenarios.jsonl").read_text().splitlines()
+            parts = json.loads((out_dir / "bench.json").read_text())["params"]["parts"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise CommandError(f"--append: no earlier run to add to in {out_dir} ({exc})") from exc
+        rows = [json.loads(line) for line in lines if line.strip()]
+        kept = [r for r in rows if not (r.get("label", r["decoder"]) == label and r["dataset"] in datasets
+                                        and r["mode"] in modes)]
+        return kept, [p for p in parts if p["label"] != label]
+
+    def _run(self, setup: Setup, work: list[Scenario], modes: list[str], out_dir: Path, concurrency: int,
+             previous_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        total = len(work) * len(modes)
+        started = time.monotonic()
+        services = Services(out_dir, model=setup.model)
+        rows = list(previous_rows)
+        lock = threading.Lock()
+        try:
+            services.start(self.stdout.write)
+            # The first task of a fresh engine and worker pays for warming up: not measured.
+            self.stdout.write(f"{setup.label}: warming up (not measured)")
+            for mode in modes:
+                run_scenario(services, work[0], mode, setup)
+            with (out_dir / "scenarios.jsonl").open("w") as lines:
+                for row in previous_rows:
+                    lines.write(json.dumps(row) + "\n")
+
+                def one(item: tuple[Scenario, str]) -> None:
+                    scenario, mode = item
+                    try:
+                        row = run_scenario(services, scenario, mode, setup)
+                    finally:
+                        if threading.current_thread() is not threading.main_thread():
+                            connections.close_all()  # the pool thread's own connection
+                    with lock:
+                        rows.append(row)
+                        lines.write(json.dumps(row) + "\n")
+                        lines.flush()
+                        done = len(rows) - len(previous_rows)
+                        self.stdout.write(_progress(row, done, total, time.monotonic() - started))
+
+                items = [(s, m) for s in work for m in modes]
+                if concurrency == 1:
+                    for item in items:
+                        one(item)
+                else:
+                    with ThreadPoolExecutor(concurrency) as pool:
+                        list(pool.map(one, items))
+        except BenchError as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            services.stop()
+        return rows
+
+
+def _progress(row: dict[str, Any], done: int, total: int, seconds: float) -> str:
+    line = (f"[{done}/{total}, {seconds:.0f} s] {row['scenario']} {row['mode']}: {row['latency_ms']} ms "
+            f"(bound {row['bound_ms']}), {row['tokens']} tokens, checker "
+            f"{'accepted' if row['checker']['valid'] else 'not accepted'}")
+    if row["errors"]:
+        line += " ERRORS: " + "; ".join(row["errors"])[:200]
+    if row["model_errors"]:
+        line += " model mistakes: " + "; ".join(row["model_errors"])[:160]
+    return line
 
 
 def _commit() -> str:

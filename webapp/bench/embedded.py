@@ -1,0 +1,113 @@
+"""What the embedded model is given for a scenario, and the bound its run is held to.
+
+With the cheat sheet (as the paper did for its latency runs) the prompt lists the expected calls,
+the slowest first, so latency measures the system rather than the model's knowledge; without it
+the model gets only the question (for accuracy). Tool latencies are fixed by the call's arguments
+(`latency_by_args`): a model picks its own call ids, so a call that matches the ground truth gets
+that call's drawn latency in every mode; any other call gets a latency drawn from the paper's
+distribution, seeded by the scenario, the tool, the arguments and the call id.
+
+The bound is DESIGN.md section 3's formula applied to what the model actually wrote, timed at its
+own measured rates: G(f) = the tokens written since the previous call (prose included) up to the
+call's [END], a trap's tokens T, the final tokens F after the last boundary, all at the run's mean
+time per decoded token; I(f) = the tokens of f's result frame at the run's mean injection time per
+token; E(f) = the drawn latency (or the measured execution of a call the ground truth lacks).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+from webapp.bench.bounds import BoundCall, bound_ms
+from webapp.bench.plan import call_text
+from webapp.bench.scenarios import MULTISTEP, Scenario
+
+QUESTION_ONLY = "{question}"
+CHEAT_SHEET = ("{question}\n\nCheat sheet: exactly these calls answer the question. Issue them in this order, "
+               "then answer:\n{calls}")
+# Events between two tokens that mean the model was not decoding in that gap.
+NOT_DECODING = {"interrupt_injected", "parked", "blocked", "trap", "resumed", "prefill", "resubmitted"}
+
+
+def prompt(scenario: Scenario, cheat_sheet: bool) -> str:
+    if not cheat_sheet:
+        return QUESTION_ONLY.format(question=scenario.question)
+    calls = scenario.calls
+    if scenario.dataset != MULTISTEP:  # independent calls: the slowest first, as the protocol asks
+        calls = sorted(calls, key=lambda c: -c.latency_ms)
+    return CHEAT_SHEET.format(question=scenario.question, calls="\n".join(call_text(c.name, c.args) for c in calls))
+
+
+def args_key(args: dict[str, Any]) -> str:
+    return json.dumps(args, sort_keys=True)
+
+
+def tools(scenario: Scenario, seed: int) -> list[dict[str, Any]]:
+    by_tool: dict[str, dict[str, float]] = {}
+    for c in scenario.calls:
+        by_tool.setdefault(c.name, {})[args_key(c.args)] = c.latency_ms
+    out = []
+    for spec in scenario.tools:
+        config = {**spec.get("config", {}), "latency_by_args": by_tool.get(spec["name"], {}),
+                  "latency_scope": f"bench|{seed}|{scenario.id}"}
+        out.append({**spec, "config": config, "timeout_s": 10.0})
+    return out
+
+
+def token_ms(events: list[Any]) -> float | None:
+    """The mean gap between consecutive tokens with nothing but decoding in between."""
+    gaps, last = [], None
+    for e in events:
+        if e.kind == "token":
+            if last is not None:
+                gaps.append(e.t_ms - last)
+            last = e.t_ms
+        elif e.kind in NOT_DECODING:
+            last = None
+    return statistics.fmean(gaps) if gaps else None
+
+
+def inject_ms(events: list[Any]) -> float:
+    frames = [e.payload for e in events if e.kind == "interrupt_injected"]
+    tokens = sum(f["tokens"] for f in frames)
+    return sum(f["ms"] for f in frames) / tokens if tokens else 0.0
+
+
+def bound(scenario: Scenario, mode: str, events: list[Any]) -> tuple[float | None, float | None, float | None]:
+    """(bound_ms, the measured ms per token it used, mean G per call) for one run of the embedded model."""
+    per_token = token_ms(events)
+    if per_token is None:
+        return None, None, None
+    per_injected = inject_ms(events)
+    drawn = {(c.name, args_key(c.args)): c.latency_ms for c in scenario.calls}
+    started = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_started"}
+    finished = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_finished"}
+    frame = {cid: e.payload["tokens"] / len(e.payload["calls"]) for e in events if e.kind == "interrupt_injected"
+             for cid in e.payload["calls"]}
+    calls: list[BoundCall] = []
+    last_on_entry: dict[str, int] = {}
+    traps: list[int] = []
+    segment = 0
+    for e in events:
+        if e.kind == "token":
+            segment += 1
+        elif e.kind == "call_decoded":
+            cid, name = e.payload["call_id"], e.payload["name"]
+            e_ms = drawn.get((name, args_key(e.payload["args"])))
+            if e_ms is None:
+                e_ms = (finished[cid] - started[cid]) if cid in started and cid in finished else 0.0
+            entry = name.split(".", 1)[0] if scenario.dataset == MULTISTEP else ""
+            calls.append(BoundCall(g_ms=segment * per_token, e_ms=e_ms, i_ms=frame.get(cid, 0.0) * per_injected,
+                                   after=last_on_entry.get(entry) if entry else None))
+            if entry:
+                last_on_entry[entry] = len(calls) - 1
+            segment = 0
+        elif e.kind == "trap":
+            traps.append(segment)
+            segment = 0
+    trap_ms = statistics.fmean(traps) * per_token if traps else 0.0
+    total = bound_ms(mode, calls, final_ms=segment * per_token, trap_ms=trap_ms)
+    g_per_call = round(statistics.fmean(c.g_ms for c in calls), 1) if calls else None
+    return round(total - per_token, 3), round(per_token, 3), g_per_call
