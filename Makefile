@@ -23,9 +23,11 @@ worker:
 clean:          ## remove the virtualenv and local state (models, database)
 	rm -rf .venv var
 
-bench:          ## the paper's latency experiment on BFCL, simulated decoder at 10 ms/token -> var/bench/
+bench:          ## the paper's latency experiment on BFCL: simulated decoder, then the embedded model -> var/bench/
 	@scripts/bootstrap.sh
 	@scripts/with-redis.sh .venv/bin/python manage.py bench --token-ms 10 --limit 20
+	@scripts/with-redis.sh .venv/bin/python manage.py bench --append --decoder embedded --datasets parallel \
+		--modes sync,async --limit 30
 
 bench-engine:   ## the engine's costs on this machine -> var/bench/engine.json
 	@scripts/bootstrap.sh

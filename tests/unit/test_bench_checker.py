@@ -2,6 +2,9 @@
 corrupted answer fails."""
 
 import dataclasses
+import importlib.util
+import re
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +57,17 @@ def test_it_rejects_a_multistep_run_that_left_a_different_state():
 def test_it_refuses_a_dataset_it_has_no_checker_for():
     with pytest.raises(ValueError, match="no BFCL checker"):
         check("simple", ["simple_0"], [])
+
+
+def _source(module: str) -> str:
+    return Path(importlib.util.find_spec(module).origin).read_text()
+
+
+def test_the_checker_needs_nothing_from_bfcls_model_registry_but_the_dots_rule():
+    # checker.py stands in for bfcl_eval.constants.model_config (which imports every vendor SDK)
+    # with "dots stay dots"; that is only sound while the checker reads nothing else from it.
+    source = _source("bfcl_eval.eval_checker.ast_eval.ast_checker")
+    assert re.findall(r"MODEL_CONFIG_MAPPING\[[^\]]+\]\.(\w+)", source) == ["underscore_to_dot"]
+    assert source.count("MODEL_CONFIG_MAPPING") == 2  # the import and that one use
+    for module in ("multi_turn_checker", "multi_turn_utils"):
+        assert "model_config" not in _source(f"bfcl_eval.eval_checker.multi_turn_eval.{module}")

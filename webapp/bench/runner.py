@@ -199,16 +199,23 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
         errors.append(f"task {task.status}: {task.status_reason}")
     latency = round(tokens[-1] - tokens[0], 3) if len(tokens) > 1 else None
     if setup.decoder == "simulated":
-        bound, per_token = plan.bound(scenario, mode, setup.token_ms, setup.inject_ms, injected), setup.token_ms
+        bound = plan.bound(scenario, mode, setup.token_ms, setup.inject_ms, injected)
         g_per_call = plan.g_ms_per_call(scenario, setup.token_ms)
     else:
-        bound, per_token, g_per_call = embedded.bound(scenario, mode, events)
+        bound, _, g_per_call = embedded.bound(scenario, mode, events)
+    # What the system adds: the decoding rate as measured (the simulated decoder's charge plus the
+    # engine's own work per token) and the time from a call's [END] to its start on a worker.
+    per_token = embedded.token_ms(events)
+    dispatched = {e.payload["call_id"]: e.t_ms for e in events if e.kind == "call_dispatched"}
+    dispatch = [started[c] - t for c, t in dispatched.items() if c in started]
     executed = [(c.tool, c.arguments) for c in task.calls.exclude(started_ms=None).order_by("started_ms", "id")]
     verdict = checker.check(scenario.dataset, scenario.sources, executed)
     return {
         "scenario": scenario.id, "dataset": scenario.dataset, "decoder": setup.decoder, "label": setup.label,
         "model": setup.model, "cheat_sheet": setup.cheat_sheet if setup.decoder == "embedded" else None,
-        "mode": mode, "task_id": task.pk, "latency_ms": latency, "bound_ms": bound, "token_ms": per_token,
+        "mode": mode, "task_id": task.pk, "latency_ms": latency, "bound_ms": bound,
+        "token_ms": round(per_token, 3) if per_token else None,
+        "dispatch_ms": round(sum(dispatch) / len(dispatch), 2) if dispatch else None,
         "g_ms_per_call": g_per_call,
         "measured_over_bound": round(latency / bound, 4) if latency and bound else None,
         "tokens": len(tokens), "finish_reason": finish.get("finish_reason", ""),

@@ -159,6 +159,7 @@ class Command(BaseCommand):
                         lines.flush()
                         done = len(rows) - len(previous_rows)
                         self.stdout.write(_progress(row, done, total, time.monotonic() - started))
+                        self.stdout.flush()
 
                 items = [(s, m) for s in work for m in modes]
                 if concurrency == 1:
