@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -112,6 +113,40 @@ class ResultReader:
         self._thread.join(2.0)
 
 
+class StoreWriter:
+    """Writes trace batches and task ends on a thread of its own, in the order they were handed
+    over, so the decode loop never waits for the database (a batch cost 5-25 ms of the loop on
+    SQLite, about 4% of a 10 ms token). A write that fails is retried once, then logged."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], None], str] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: Callable[[], None], what: str) -> None:
+        self._queue.put((write, what))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything handed over, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the store writer did not finish within %s s: trace events may be lost", timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            write, what = item
+            for attempt in (1, 2):
+                try:
+                    write()
+                    break
+                except Exception:
+                    if attempt == 2:
+                        log.exception("could not store %s", what)
+                    else:
+                        time.sleep(1.0)
+
+
 class EngineProcess:
     def __init__(self, config: EngineConfig, scheduler: Scheduler, intake: Intake, store: TaskStore,
                  publisher: Publisher, client: redis.Redis, dispatcher: Dispatcher,
@@ -127,6 +162,7 @@ class EngineProcess:
         self.r = client
         self._entries: dict[int, str] = {}  # task id -> intake entry id
         self._unsaved: list[TraceEvent] = []
+        self.writer = StoreWriter()
         self._last_flush = time.monotonic()
         self._last_poll = 0.0
         self._last_beat = 0.0
@@ -289,12 +325,18 @@ class EngineProcess:
             self.publisher.publish(event)
             return
         self.flush(force=True)
-        p = event.payload
-        self.store.finish(event.task_id, p["status"], p["reason"], p["text"], p["metrics"])
-        self.publisher.publish(event)
         entry = self._entries.pop(event.task_id, None)
-        if entry is not None:
-            self.intake.done(entry)
+
+        def finish() -> None:
+            # Stored before it is announced, and the intake entry kept until then: a crash in
+            # between leaves the task to recovery rather than lost.
+            p = event.payload
+            self.store.finish(event.task_id, p["status"], p["reason"], p["text"], p["metrics"])
+            self.publisher.publish(event)
+            if entry is not None:
+                self.intake.done(entry)
+
+        self.writer.submit(finish, f"the end of task {event.task_id}")
 
     def flush(self, force: bool = False) -> None:
         if not self._unsaved:
@@ -305,7 +347,7 @@ class EngineProcess:
             return
         batch, self._unsaved = self._unsaved, []
         self._last_flush = now
-        self.store.save_events(batch)
+        self.writer.submit(lambda: self.store.save_events(batch), f"{len(batch)} trace events")
 
     def shutdown(self) -> None:
         """Stop cleanly: tasks in flight are marked failed (their KV state dies with us)."""
@@ -314,6 +356,7 @@ class EngineProcess:
                 payload = dict(event.payload, status="failed")
                 self.handle(TraceEvent(event.task_id, event.seq, event.t_ms, event.kind, payload))
         self.flush(force=True)
+        self.writer.close()
         self.results.close()
         self.publisher.close()
         try:

@@ -15,7 +15,7 @@ from engine.tools import ToolSpec
 
 PROTOCOL = """You can call functions. To call one, write:
 [CALL] id [HEAD] function_name(arg=value, ...) [END]
-where id is a short new name such as c1 and every value is a Python literal. {mode_rule}
+where id is a short new name such as c1 and every value is a Python literal.
 An argument may be the id of an earlier call: it is replaced by that call's result.
 Never write [INTR] yourself. If no function is needed, just answer.
 When you have the results, answer the user in one or two sentences."""
@@ -67,11 +67,13 @@ class Profile:
     def system_text(self, system: str, tools: list[ToolSpec], mode: str) -> str:
         if not tools:
             return system
-        lines = [system, "", PROTOCOL.format(mode_rule=MODE_RULES[mode]), "", "Functions:"]
+        lines = [system, "", PROTOCOL, "", "Functions:"]
         for tool in tools:
             lines.append(f"- {tool.name}: {tool.description} (takes about {tool.est_latency_ms} ms) "
                          f"arguments: {compact(tool.parameters)}")
-        return "\n".join(lines)
+        # The mode's rule comes last: tasks that differ only in mode share the KV cache of
+        # everything before it (the llama.cpp backend reuses an idle context's longest prefix).
+        return "\n".join([*lines, "", MODE_RULES[mode]])
 
     def example_turn(self, mode: str) -> str:
         if mode == "sync":
