@@ -67,3 +67,13 @@ def test_the_plans_bound_charges_sync_parallel_no_trap_and_batched_frames_their_
     assert plan.bound(scenario, "sync", 10, 1) == pytest.approx(g + 300 + i + final - 10)
     assert plan.plan(scenario, "sync_parallel", 10, 1)["wait"] == "eos"
     assert plan.plan(scenario, "async", 10, 1)["wait"] == "trap"
+
+
+def test_without_a_final_answer_the_bound_ends_at_the_last_written_token():
+    # Latency runs to the last generated token: the last results' wait is not part of it.
+    calls = [BoundCall(10, 100), BoundCall(10, 300)]
+    assert bound_ms("sync", calls, answers=False) == 10 + 100 + 10
+    assert bound_ms("sync", calls) == 10 + 100 + 10 + 300
+    assert bound_ms("sync_parallel", calls, trap_ms=2, answers=False) == 10 + 10 + 2
+    # async: both written by 20, a trap (22), the 100 ms call back at 120, a second trap ends at 122
+    assert bound_ms("async", calls, trap_ms=2, answers=False) == 122

@@ -36,14 +36,23 @@ class BoundCall:
     after: int | None = None  # index of the call whose result it needs first
 
 
-def bound_ms(mode: str, calls: list[BoundCall], *, final_ms: float = 0.0, trap_ms: float = 0.0) -> float:
+def bound_ms(mode: str, calls: list[BoundCall], *, final_ms: float = 0.0, trap_ms: float = 0.0,
+             answers: bool = True) -> float:
+    """Latency is measured to the last generated token. `answers=False` is a model that ended its
+    turn once the results were in, writing nothing after them: the results' wait and injection
+    after its last token do not count, so the bound is the time that token was written."""
     if mode == "sync":
-        return sum(c.g_ms + c.e_ms + c.i_ms for c in calls) + final_ms
-    if mode == "sync_parallel":
-        return _rounds(calls, trap_ms) + final_ms
-    if mode == "async":
-        return _async(calls, trap_ms) + final_ms
-    raise ValueError(f"unknown mode {mode!r}")
+        end, last_write = 0.0, 0.0
+        for c in calls:
+            last_write = end + c.g_ms
+            end = last_write + c.e_ms + c.i_ms
+    elif mode == "sync_parallel":
+        end, last_write = _rounds(calls, trap_ms)
+    elif mode == "async":
+        end, last_write = _async(calls, trap_ms)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    return end + final_ms if answers else last_write
 
 
 def _ready(calls: list[BoundCall], written: set[int], injected: set[int]) -> list[int]:
@@ -51,21 +60,22 @@ def _ready(calls: list[BoundCall], written: set[int], injected: set[int]) -> lis
             if i not in written and (c.after is None or c.after in injected)]
 
 
-def _rounds(calls: list[BoundCall], trap_ms: float) -> float:
-    t, written, injected = 0.0, set(), set()
+def _rounds(calls: list[BoundCall], trap_ms: float) -> tuple[float, float]:
+    t, last_write, written, injected = 0.0, 0.0, set(), set()
     while len(injected) < len(calls):
         batch = _ready(calls, written, injected)
         if not batch:
             raise ValueError("calls depend on each other in a cycle")
         t += sum(calls[i].g_ms for i in batch) + trap_ms
+        last_write = t
         t += max(calls[i].e_ms for i in batch) + sum(calls[i].i_ms for i in batch)
         written |= set(batch)
         injected |= set(batch)
-    return t
+    return t, last_write
 
 
-def _async(calls: list[BoundCall], trap_ms: float) -> float:
-    t, written, injected = 0.0, set(), set()
+def _async(calls: list[BoundCall], trap_ms: float) -> tuple[float, float]:
+    t, last_write, written, injected = 0.0, 0.0, set(), set()
     back: dict[int, float] = {}  # dispatched call -> when its result arrives
 
     def inject_arrived() -> None:
@@ -79,6 +89,7 @@ def _async(calls: list[BoundCall], trap_ms: float) -> float:
         if ready:
             k = ready[0]
             t += calls[k].g_ms
+            last_write = t
             written.add(k)
             back[k] = t + calls[k].e_ms
             inject_arrived()
@@ -87,6 +98,7 @@ def _async(calls: list[BoundCall], trap_ms: float) -> float:
         if not waiting:
             raise ValueError("calls depend on each other in a cycle")
         t += trap_ms
+        last_write = t
         t = max(t, min(back[i] for i in waiting))
         inject_arrived()
-    return t
+    return t, last_write

@@ -108,6 +108,6 @@ def bound(scenario: Scenario, mode: str, events: list[Any]) -> tuple[float | Non
             traps.append(segment)
             segment = 0
     trap_ms = statistics.fmean(traps) * per_token if traps else 0.0
-    total = bound_ms(mode, calls, final_ms=segment * per_token, trap_ms=trap_ms)
+    total = bound_ms(mode, calls, final_ms=segment * per_token, trap_ms=trap_ms, answers=segment > 0)
     g_per_call = round(statistics.fmean(c.g_ms for c in calls), 1) if calls else None
     return round(total - per_token, 3), round(per_token, 3), g_per_call

@@ -19,8 +19,9 @@ from django.db import connections
 from engine.catalog import UnknownModel, get_model
 from webapp.bench.plot import plot
 from webapp.bench.report import markdown, summarize
-from webapp.bench.runner import BenchError, Services, Setup, run_scenario
+from webapp.bench.runner import BenchError, Services, Setup, measure, run_scenario
 from webapp.bench.scenarios import DATASETS, SINGLE_TURN, Scenario, scenarios, unusable
+from webapp.runs.models import Task
 
 MODES = ("sync", "sync_parallel", "async")
 DECODERS = ("simulated", "embedded")
@@ -61,8 +62,13 @@ class Command(BaseCommand):
         parser.add_argument("--append", action="store_true",
                             help="add to the results already in --out (another decoder or dataset) instead of "
                                  "replacing them; rows of the same decoder, dataset and mode are replaced")
+        parser.add_argument("--remeasure", action="store_true",
+                            help="run nothing: recompute every row in --out from its task's stored trace with "
+                                 "the current code (bounds, checker) and rewrite the report")
 
     def handle(self, *args, **opts):
+        if opts["remeasure"]:
+            return self._remeasure(Path(opts["out"]))
         datasets, modes = _csv(opts["datasets"], DATASETS, "datasets"), _csv(opts["modes"], MODES, "modes")
         if opts["concurrency"] < 1 or opts["limit"] < 1:
             raise CommandError("--concurrency and --limit must be at least 1")
@@ -87,8 +93,14 @@ class Command(BaseCommand):
                   "latency_model": "lognormal mean 110 ms, clamped to 30-500 ms, seeded per (seed, scenario, call)",
                   "machine": platform.node(), "git_commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "parts": [*previous_parts, part]}
+        self._write(out_dir, params, rows, f"in {part['seconds']} s")
+
+    def _write(self, out_dir: Path, params: dict[str, Any], rows: list[dict[str, Any]], how: str) -> None:
         params["decoder"] = " + ".join(dict.fromkeys(p["label"] for p in params["parts"]))
         results = summarize(rows)
+        with (out_dir / "scenarios.jsonl.partial").open("w") as lines:
+            lines.writelines(json.dumps(row) + "\n" for row in rows)
+        (out_dir / "scenarios.jsonl.partial").replace(out_dir / "scenarios.jsonl")
         (out_dir / "bench.json").write_text(json.dumps({"params": params, "results": results}, indent=2))
         (out_dir / "bench.md").write_text(markdown(params, results))
         plot(params, results, out_dir / "bench.png")
@@ -99,7 +111,34 @@ class Command(BaseCommand):
             shutil.copy2(out_dir / name, archive / name)
         self.stdout.write(markdown(params, results))
         self.stdout.write(self.style.SUCCESS(f"saved {out_dir}/bench.json, bench.md, bench.png, scenarios.jsonl "
-                                             f"(and a copy in {archive}) in {part['seconds']} s"))
+                                             f"(and a copy in {archive}) {how}"))
+
+    def _remeasure(self, out_dir: Path) -> None:
+        rows, params = self._load(out_dir)
+        setups = {p["label"]: Setup(p["decoder"], p["model"], seed=params["seed"], token_ms=p["token_ms"] or 0.0,
+                                    inject_ms=p["inject_ms"] or 0.0, cheat_sheet=p["cheat_sheet"])
+                  for p in params["parts"]}
+        found: dict[tuple[str, str], Scenario] = {}
+        fresh = []
+        for row in rows:
+            if (row["dataset"], row["scenario"]) not in found:
+                found.update({(s.dataset, s.id): s for s in scenarios(row["dataset"], params["seed"])})
+            task = Task.objects.filter(pk=row["task_id"]).first()
+            if task is None:
+                raise CommandError(f"task {row['task_id']} of {row['scenario']} is gone: cannot remeasure")
+            fresh.append(measure(task, found[(row["dataset"], row["scenario"])], row["mode"],
+                                 setups[row.get("label", row["decoder"])]))
+        params["remeasured"] = {"git_commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        self._write(out_dir, params, fresh, f"(remeasured {len(fresh)} rows from their traces)")
+
+    def _load(self, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        try:
+            lines = (out_dir / "scenarios.jsonl").read_text().splitlines()
+            params = json.loads((out_dir / "bench.json").read_text())["params"]
+            params["parts"]  # noqa: B018 - a run from before parts existed cannot be added to
+        except (OSError, ValueError, KeyError) as exc:
+            raise CommandError(f"no earlier run in {out_dir} to use ({exc})") from exc
+        return [json.loads(line) for line in lines if line.strip()], params
 
     def _setup(self, opts: dict[str, Any]) -> Setup:
         decoder = opts["decoder"]
@@ -119,15 +158,10 @@ class Command(BaseCommand):
 
     def _previous(self, out_dir: Path, label: str, datasets: list[str], modes: list[str]) -> tuple[list, list]:
         """The rows and parts already in --out that this run does not replace."""
-        try:
-            lines = (out_dir / "scenarios.jsonl").read_text().splitlines()
-            parts = json.loads((out_dir / "bench.json").read_text())["params"]["parts"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise CommandError(f"--append: no earlier run to add to in {out_dir} ({exc})") from exc
-        rows = [json.loads(line) for line in lines if line.strip()]
+        rows, params = self._load(out_dir)
         kept = [r for r in rows if not (r.get("label", r["decoder"]) == label and r["dataset"] in datasets
                                         and r["mode"] in modes)]
-        return kept, [p for p in parts if p["label"] != label]
+        return kept, [p for p in params["parts"] if p["label"] != label]
 
     def _run(self, setup: Setup, work: list[Scenario], modes: list[str], out_dir: Path, concurrency: int,
              previous_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -141,7 +175,8 @@ class Command(BaseCommand):
             # The first task of a fresh engine and worker pays for warming up: not measured.
             self.stdout.write(f"{setup.label}: warming up (not measured)")
             run_scenario(services, work[0], modes[0], setup)
-            with (out_dir / "scenarios.jsonl").open("w") as lines:
+            # Rows go to a side file as they come (an interrupted run leaves the last report whole).
+            with (out_dir / "scenarios.jsonl.partial").open("w") as lines:
                 for row in previous_rows:
                     lines.write(json.dumps(row) + "\n")
 
