@@ -41,6 +41,12 @@ def test_a_small_bench_run_writes_valid_files(tmp_path, monkeypatch, redis_clien
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     (kept,) = (tmp_path / "runs").iterdir()  # the dashboard lists it
     assert {p.name for p in kept.iterdir()} == {"bench.json", "bench.md", "bench.png", "scenarios.jsonl"}
+    # Recomputed from the stored traces with the same code: the same rows.
+    call_command("bench", "--remeasure", "--out", str(tmp_path))
+    again = [json.loads(line) for line in (tmp_path / "scenarios.jsonl").read_text().splitlines()]
+    assert again == rows
+    assert json.loads((tmp_path / "bench.json").read_text())["params"]["remeasured"]["git_commit"]
+    assert len(list((tmp_path / "runs").iterdir())) == 2
 
 
 def test_an_embedded_run_is_added_beside_a_simulated_one(tmp_path, monkeypatch, redis_client):

@@ -45,3 +45,11 @@ def test_the_bound_uses_what_the_model_wrote_at_its_measured_rate():
     assert bound == pytest.approx(362.5) and per_token == pytest.approx(20.0) and g == pytest.approx(30.0)
     sync, _, _ = embedded.bound(SCENARIO, "sync", events)
     assert sync == pytest.approx(40 + 300 + 2.5 + 20 + 100 + 2.5 + 40 - 20)
+
+
+def test_prose_while_waiting_counts_as_a_trap_and_no_answer_ends_the_bound_at_the_last_token():
+    # One call (x=2, 300 ms), two tokens of prose while it runs, the result, then the turn ends.
+    events = [ev("token", 0), ev("token", 20), ev("call_decoded", 20, call_id="c1", name="f", args={"x": 2}),
+              ev("token", 40), ev("token", 60), ev("interrupt_injected", 400, calls=["c1"], tokens=4, ms=2.0)]
+    bound, _, _ = embedded.bound(SCENARIO, "async", events)
+    assert bound == pytest.approx(60.0)  # = the measured first -> last token: nothing after 60 counts

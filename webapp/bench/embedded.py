@@ -12,6 +12,8 @@ own measured rates: G(f) = the tokens written since the previous call (prose inc
 call's [END], a trap's tokens T, the final tokens F after the last boundary, all at the run's mean
 time per decoded token; I(f) = the tokens of f's result frame at the run's mean injection time per
 token; E(f) = the drawn latency (or the measured execution of a call the ground truth lacks).
+Tokens written after the last call while results were still coming count as a trap (written while
+waiting), and a model that wrote nothing after the results is held to its last written token.
 """
 
 from __future__ import annotations
@@ -90,7 +92,14 @@ def bound(scenario: Scenario, mode: str, events: list[Any]) -> tuple[float | Non
     last_on_entry: dict[str, int] = {}
     traps: list[int] = []
     segment = 0
-    for e in events:
+    # Tokens written after the last call but before the last result went in were written while
+    # waiting (like a trap); only those after it are the final answer.
+    last_call = max((i for i, e in enumerate(events) if e.kind == "call_decoded"), default=-1)
+    last_injection = max((i for i, e in enumerate(events) if e.kind == "interrupt_injected"), default=-1)
+    for index, e in enumerate(events):
+        if index == last_injection and index > last_call and segment:
+            traps.append(segment)
+            segment = 0
         if e.kind == "token":
             segment += 1
         elif e.kind == "call_decoded":

@@ -105,7 +105,9 @@ class Command(BaseCommand):
         (out_dir / "bench.md").write_text(markdown(params, results))
         plot(params, results, out_dir / "bench.png")
         # Every run is also kept under runs/, which the dashboard's benchmark page lists.
-        archive = out_dir / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{params['git_commit']}"
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{params['git_commit']}"
+        archive = next(out_dir / "runs" / f"{stamp}{suffix}" for suffix in ("", *"bcdefghij")
+                       if not (out_dir / "runs" / f"{stamp}{suffix}").exists())
         archive.mkdir(parents=True, exist_ok=True)
         for name in FILES:
             shutil.copy2(out_dir / name, archive / name)
