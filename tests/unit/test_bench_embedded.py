@@ -53,3 +53,11 @@ def test_prose_while_waiting_counts_as_a_trap_and_no_answer_ends_the_bound_at_th
               ev("token", 40), ev("token", 60), ev("interrupt_injected", 400, calls=["c1"], tokens=4, ms=2.0)]
     bound, _, _ = embedded.bound(SCENARIO, "async", events)
     assert bound == pytest.approx(60.0)  # = the measured first -> last token: nothing after 60 counts
+
+
+def test_a_refused_call_still_cost_its_tokens():
+    # The model wrote a call to a function it does not have: refused at once, the error injected.
+    events = [ev("token", 0), ev("token", 20), ev("token", 40), ev("call_error", 40, call_id="c1", name="nope"),
+              ev("interrupt_injected", 50, calls=["c1"], tokens=4, ms=2.0), ev("token", 70), ev("token", 90)]
+    bound, _, _ = embedded.bound(SCENARIO, "sync", events)
+    assert bound == pytest.approx(3 * 20 + 2.0 + 2 * 20 - 20)  # its 3 tokens, the error frame, the answer

@@ -29,6 +29,7 @@ from webapp.bench.scenarios import MULTISTEP, Scenario
 QUESTION_ONLY = "{question}"
 CHEAT_SHEET = ("{question}\n\nCheat sheet: exactly these calls answer the question. Issue them in this order, "
                "then answer:\n{calls}")
+CALL_BLOCKS = {"call_decoded", "call_error", "malformed"}  # the engine's verdicts on a block the model wrote
 # Events between two tokens that mean the model was not decoding in that gap.
 NOT_DECODING = {"interrupt_injected", "parked", "blocked", "trap", "resumed", "prefill", "resubmitted"}
 
@@ -94,7 +95,7 @@ def bound(scenario: Scenario, mode: str, events: list[Any]) -> tuple[float | Non
     segment = 0
     # Tokens written after the last call but before the last result went in were written while
     # waiting (like a trap); only those after it are the final answer.
-    last_call = max((i for i, e in enumerate(events) if e.kind == "call_decoded"), default=-1)
+    last_call = max((i for i, e in enumerate(events) if e.kind in CALL_BLOCKS), default=-1)
     last_injection = max((i for i, e in enumerate(events) if e.kind == "interrupt_injected"), default=-1)
     for index, e in enumerate(events):
         if index == last_injection and index > last_call and segment:
@@ -102,9 +103,10 @@ def bound(scenario: Scenario, mode: str, events: list[Any]) -> tuple[float | Non
             segment = 0
         if e.kind == "token":
             segment += 1
-        elif e.kind == "call_decoded":
-            cid, name = e.payload["call_id"], e.payload["name"]
-            e_ms = drawn.get((name, args_key(e.payload["args"])))
+        elif e.kind in CALL_BLOCKS:
+            # A refused or malformed block was written all the same; its error result comes at once.
+            cid, name = e.payload.get("call_id", "error"), e.payload.get("name", "")
+            e_ms = drawn.get((name, args_key(e.payload["args"]))) if e.kind == "call_decoded" else 0.0
             if e_ms is None:
                 e_ms = (finished[cid] - started[cid]) if cid in started and cid in finished else 0.0
             entry = name.split(".", 1)[0] if scenario.dataset == MULTISTEP else ""
