@@ -144,6 +144,8 @@ class Command(BaseCommand):
 
     def _setup(self, opts: dict[str, Any]) -> Setup:
         decoder = opts["decoder"]
+        if decoder == "simulated" and (opts["model"] or not opts["cheat_sheet"]):
+            raise CommandError("--model and --no-cheat-sheet are for --decoder embedded")
         model = "simulated" if decoder == "simulated" else (opts["model"] or settings.ASYNCLM_DEFAULT_MODEL)
         try:
             spec = get_model(model)
