@@ -47,6 +47,11 @@ def args_key(args: dict[str, Any]) -> str:
     return json.dumps(args, sort_keys=True)
 
 
+def drawn_latencies(scenario: Scenario) -> dict[tuple[str, str], float]:
+    """(tool, arguments key) -> the drawn latency of the ground-truth call it matches."""
+    return {(c.name, args_key(c.args)): c.latency_ms for c in scenario.calls}
+
+
 def tools(scenario: Scenario, seed: int) -> list[dict[str, Any]]:
     by_tool: dict[str, dict[str, float]] = {}
     for c in scenario.calls:
@@ -84,7 +89,7 @@ def bound(scenario: Scenario, mode: str, events: list[Any]) -> tuple[float | Non
     if per_token is None:
         return None, None, None
     per_injected = inject_ms(events)
-    drawn = {(c.name, args_key(c.args)): c.latency_ms for c in scenario.calls}
+    drawn = drawn_latencies(scenario)
     started = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_started"}
     finished = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_finished"}
     frame = {cid: e.payload["tokens"] / len(e.payload["calls"]) for e in events if e.kind == "interrupt_injected"

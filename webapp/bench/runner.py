@@ -174,7 +174,7 @@ def _calls(scenario: Scenario, setup: Setup, events: list[TraceEvent], started: 
     if setup.decoder == "simulated":
         written = [(plan.call_id(c.index), c.name, c.latency_ms) for c in scenario.calls]
     else:
-        drawn = {(c.name, embedded.args_key(c.args)): c.latency_ms for c in scenario.calls}
+        drawn = embedded.drawn_latencies(scenario)
         written = [(e.payload["call_id"], e.payload["name"],
                     drawn.get((e.payload["name"], embedded.args_key(e.payload["args"]))))
                    for e in events if e.kind == "call_decoded"]
