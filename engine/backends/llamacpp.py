@@ -5,11 +5,19 @@ over the same memory-mapped GGUF weights (each extra context costs ~126 MB at n_
 ~0.3 s to create; decoding round-robin over several gives the same aggregate tok/s as one).
 Contexts are pooled and reset between tasks. The scheduler interleaves tasks round-robin, one
 token per step, so a waiting task never costs decode steps.
+
+LoRA adapters (a tuned catalog model): not `Llama(lora_path=...)`, which turns mmap off so every
+context would hold a private copy of the weights. Each context's own llama_model loads the adapter
+(a few MB, copied into that model's buffers) and the context applies it; the weights stay mapped
+and shared. The model frees its adapters when it is freed, i.e. when the context is dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import threading
+from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from pathlib import Path
 
@@ -57,12 +65,15 @@ class LlamaSequence(Sequence):
 
 
 class LlamaCppBackend(Backend):
-    def __init__(self, spec: ModelSpec, path: Path, *, n_ctx: int = 4096, n_threads: int = 2,
-                 max_idle_contexts: int = 4) -> None:
+    def __init__(self, spec: ModelSpec, path: Path, *, adapter_path: Path | None = None, n_ctx: int = 4096,
+                 n_threads: int = 2, max_idle_contexts: int = 4) -> None:
+        """`adapter_path`: the verified GGUF LoRA adapter of a tuned model (None: the plain model)."""
         import llama_cpp
 
         self.spec = spec
         self._path = str(path)
+        self._adapter_path = None if adapter_path is None else str(adapter_path)
+        self._adapter_scale = spec.adapter.scale if spec.adapter is not None else 1.0
         self._n_ctx = n_ctx
         self._n_threads = n_threads
         self._max_idle = max_idle_contexts
@@ -71,6 +82,8 @@ class LlamaCppBackend(Backend):
         self._llama_cls = llama_cpp.Llama
         try:
             first = self._new_context()
+        except BackendError:
+            raise
         except Exception as exc:  # llama.cpp raises ValueError on unreadable files
             raise BackendError(f"could not load {spec.name} from {path}: {exc}") from exc
         self._tokenizer = first
@@ -83,7 +96,7 @@ class LlamaCppBackend(Backend):
         )
 
     def _new_context(self):  # noqa: ANN202
-        return self._llama_cls(
+        llama = self._llama_cls(
             model_path=self._path,
             n_ctx=self._n_ctx,
             n_batch=256,
@@ -92,6 +105,31 @@ class LlamaCppBackend(Backend):
             logits_all=False,
             verbose=False,
         )
+        if self._adapter_path is not None:
+            self._apply_adapter(llama)
+        return llama
+
+    def _apply_adapter(self, llama) -> None:  # noqa: ANN001
+        """Load the LoRA adapter into this context's model and apply it to the context."""
+        import llama_cpp
+
+        log: list[str] = []
+        with _llama_log_to(log):  # llama.cpp's reasons, and not a warning per tensor on stderr
+            adapter = llama_cpp.llama_adapter_lora_init(llama._model.model, self._adapter_path.encode())
+        if not adapter:
+            llama.close()
+            errors = " ".join(line.strip() for line in log if "error" in line.lower() or "fail" in line.lower())
+            raise BackendError(
+                f"could not load adapter {self._adapter_path} for {self.spec.name}: llama.cpp refused it "
+                f"(not a GGUF LoRA adapter, or made for another base model): {errors or 'no reason given'}"
+            )
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+        scales = (ctypes.c_float * 1)(self._adapter_scale)
+        if llama_cpp.llama_set_adapters_lora(llama._ctx.ctx, adapters, 1, scales) != 0:
+            llama.close()  # frees the model, which frees its adapters
+            raise BackendError(f"could not apply adapter {self._adapter_path} to a context of {self.spec.name}")
+        # Owned by this context's model (freed with it); kept here so it is plain which one applies.
+        llama._asynclm_adapter = adapter
 
     @property
     def n_ctx(self) -> int:
@@ -133,6 +171,24 @@ class LlamaCppBackend(Backend):
         with self._lock:
             if len(self._idle) < self._max_idle or llama is self._tokenizer:
                 self._idle.append(llama)
+
+
+@contextlib.contextmanager
+def _llama_log_to(lines: list[str]) -> Iterator[None]:
+    """Collect llama.cpp's log lines (a process-wide callback) instead of printing them, for the
+    duration of one call on this thread; llama-cpp-python's own callback is restored after."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:  # noqa: ARG001
+        lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:

@@ -72,6 +72,11 @@ class CallOut(Schema):
     error: str
 
 
+class AdapterOut(Schema):
+    name: str
+    sha256: str
+
+
 class TaskSummary(Schema):
     id: int
     url: str
@@ -79,6 +84,8 @@ class TaskSummary(Schema):
     status_reason: str
     mode: Mode
     model: str
+    adapter: AdapterOut | None = Field(
+        None, description="the LoRA adapter the engine ran the model with; null for a plain model or before it started")
     prompt: str
     tools: list[str]
     max_tokens: int

@@ -21,6 +21,7 @@ def task_document(task: Task, calls: bool = True) -> dict[str, Any]:
         "status_reason": task.status_reason,
         "mode": task.mode,
         "model": task.model,
+        "adapter": task.adapter,
         "prompt": task.prompt,
         "tools": [t["name"] for t in task.tools],
         "max_tokens": task.max_tokens,

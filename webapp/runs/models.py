@@ -43,6 +43,8 @@ class Task(models.Model):
     # Tasks submitted together to compare modes: same prompt, tools, seed and tool latencies,
     # run one after the other.
     compare_group = models.UUIDField(null=True, blank=True, db_index=True)
+    # The LoRA adapter the engine ran the model with ({"name", "sha256"}), null for a plain model.
+    adapter = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

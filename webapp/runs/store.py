@@ -41,6 +41,9 @@ class DjangoTaskStore:
         existing = set(Task.objects.filter(pk__in={e.task_id for e in events}).values_list("pk", flat=True))
         TraceEventRow.objects.bulk_create([r for r in rows if r.task_id in existing], ignore_conflicts=True)
         self._record_calls([e for e in events if e.kind in CALL_EVENTS and e.task_id in existing])
+        for e in events:  # the engine's first event says which LoRA adapter (if any) the model runs with
+            if e.kind == "status" and e.payload.get("status") == "running" and "adapter" in e.payload:
+                Task.objects.filter(pk=e.task_id).update(adapter=e.payload["adapter"])
 
     def _record_calls(self, events: list[TraceEvent]) -> None:
         """Keep the ToolCall rows in step with the call events of the trace."""

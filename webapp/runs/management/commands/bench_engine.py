@@ -29,7 +29,7 @@ from engine import health
 from engine.backends.llamacpp import LlamaCppBackend
 from engine.catalog import get_model
 from engine.messages import Budgets, TaskSubmission
-from engine.modelfiles import verified_path
+from engine.modelfiles import verified_adapter_path, verified_path
 from engine.profiles import profile_for
 from engine.scheduler import Scheduler
 from engine.tools import ToolSpec
@@ -89,7 +89,9 @@ class Command(BaseCommand):
                              "cpu_count": os.cpu_count(), "threads": settings.ASYNCLM_ENGINE_THREADS,
                              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                              "note": "dispatch/interrupt from forced-token tasks (real forward passes)"}}
-        backend = LlamaCppBackend(spec, path, n_ctx=2048, n_threads=settings.ASYNCLM_ENGINE_THREADS)
+        adapter = verified_adapter_path(spec, settings.BASE_DIR) if spec.adapter else None
+        backend = LlamaCppBackend(spec, path, adapter_path=adapter, n_ctx=2048,
+                                  n_threads=settings.ASYNCLM_ENGINE_THREADS)
         self.say("[1/3] injection vs re-prefill")
         result["inject_ms"], result["reprefill_ms"] = self.injection(backend)
         self.say("[2/3] engine vs raw decode speed")

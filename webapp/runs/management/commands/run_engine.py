@@ -19,7 +19,7 @@ from engine.backends.sglang import SGLangBackend
 from engine.backends.simulated import SimulatedBackend
 from engine.catalog import UnknownModel, get_model
 from engine.intake import Intake
-from engine.modelfiles import ModelFileError, verified_path
+from engine.modelfiles import ModelFileError, verified_adapter_path, verified_path
 from engine.proc import EngineConfig, EngineProcess
 from engine.publish import TracePublisher
 from engine.scheduler import Scheduler
@@ -42,11 +42,15 @@ class BackendCache:
             if spec.backend == "simulated":
                 backend = SimulatedBackend(spec)
             elif settings.ASYNCLM_SGLANG_URL and name in settings.ASYNCLM_SGLANG_MODELS:
+                if spec.adapter is not None:
+                    raise BackendError(f"{name} is a base model plus a LoRA adapter, which the SGLang backend "
+                                       "does not apply; leave it out of ASYNCLM_SGLANG_MODELS")
                 # Streamed tokens wake the engine's loop like results do.
                 backend = SGLangBackend(spec, settings.ASYNCLM_SGLANG_URL, notify=self._wake.set)
             else:
                 path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
-                backend = LlamaCppBackend(spec, path, n_ctx=settings.ASYNCLM_N_CTX,
+                adapter = verified_adapter_path(spec, settings.BASE_DIR) if spec.adapter else None
+                backend = LlamaCppBackend(spec, path, adapter_path=adapter, n_ctx=settings.ASYNCLM_N_CTX,
                                           n_threads=settings.ASYNCLM_ENGINE_THREADS,
                                           max_idle_contexts=settings.ASYNCLM_ENGINE_MAX_ACTIVE)
             self._loaded[name] = backend
