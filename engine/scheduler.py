@@ -29,6 +29,7 @@ import numpy as np
 from engine.backends.base import Backend, BackendError, RemoteSequence, Sequence, StreamEnd
 from engine.ban import IntrBan, forbidden
 from engine.cml import CallComplete, Future, Malformed, Monitor, Trap
+from engine.constrain import CallGuard, call_guard
 from engine.grammar import call_structural_tag
 from engine.messages import CallRequest, TaskSubmission, TraceEvent
 from engine.profiles import compact, profile_for
@@ -104,6 +105,7 @@ class TaskRun:
     waiting_for: set[str] = field(default_factory=set)  # BLOCKED until these calls resolve
     at_eos: bool = False
     forced: deque[int] = field(default_factory=deque)
+    guard: CallGuard | None = None  # constrained call blocks (engine/constrain.py), local backends only
     injected_tokens: int = 0
     injections: int = 0
     # Remote backends (the server samples): tokens held while they may begin an [INTR] spelling,
@@ -190,6 +192,7 @@ class Scheduler:
             sub=sub, backend=backend, t0=now, started_wall=self._wall(), rng=np.random.default_rng(sub.sampling.seed)
         )
         run.tools = {t["name"]: ToolSpec.from_dict(t) for t in sub.tools}
+        run.guard = None if sub.forced_text else call_guard(backend, run.tools)
         self._runs[sub.task_id] = run
         # started_at (unix s) anchors t_ms, so other processes can place events on the wall clock.
         events = [
@@ -411,6 +414,8 @@ class Scheduler:
         logits = run.seq.logits()
         if run.tools and not run.monitor.in_block:
             logits = self._ban(run.backend).apply(logits, run.tail, trap=bool(run.pending() or run.interrupts))
+        if run.guard is not None:
+            logits = run.guard.mask(logits, run.tail, run.sub.sampling.temperature)
         token = sample(logits, run.sub.sampling, run.rng)
         if run.forced:
             token = run.forced.popleft()
@@ -432,7 +437,10 @@ class Scheduler:
         run.tail = (run.tail + piece)[-32:]
         events = [self._event(run, "token", {"i": len(run.generated), "id": token, "text": piece})]
         if run.tools:
-            events += self._on_cml(run, run.monitor.feed(piece))
+            cml = run.monitor.feed(piece)
+            events += self._on_cml(run, cml)
+            if run.guard is not None:  # after _on_cml: a call completed by this token holds its id
+                run.forced.extend(run.guard.observe(piece, cml, run.calls))
         if run.status in FINAL:
             return events
         limit = min(run.sub.max_tokens, run.backend.n_ctx - run.context_len)

@@ -107,6 +107,7 @@ class Backend(ABC):
     spec: ModelSpec
     n_vocab: int
     remote = False  # True: open_sequence returns a RemoteSequence and the server samples
+    constrained_calls = False  # True: the engine writes call ids and masks call bodies (engine/constrain.py)
 
     @property
     @abstractmethod

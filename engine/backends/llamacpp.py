@@ -65,6 +65,8 @@ class LlamaSequence(Sequence):
 
 
 class LlamaCppBackend(Backend):
+    constrained_calls = True
+
     def __init__(self, spec: ModelSpec, path: Path, *, adapter_path: Path | None = None, n_ctx: int = 4096,
                  n_threads: int = 2, max_idle_contexts: int = 4) -> None:
         """`adapter_path`: the verified GGUF LoRA adapter of a tuned model (None: the plain model)."""
