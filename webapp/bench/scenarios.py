@@ -89,7 +89,7 @@ def single_turn(name: str, seed: int, limit: int | None = None) -> list[Scenario
     for entry in dataset(name):
         if limit is not None and len(out) >= limit:
             break
-        scenario, _ = _single_turn_entry(name, entry, seed)
+        scenario, _ = single_turn_entry(name, entry, seed)
         if scenario is not None:
             out.append(scenario)
     return out
@@ -99,10 +99,10 @@ def single_turn(name: str, seed: int, limit: int | None = None) -> list[Scenario
 def unusable(name: str) -> dict[str, str]:
     """Entries of a single-turn dataset left out of the benchmark, with the reason."""
     return {entry["id"]: problem for entry in dataset(name)
-            if (problem := _single_turn_entry(name, entry, 0)[1])}
+            if (problem := single_turn_entry(name, entry, 0)[1])}
 
 
-def _single_turn_entry(name: str, entry: dict[str, Any], seed: int) -> tuple[Scenario | None, str]:
+def single_turn_entry(name: str, entry: dict[str, Any], seed: int) -> tuple[Scenario | None, str]:
     truth = answers(name)[entry["id"]]
     latencies = draw_latencies(seed, entry["id"], len(truth))
     tools = [ToolSpec.from_dict(doc_tool(fn, "simulated", {})) for fn in entry["function"]]

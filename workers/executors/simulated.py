@@ -74,9 +74,14 @@ class SimulatedExecutor(Executor):
         time.sleep(planned / 1000)
         if "error" in config:
             raise ToolError(str(config["error"]))
-        returns = config.get("returns")
-        if returns is None:
-            return {"tool": tool.name, "args": args}
-        if isinstance(returns, dict):
-            return {field: _derived(field, rule, args, seed_text) for field, rule in returns.items()}
-        return _derived("value", returns, args, seed_text)
+        return simulated_result(tool.name, config.get("returns"), args, seed_text)
+
+
+def simulated_result(name: str, returns: Any, args: dict[str, Any], seed_text: str) -> Any:
+    """What a simulated tool returns: its `returns` rules applied to the arguments (the same
+    arguments and seed give the same result), or the call echoed when it has none."""
+    if returns is None:
+        return {"tool": name, "args": args}
+    if isinstance(returns, dict):
+        return {field: _derived(field, rule, args, seed_text) for field, rule in returns.items()}
+    return _derived("value", returns, args, seed_text)

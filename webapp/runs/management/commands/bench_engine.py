@@ -186,7 +186,7 @@ class Command(BaseCommand):
         story = "Once upon a time " + "the keeper climbed the stairs and lit the lamp again. " * 40
         sub = TaskSubmission(1, backend.spec.name, "Write a long story about a lighthouse keeper.", tokens, time.time(),
                              tools=[LOOKUP.to_dict()], forced_text=story)
-        prompt = profile_for(backend.spec.name).prompt_ids(backend, sub.prompt, [LOOKUP], sub.mode)
+        prompt = profile_for(backend.spec).prompt_ids(backend, sub.prompt, [LOOKUP], sub.mode)
         # Raw: a bare llama-cpp-python loop, greedy, on the same prompt as the engine's. Run before and
         # after the engine and keep the faster, so machine noise cannot flatter the engine.
         def raw_tok_s() -> float:

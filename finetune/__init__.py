@@ -1,0 +1,1 @@
+"""The adaptation step: CML training traces from BFCL, LoRA training, export to GGUF, evaluation."""

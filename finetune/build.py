@@ -1,0 +1,162 @@
+"""Build the training and held-out-loss sets: BFCL entries (train side of the split) and demo-pack
+scenarios, each simulated in one mode and rendered to token ids with the engine's own tokenizer.
+
+usage: python -m finetune.build [--out var/finetune/data] [--model qwen2.5-coder-0.5b] [--limit N]
+Writes train.jsonl and eval.jsonl (one trace per line: ids, mask, source, dataset, mode) and
+stats.json (counts per dataset and mode, token lengths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODE_WEIGHTS = {"async": 0.5, "sync": 0.25, "sync_parallel": 0.25}
+# Train entries per dataset, drawn with the seed from the train side of the split. Sized for the
+# CPU: a trace costs ~8 s of training here (the default run must train in under an hour); on a
+# GPU, --limit takes every entry.
+TRAIN_PER_DATASET = {"simple_python": 40, "multiple": 40, "parallel": 70, "parallel_multiple": 70,
+                     "irrelevance": 30, "multi_turn_base": 20}
+DEMO_TRAIN = 80  # demo-pack traces, half of them with a person's message mid-task
+EVAL_PER_DATASET = 2  # held-out entries whose traces give the held-out loss (never trained on)
+MAX_TOKENS = 1536  # longer traces are left out (a few multi-turn prompts with big tool lists)
+
+
+def _setup_django() -> None:
+    import os
+
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.local")
+    django.setup()
+
+
+def tokenizer_backend(model: str):  # noqa: ANN201
+    """The engine's llama.cpp backend for the base model: tokenization exactly as in the engine."""
+    from django.conf import settings
+
+    from engine.backends.llamacpp import LlamaCppBackend
+    from engine.catalog import get_model
+    from engine.modelfiles import verified_path
+
+    spec = get_model(model)
+    return LlamaCppBackend(spec, verified_path(spec, Path(settings.ASYNCLM_MODEL_DIR)), n_ctx=4096, n_threads=2)
+
+
+def pick_mode(seed: int, source: str) -> str:
+    rng = random.Random(f"{seed}|mode|{source}")
+    return rng.choices(list(MODE_WEIGHTS), weights=list(MODE_WEIGHTS.values()))[0]
+
+
+def trace_row(plan: Any, mode: str, seed: int, backend: Any) -> dict[str, Any]:
+    from finetune.traces import draw_token_ms, render, simulate
+
+    token_ms = draw_token_ms(random.Random(f"{seed}|clock|{plan.source}"))
+    trace = simulate(plan, mode, token_ms, backend)
+    rendered = render(trace, backend)
+    return {"source": plan.source, "dataset": plan.dataset, "mode": mode, "token_ms": token_ms,
+            "frames": len(trace.frames), "message": plan.message is not None,
+            "calls": len(plan.calls), "prompt_tokens": rendered.prompt_tokens,
+            "ids": rendered.ids, "mask": rendered.mask}
+
+
+def plans(side: str, seed: int, limit: int | None, say) -> list[Any]:  # noqa: ANN001
+    """Plans of one side of the split ("train" or "eval")."""
+    from finetune.plans import demo_plan, entry_plan
+    from finetune.split import DATASETS, load_heldout
+    from webapp.tools.bfcl import dataset
+
+    heldout = load_heldout()
+    out = []
+    for name in DATASETS:
+        held = heldout.get(name, set())
+        if side == "train":
+            entries = [e for e in dataset(name) if e["id"] not in held]
+            random.Random(f"{seed}|pick|{name}").shuffle(entries)
+            cap = limit if limit is not None else TRAIN_PER_DATASET[name]
+        else:
+            entries = [e for e in dataset(name) if e["id"] in held]
+            cap = EVAL_PER_DATASET
+        made = [p for e in entries[: cap if cap is not None else len(entries)] if (p := entry_plan(name, e, seed))]
+        say(f"  {name}: {len(made)} plans from {min(len(entries), cap or len(entries))} {side} entries")
+        out += made
+    demos = (DEMO_TRAIN if limit is None else limit) if side == "train" else EVAL_PER_DATASET
+    out += [demo_plan(k, seed, heldout=side == "eval") for k in range(demos)]
+    say(f"  demo: {demos} plans")
+    return out
+
+
+def check_split(say) -> None:  # noqa: ANN001
+    from finetune.split import HELDOUT_FILE, compute_heldout, split_digest
+
+    if not HELDOUT_FILE.exists():
+        raise SystemExit(f"{HELDOUT_FILE} is missing: run `python -m finetune.split` once and commit it")
+    recorded = json.loads(HELDOUT_FILE.read_text(encoding="utf-8"))
+    if recorded["digest"] != split_digest(compute_heldout(recorded["seed"])):
+        raise SystemExit(f"{HELDOUT_FILE} no longer matches the installed BFCL data: refusing to build "
+                         "(a changed split could put evaluation entries into training)")
+    say(f"split: {sum(len(v) for v in recorded['heldout'].values())} held-out entries, digest "
+        f"{recorded['digest'][:12]}")
+
+
+def build(out: Path, model: str, seed: int, limit: int | None, say=print) -> dict[str, Any]:  # noqa: ANN001
+    from finetune.split import load_heldout
+
+    started = time.monotonic()
+    check_split(say)
+    backend = tokenizer_backend(model)
+    out.mkdir(parents=True, exist_ok=True)
+    heldout = load_heldout()
+    stats: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "max_tokens": MAX_TOKENS}
+    for side in ("train", "eval"):
+        say(f"{side} plans:")
+        counts: Counter[str] = Counter()
+        lengths, trained, dropped = [], 0, 0
+        with (out / f"{side}.jsonl").open("w", encoding="utf-8") as f:
+            side_plans = plans(side, seed, limit, say)
+            for n, plan in enumerate(side_plans, 1):
+                if side == "train" and plan.source in heldout.get(plan.dataset, set()):
+                    raise AssertionError(f"held-out entry {plan.source} reached the training set")
+                row = trace_row(plan, pick_mode(seed, plan.source), seed, backend)
+                if len(row["ids"]) > MAX_TOKENS:
+                    dropped += 1
+                    continue
+                f.write(json.dumps(row) + "\n")
+                counts[f"{row['dataset']}/{row['mode']}"] += 1
+                lengths.append(len(row["ids"]))
+                trained += sum(row["mask"])
+                if n % 100 == 0 or n == len(side_plans):
+                    say(f"  rendered {n}/{len(side_plans)} traces")
+        stats[side] = {"traces": len(lengths), "dropped_too_long": dropped, "tokens": sum(lengths),
+                       "trained_tokens": trained, "max_len": max(lengths, default=0),
+                       "mean_len": round(sum(lengths) / max(1, len(lengths)), 1), "by_dataset_mode": dict(counts)}
+        say(f"{side}: {len(lengths)} traces ({dropped} longer than {MAX_TOKENS} tokens left out), "
+            f"{sum(lengths)} tokens, {trained} trained on")
+    stats["seconds"] = round(time.monotonic() - started, 1)
+    (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "finetune" / "data")
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="train entries per dataset (default: a CPU-sized sample, see TRAIN_PER_DATASET)")
+    args = parser.parse_args(argv)
+    _setup_django()
+    stats = build(args.out, args.model, args.seed, args.limit)
+    print(json.dumps({k: v for k, v in stats.items() if k in ("train", "eval", "seconds")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

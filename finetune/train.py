@@ -1,0 +1,257 @@
+"""LoRA training on the rendered CML traces (runs in the training virtualenv: torch, transformers,
+peft, gguf). The base weights are the GGUF file the engine runs, dequantized by transformers, so
+the adapter is learned on the weights it will be applied to (the QLoRA situation).
+
+usage: python -m finetune.train [--data var/finetune/data] [--out var/finetune/run] [--steps N]
+       [--rank R] [--model NAME] [--accum K] [--lr LR] [--eval-every N] [--resume]
+On a CUDA GPU it trains there, unchanged; otherwise on the CPU in fp32 (bf16 is emulated on CPUs
+without AVX512-BF16, and was much slower here). Loss covers only the
+tokens the model writes (the mask from the renderer): never the prompt, never injected frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def model_file(name: str, model_dir: Path) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from engine.catalog import get_model  # plain dataclasses: no Django, no llama.cpp
+
+    spec = get_model(name)
+    path = model_dir / spec.filename
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `python -m engine.modelfiles ensure {name}` first")
+    return path
+
+
+def load_model(path: Path, device: str, dtype: Any) -> Any:
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    # Dense weights: transformers would otherwise keep the Q4_K_M blocks packed and dequantize
+    # them in every matmul, ~2x slower per step on this CPU (measured 70 s vs 35 s on 512 tokens).
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    return model.to(device)
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_loss(model: Any, row: dict[str, Any], device: str) -> tuple[Any, int]:
+    """Mean loss over the trained tokens of one trace, and how many there are.
+
+    Two savings that CPU training needs (a 0.5b forward + backward over 500 tokens is ~30 s on
+    this 2-core machine): the prompt, which holds no trained token, is run once without a graph
+    and its KV cache is reused, so the backward pass covers only the assistant's part (with the
+    adapter active in both, so the forward pass is exact; only the gradient through the prompt's
+    keys and values is left out); and the vocabulary projection (136M weights, tied to the
+    embeddings) runs only where a token is trained on."""
+    import torch
+
+    ids, mask, start = row["ids"], row["mask"], max(1, row["prompt_tokens"] - 1)
+    inner = model.get_base_model()
+    with torch.no_grad():
+        past = inner.model(input_ids=torch.tensor([ids[:start]], device=device), use_cache=True).past_key_values
+    rest = torch.tensor([ids[start:]], device=device)
+    hidden = inner.model(input_ids=rest, past_key_values=past, use_cache=True).last_hidden_state[0]
+    # Position j of `rest` predicts token start + j + 1.
+    picked = [j for j in range(len(ids) - start - 1) if mask[start + j + 1]]
+    targets = torch.tensor([ids[start + j + 1] for j in picked], device=device)
+    logits = inner.lm_head(hidden[picked])
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+    return loss, len(picked)
+
+
+def eval_loss(model: Any, rows: list[dict[str, Any]], device: str) -> float:
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            loss, n = batch_loss(model, row, device)
+            total += float(loss) * n
+            count += n
+    model.train()
+    return total / max(1, count)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from tqdm import tqdm
+
+    started = time.monotonic()
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    train_rows = load_rows(args.data / "train.jsonl")
+    eval_rows = load_rows(args.data / "eval.jsonl")
+    if not train_rows:
+        raise SystemExit(f"{args.data / 'train.jsonl'} holds no traces: run `python -m finetune.build` first")
+    print(f"data: {len(train_rows)} train traces, {len(eval_rows)} held-out traces; device {device}", flush=True)
+    load_started = time.monotonic()
+    base = load_model(model_file(args.model, args.model_dir), device, torch.float32)
+    print(f"loaded {args.model} from GGUF in {time.monotonic() - load_started:.0f} s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    state_path = args.out / "checkpoint" / "state.pt"
+    if args.resume and state_path.exists():
+        model = PeftModel.from_pretrained(base, str(args.out / "checkpoint"), is_trainable=True)
+    else:
+        n_layers = base.config.num_hidden_layers
+        layers = list(range(max(0, n_layers - args.layers), n_layers)) if args.layers else None
+        config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, bias="none",
+                            target_modules=TARGETS, layers_to_transform=layers, task_type="CAUSAL_LM")
+        model = get_peft_model(base, config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    log: dict[str, Any] = {"train": [], "eval": []}
+    step = 0
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        step, log = state["step"], state["log"]
+        print(f"resumed at step {step}", flush=True)
+    order = list(range(len(train_rows)))
+    rng = random.Random(args.seed)
+    rng.shuffle(order)
+    cursor = step * args.accum
+    if not log["eval"]:
+        log["eval"].append({"step": 0, "loss": round(eval_loss(model, eval_rows, device), 4)})
+        print(f"held-out loss before training: {log['eval'][0]['loss']}", flush=True)
+    bar = tqdm(total=args.steps, initial=step, desc="training", unit="step", dynamic_ncols=True, file=sys.stdout)
+    train_started = time.monotonic() - (log["train"][-1]["s"] if log["train"] else 0.0)
+    try:
+        while step < args.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+            total, tokens = 0.0, 0
+            for _ in range(args.accum):
+                row = train_rows[order[cursor % len(order)]]
+                cursor += 1
+                loss, n = batch_loss(model, row, device)
+                (loss / args.accum).backward()
+                total += float(loss) * n
+                tokens += n
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            log["train"].append({"step": step, "loss": round(total / max(1, tokens), 4),
+                                 "s": round(time.monotonic() - train_started, 1)})
+            bar.set_postfix(loss=f"{log['train'][-1]['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+            bar.update(1)
+            if step % args.eval_every == 0 or step == args.steps:
+                log["eval"].append({"step": step, "loss": round(eval_loss(model, eval_rows, device), 4)})
+                bar.write(f"step {step}: held-out loss {log['eval'][-1]['loss']}")
+                save_checkpoint(model, optimizer, step, log, args.out)
+    except KeyboardInterrupt:  # Ctrl-C: keep what was learned so far, as a finished run of fewer steps
+        bar.write(f"stopped at step {step}; saving the adapter")
+        if step and log["eval"][-1]["step"] != step:
+            log["eval"].append({"step": step, "loss": round(eval_loss(model, eval_rows, device), 4)})
+        save_checkpoint(model, optimizer, step, log, args.out)
+    bar.close()
+    return finalize(args, log, step, len(train_rows), len(eval_rows), device, time.monotonic() - started)
+
+
+def save_checkpoint(model: Any, optimizer: Any, step: int, log: dict[str, Any], out: Path) -> None:
+    import torch
+
+    model.save_pretrained(str(out / "checkpoint"))
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "log": log}, out / "checkpoint" / "state.pt")
+
+
+def finalize(args: argparse.Namespace, log: dict[str, Any], step: int, n_train: int, n_eval: int, device: str,
+             total_s: float) -> dict[str, Any]:
+    """The last checkpoint becomes the run's adapter, with its losses and summary."""
+    import shutil
+
+    adapter = args.out / "adapter"
+    shutil.rmtree(adapter, ignore_errors=True)
+    shutil.copytree(args.out / "checkpoint", adapter, ignore=shutil.ignore_patterns("state.pt"))
+    summary = {
+        "model": args.model, "device": device, "rank": args.rank, "alpha": 2 * args.rank,
+        "layers": args.layers or "all", "targets": TARGETS, "lr": args.lr, "warmup": args.warmup,
+        "accum": args.accum, "steps_planned": args.steps, "steps": step, "seed": args.seed,
+        "sequences_seen": step * args.accum, "train_traces": n_train, "eval_traces": n_eval, "dtype": "float32",
+        "train_seconds": log["train"][-1]["s"] if log["train"] else 0.0, "total_seconds": round(total_s, 1),
+        "final_train_loss": _recent_mean(log["train"]), "final_eval_loss": log["eval"][-1]["loss"],
+        "first_eval_loss": log["eval"][0]["loss"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    (args.out / "losses.json").write_text(json.dumps(log) + "\n", encoding="utf-8")
+    (args.out / "train.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print(f"trained {step} steps in {summary['train_seconds']:.0f} s; train loss {summary['final_train_loss']}, "
+          f"held-out loss {summary['first_eval_loss']} -> {summary['final_eval_loss']}", flush=True)
+    return summary
+
+
+def finalize_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """--finalize: a run that was killed (not interrupted) ends at its last checkpoint."""
+    import torch
+
+    state = torch.load(args.out / "checkpoint" / "state.pt", weights_only=False)
+    n_train = len(load_rows(args.data / "train.jsonl"))
+    n_eval = len(load_rows(args.data / "eval.jsonl"))
+    return finalize(args, state["log"], state["step"], n_train, n_eval, "unknown", 0.0)
+
+
+def _recent_mean(points: list[dict[str, Any]], n: int = 20) -> float:
+    tail = [p["loss"] for p in points[-n:]]
+    return round(sum(tail) / max(1, len(tail)), 4)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "var" / "finetune" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "var" / "finetune" / "run")
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--model-dir", type=Path,
+                        default=Path(os.environ.get("ASYNCLM_MODEL_DIR", ROOT / "var" / "models")))
+    parser.add_argument("--steps", type=int, default=72, help="optimizer steps")
+    parser.add_argument("--accum", type=int, default=4, help="traces per optimizer step")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=12,
+                        help="adapters on the top N layers only (0: all); the backward pass stops below them, "
+                             "which halves a CPU step at 12 of the 0.5b model's 24")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--eval-every", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--finalize", action="store_true",
+                        help="train nothing: make the last checkpoint in --out the run's adapter")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    # Idle OpenMP threads sleep instead of spinning: with anything else running on a small CPU,
+    # spinning threads made each step 3-4x slower here (55 s vs 14 s for a 390-token trace).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    options = parse()
+    finalize_checkpoint(options) if options.finalize else train(options)

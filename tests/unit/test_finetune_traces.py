@@ -1,0 +1,266 @@
+"""Training traces for the adaptation step: the split, the simulated clock, the loss mask, and
+that a rendered trace is exactly what the engine holds after the same run."""
+
+import json
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from django.conf import settings
+
+from engine.backends.base import Backend, Sequence
+from engine.backends.llamacpp import LlamaCppBackend
+from engine.catalog import AdapterSpec, get_model
+from engine.messages import TaskSubmission
+from engine.modelfiles import verified_path
+from engine.scheduler import Scheduler, Status
+from engine.tools import ToolSpec
+from finetune import split
+from finetune.build import build
+from finetune.plans import demo_plan, entry_plan
+from finetune.traces import FORCED, FRAME, MISTAKE, MODEL, Message, Plan, PlanCall, render, simulate
+from tests.scripted import ScriptedBackend
+from webapp.tools.bfcl import dataset
+
+QWEN = "qwen2.5-coder-0.5b"
+
+
+@pytest.fixture(scope="module")
+def qwen() -> LlamaCppBackend:
+    spec = get_model(QWEN)
+    return LlamaCppBackend(spec, verified_path(spec, settings.ASYNCLM_MODEL_DIR), n_ctx=4096)
+
+
+def tool(name: str, est: int, **props: str) -> ToolSpec:
+    schema = {"type": "object", "properties": {k: {"type": v} for k, v in props.items()}}
+    return ToolSpec(name, f"{name} things", schema, est_latency_ms=est)
+
+
+# -- the split --------------------------------------------------------------------------------
+def test_it_splits_stably_and_disjointly():
+    ids = [f"parallel_{i}" for i in range(200)]
+    train, held = split.split_ids(ids)
+    assert set(train).isdisjoint(held) and set(train) | set(held) == set(ids)
+    assert len(held) == 50  # 25%, and at least 50
+    shuffled = ids[:]
+    random.Random(1).shuffle(shuffled)
+    assert set(split.split_ids(shuffled)[1]) == set(held)  # the order it is read in does not matter
+    # A dataset that grows never moves a held-out entry into training.
+    assert set(held) <= set(split.split_ids([*ids, "parallel_999", "parallel_1000"])[1])
+
+
+def test_it_holds_out_at_least_fifty_entries_of_a_small_dataset():
+    ids = [f"x_{i}" for i in range(120)]
+    assert len(split.split_ids(ids)[1]) == 50
+    assert len(split.split_ids(ids[:30])[1]) == 30  # a dataset smaller than that is held out whole
+
+
+def test_it_ships_the_split_of_the_installed_bfcl_data():
+    recorded = json.loads(split.HELDOUT_FILE.read_text())
+    assert recorded["heldout"] == split.compute_heldout(recorded["seed"])
+    assert recorded["digest"] == split.split_digest(recorded["heldout"])
+
+
+# -- the simulated clock (one character = one token with the scripted backend) -----------------
+def test_it_injects_a_result_at_the_first_boundary_after_it_arrives():
+    """Hand-computed, 10 ms per token. a (est 500 ms, runs 100 ms) is written first (LPT):
+    `[CALL]` 6 + forced ` c1 [HEAD]` 10 + ` a(x=1) [END]` 13 tokens -> dispatched at 290 ms, result
+    at 393 ms. b follows: ` [CALL]` 7 + 10 + ` b(y=2) [END]` 13 -> 590 ms. a's result arrived while
+    b's block was open (a critical section), so its frame goes in right after b's [END]; then the
+    model traps until b's result (590 + 3 + 200 = 793 ms)."""
+    tools = (tool("a", 500, x="integer"), tool("b", 100, y="integer"))
+    plan = Plan("hand", "test", "q", tools,
+                (PlanCall("a", {"x": 1}, 100.0, {"v": 1}), PlanCall("b", {"y": 2}, 200.0, {"v": 2})), "done")
+    trace = simulate(plan, "async", 10.0, ScriptedBackend([]))
+    kinds = [(s.kind, s.text) for s in trace.segments]
+    assert kinds[:6] == [(MODEL, "[CALL]"), (FORCED, " c1 [HEAD]"), (MODEL, " a(x=1) [END]"),
+                         (MODEL, " [CALL]"), (FORCED, " c2 [HEAD]"), (MODEL, " b(y=2) [END]")]
+    assert trace.segments[2].at_ms == 290 and trace.segments[5].at_ms == 590
+    first = trace.segments[6]
+    assert first.kind == FRAME and [cid for cid, _ in first.delivered] == ["c1"]
+    assert trace.segments[7].text == "[TRAP][END]"  # no space after a frame
+    second = trace.segments[8]
+    assert second.kind == FRAME and [cid for cid, _ in second.delivered] == ["c2"]
+    assert second.at_ms == pytest.approx(793 + len(second.text) * 1.0)
+    assert trace.segments[-1].text == "done" and trace.segments[-1].at_ms == pytest.approx(
+        trace.segments[8].at_ms + 4 * 10)
+
+
+def test_it_traps_only_while_a_result_is_still_to_come():
+    rng_plans = [p for e in dataset("parallel")[:40] if (p := entry_plan("parallel", e, 0))]
+    rng_plans += [demo_plan(k, 0) for k in range(20)]
+    backend = ScriptedBackend([])
+    for plan in rng_plans:
+        for mode in ("async", "sync", "sync_parallel"):
+            segments = simulate(plan, mode, 12.0, backend).segments
+            for i, seg in enumerate(segments):
+                if "[TRAP]" in seg.text and seg.kind == MODEL:
+                    assert mode != "sync"
+                    assert segments[i + 1].kind == FRAME, (plan.source, mode)  # it waited for something
+            # Every call's result went in before the answer, exactly once.
+            delivered = [cid for s in segments for cid, _ in s.delivered]
+            assert len(delivered) == len(set(delivered)) == len(plan.calls) + (
+                len(plan.message.calls) if plan.message else 0)
+            assert segments[-1].kind == MODEL and "[" not in segments[-1].text
+
+
+def test_it_waits_for_a_dependency_before_writing_the_dependent_call():
+    tools = (tool("cd", 10, folder="string"), tool("ls", 900))
+    plan = Plan("dep", "test", "q", tools,
+                (PlanCall("cd", {"folder": "x"}, 50.0, {"ok": 1}), PlanCall("ls", {}, 5.0, ["f"], deps=(0,))), "ok")
+    segments = simulate(plan, "async", 10.0, ScriptedBackend([])).segments
+    texts = [s.text for s in segments]
+    ls_at = next(i for i, t in enumerate(texts) if "ls()" in t)
+    frame_at = next(i for i, s in enumerate(segments) if s.kind == FRAME)
+    assert frame_at < ls_at and "[TRAP][END]" in texts[frame_at - 1]
+
+
+def test_it_lets_a_refused_call_be_retried_with_a_new_id():
+    tools = (tool("f", 100, n="integer"),)
+    plan = Plan("m", "test", "q", tools, (PlanCall("f", {"n": 3}, 10.0, {"v": 9}, mistake={"n": "3"}),), "9")
+    trace = simulate(plan, "sync", 10.0, ScriptedBackend([]))
+    kinds = [s.kind for s in trace.segments]
+    assert kinds[:4] == [MISTAKE, FORCED, MISTAKE, FRAME]
+    assert "c1" in trace.segments[3].text and "invalid_call" in trace.segments[3].text
+    assert trace.segments[5].text == " c2 [HEAD]"  # the burnt id is never reused
+
+
+# -- the loss mask, on the real tokenizer ------------------------------------------------------
+@pytest.mark.slow
+def test_it_trains_only_on_what_the_model_writes(qwen):
+    plans = [demo_plan(k, 0, message=True) for k in range(4)]
+    plans += [p for e in dataset("parallel_multiple")[:4] if (p := entry_plan("parallel_multiple", e, 0))]
+    for plan in plans:
+        for mode in ("async", "sync_parallel", "sync"):
+            rendered = render(simulate(plan, mode, 20.0, qwen), qwen)
+            pairs = zip(rendered.ids, rendered.mask, strict=True)
+            trained = b"".join(qwen.token_bytes(t) for t, m in pairs if m).decode(errors="replace")
+            assert "INTR" not in trained and "<|im_start|>" not in trained
+            assert not any(rendered.mask[: rendered.prompt_tokens])
+            assert rendered.mask[-1] == 1  # the end of the turn is learned too
+
+
+@pytest.mark.slow
+def test_it_builds_a_dataset_without_held_out_entries(tmp_path):
+    stats = build(tmp_path, QWEN, 0, limit=2, say=lambda _: None)
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").open()]
+    heldout = split.load_heldout()
+    assert len(rows) == stats["train"]["traces"] > 0
+    assert not any(r["source"] in heldout.get(r["dataset"], set()) for r in rows)
+    assert {r["dataset"] for r in rows} >= {"simple_python", "parallel", "irrelevance", "demo"}
+    assert sum(stats["train"]["by_dataset_mode"].values()) == len(rows)
+    evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").open()]
+    assert evals and all(r["source"] in heldout.get(r["dataset"], set()) or r["dataset"] == "demo" for r in evals)
+
+
+# -- the rendered trace is the engine's context ------------------------------------------------
+class ReplaySequence(Sequence):
+    """Predicts the next token of the expected context, whatever the engine did so far: if the
+    engine forced, injected or framed anything differently, the contexts part ways."""
+
+    def __init__(self, backend: "ReplayBackend", prompt: list[int]) -> None:
+        self.backend, self.ids = backend, []
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids)
+
+    def append(self, ids) -> None:
+        self.ids.extend(ids)
+
+    def logits(self) -> np.ndarray:
+        out = np.zeros(self.backend.n_vocab, dtype=np.float32)
+        expected = self.backend.expected
+        out[expected[len(self.ids)] if len(self.ids) < len(expected) else 0] = 30.0
+        return out
+
+    def truncate(self, n_tokens: int) -> None:
+        del self.ids[n_tokens:]
+
+    def close(self) -> None:
+        self.backend.final = list(self.ids)
+
+
+class ReplayBackend(Backend):
+    constrained_calls = True
+
+    def __init__(self, real: LlamaCppBackend, expected: list[int]) -> None:
+        adapter = AdapterSpec("cml", "unused.gguf", "0" * 64, 1)
+        self.real, self.expected, self.final = real, expected, None
+        self.spec = replace(real.spec, name="replay", adapter=adapter)  # the tuned prompt profile
+        self.n_vocab = real.n_vocab
+
+    @property
+    def n_ctx(self) -> int:
+        return 4096
+
+    def tokenize(self, text, *, special=False):
+        return self.real.tokenize(text, special=special)
+
+    def token_bytes(self, token_id):
+        return self.real.token_bytes(token_id)
+
+    def vocab_texts(self):
+        return self.real.vocab_texts()
+
+    def stop_ids(self):
+        return self.real.stop_ids()
+
+    def open_sequence(self, prompt_ids=()):
+        return ReplaySequence(self, list(prompt_ids))
+
+
+def replay(plan: Plan, mode: str, qwen: LlamaCppBackend, vocab: list[str]) -> tuple[list[int], list[int]]:
+    trace = simulate(plan, mode, 15.0, qwen)
+    rendered = render(trace, qwen)
+    backend = ReplayBackend(qwen, rendered.ids)
+    backend.vocab_texts = lambda: vocab  # noqa: E731 - the real vocabulary, read once per module
+    scheduler = Scheduler(lambda _: backend)
+    sub = TaskSubmission(1, "replay", plan.question, 400, 0.0, mode=mode, tools=[t.to_dict() for t in plan.tools])
+    scheduler.submit(sub)
+    run = scheduler.run(1)
+    frames, position = [], rendered.prompt_tokens
+    for seg in trace.segments:
+        if seg.kind == FRAME:
+            frames.append((position, seg))
+        position += len(seg.ids)
+    for _ in range(5000):
+        if run.status.value in ("finished", "failed", "cancelled"):
+            break
+        while frames and frames[0][0] <= run.context_len:
+            at, seg = frames.pop(0)
+            # A refused block's error is queued by the engine itself; results and messages arrive
+            # when the context reaches the frame's place in the trace.
+            if seg.delivered or seg.messages:
+                assert at == run.context_len, (at, run.context_len)
+            for cid, call in seg.delivered:
+                if call.error:
+                    scheduler.deliver(1, cid, ok=False, error=call.error[1], error_type=call.error[0])
+                else:
+                    scheduler.deliver(1, cid, ok=True, value=call.result)
+            for text in seg.messages:
+                scheduler.human_message(1, text)
+        scheduler.step()
+        scheduler.take_dispatches()
+    assert run.status is Status.FINISHED, run.status
+    return backend.final, rendered.ids[:-1]  # the end-of-turn token is sampled, never kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["async", "sync", "sync_parallel"])
+def test_it_renders_exactly_the_engines_context(qwen, mode):
+    vocab = qwen.vocab_texts()
+    weather = next(t for t in demo_plan(0, 0).tools if t.name == "get_weather")
+    plans = [
+        demo_plan(3, 0, message=True),
+        next(p for e in dataset("parallel_multiple") if (p := entry_plan("parallel_multiple", e, 0))),
+        Plan("errors", "test", "Weather in Oslo and Rome?", (weather,), (
+            PlanCall("get_weather", {"city": "Oslo"}, 300.0, None, ("timeout", "timed out after 5 s")),
+            PlanCall("get_weather", {"city": "Rome"}, 100.0, {"temp_c": 20}, mistake={"city": 7}),
+        ), "Rome is at 20 °C; Oslo timed out.", Message(50.0, "Also check Paris.", (
+            PlanCall("get_weather", {"city": "Paris"}, 80.0, {"temp_c": 18}),))),
+    ]
+    for plan in plans:
+        engine_context, rendered = replay(plan, mode, qwen, vocab)
+        assert engine_context == rendered, plan.source
