@@ -1,4 +1,4 @@
-.PHONY: run test test-postgres lint engine web worker clean bench bench-engine bench-tools
+.PHONY: run test test-postgres lint engine web worker clean bench bench-engine bench-tools finetune
 
 run:            ## install what is missing and start every process (Ctrl-C stops them)
 	@scripts/run.sh
@@ -36,3 +36,6 @@ bench-engine:   ## the engine's costs on this machine -> var/bench/engine.json
 bench-tools:    ## zero-latency calls through 2 Celery worker processes -> var/bench/tools.json
 	@scripts/bootstrap.sh
 	@scripts/with-redis.sh .venv/bin/python manage.py bench_tools
+
+finetune:       ## the adaptation step: CML traces, LoRA training, GGUF export, evaluation -> finetune/adapters/
+	@scripts/finetune.sh $(ARGS)
