@@ -92,7 +92,7 @@ def eval_loss(model: Any, rows: list[dict[str, Any]], device: str) -> float:
     with torch.no_grad():
         for row in rows:
             loss, n = batch_loss(model, row, device)
-            total += float(loss) * n
+            total += loss.item() * n
             count += n
     model.train()
     return total / max(1, count)
@@ -156,7 +156,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 cursor += 1
                 loss, n = batch_loss(model, row, device)
                 (loss / args.accum).backward()
-                total += float(loss) * n
+                total += loss.item() * n
                 tokens += n
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()

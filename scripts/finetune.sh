@@ -92,4 +92,8 @@ if [ "$evaluate" = 1 ]; then
   record evaluate "$t"
   "$PY" -m finetune.install --model "$model" --run "$RUN_DIR" --data "$DATA_DIR" --phases "$phases" --update-phases
 fi
-say "done: phase times in $phases; adapter, manifest and loss plot in finetune/adapters/ (commit them to ship the adapter)"
+if [ "$install" = 1 ]; then
+  say "done: phase times in $phases; adapter, manifest and loss plot in finetune/adapters/ (commit them to ship the adapter)"
+else
+  say "done: phase times in $phases"
+fi
