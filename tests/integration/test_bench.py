@@ -10,13 +10,15 @@ from django.core.management import call_command
 from tests.conftest import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
+# Not the default database 11: a benchmark of the real service may be running there.
+DB = ("--redis-db", "14")
 
 
 def test_a_small_bench_run_writes_valid_files(tmp_path, monkeypatch, redis_client, capsys):
     monkeypatch.setenv("DATABASE_URL", database_url())  # the processes it starts use the test database
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "webapp.settings.test")
     call_command("bench", "--datasets", "parallel,multistep_parallel", "--limit", "1", "--token-ms", "5",
-                 "--out", str(tmp_path))
+                 "--out", str(tmp_path), *DB)
     rows = [json.loads(line) for line in (tmp_path / "scenarios.jsonl").read_text().splitlines()]
     assert [(r["dataset"], r["mode"]) for r in rows] == [
         (d, m) for d in ("parallel", "multistep_parallel") for m in ("sync", "sync_parallel", "async")]
@@ -53,9 +55,10 @@ def test_an_embedded_run_is_added_beside_a_simulated_one(tmp_path, monkeypatch, 
     monkeypatch.setenv("DATABASE_URL", database_url())
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "webapp.settings.test")
     call_command("bench", "--datasets", "parallel", "--modes", "sync,async", "--limit", "2", "--token-ms", "5",
-                 "--concurrency", "2", "--out", str(tmp_path))
+                 "--concurrency", "2", "--out", str(tmp_path), *DB)
     call_command("bench", "--append", "--decoder", "embedded", "--model", "qwen2.5-coder-0.5b", "--datasets",
-                 "parallel", "--modes", "sync,async", "--limit", "1", "--max-tokens", "160", "--out", str(tmp_path))
+                 "parallel", "--modes", "sync,async", "--limit", "1", "--max-tokens", "160", "--out", str(tmp_path),
+                 *DB)
     rows = [json.loads(line) for line in (tmp_path / "scenarios.jsonl").read_text().splitlines()]
     # Two at once: the simulated rows come in the order they finished.
     assert sorted((r["scenario"], r["mode"]) for r in rows[:4]) == [
@@ -67,11 +70,40 @@ def test_an_embedded_run_is_added_beside_a_simulated_one(tmp_path, monkeypatch, 
         assert row["latency_ms"] > 0 and row["token_ms"] > 0 and row["bound_ms"] > 0
         assert 0.9 < row["measured_over_bound"] < 3.0, row
         assert isinstance(row["checker"]["valid"], bool)
-        assert all(c["name"] == "spotify.play" for c in row["executed"])  # the scenario's one tool
+        # The embedded model runs on held-out entries by default: parallel_6 is the first of them.
+        assert row["scenario"] == "parallel_6" and row["heldout"] is True and row["profile"] == "paper"
+        assert all(c["name"] == "calculate_sales_tax" for c in row["executed"])  # the scenario's one tool
+        assert row["bound_standalone_ms"] > 0 and row["measured_over_bound_standalone"] > 0
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert [(p["decoder"], p["concurrency"]) for p in report["params"]["parts"]] == [("simulated", 2), ("embedded", 1)]
+    assert [(p["decoder"], p["concurrency"], p["heldout"]) for p in report["params"]["parts"]] == [
+        ("simulated", 2, False), ("embedded", 1, True)]
+    assert report["params"]["standalone_ms_per_token"]["qwen2.5-coder-0.5b"] > 0
     embedded = [r for r in report["results"] if r["decoder"] == "embedded"]
     assert {r["mode"] for r in embedded} == {"sync", "async"}
     assert all(r["accuracy"] in (0.0, 1.0) for r in embedded)  # one scenario: accepted or not
     text = (tmp_path / "bench.md").read_text()
     assert "## simulated" in text and "## embedded qwen2.5-coder-0.5b, with cheat sheet" in text
+
+
+def test_an_embedded_run_on_human_messages_reports_whether_the_extra_call_was_made(
+        tmp_path, monkeypatch, redis_client, test_model):
+    monkeypatch.setenv("DATABASE_URL", database_url())
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "webapp.settings.test")
+    call_command("bench", "--decoder", "embedded", "--model", test_model, "--datasets", "human_message", "--modes",
+                 "async", "--limit", "1", "--max-tokens", "120", "--out", str(tmp_path), *DB)
+    (row,) = [json.loads(line) for line in (tmp_path / "scenarios.jsonl").read_text().splitlines()]
+    assert (row["dataset"], row["mode"], row["profile"], row["heldout"]) == ("human_message", "async", "paper", True)
+    assert not row["errors"], row["errors"]  # the run completed; whether the small model followed is not asserted
+    message = row["message"]
+    assert message["text"] and message["calls"] and isinstance(message["extra_call_made"], bool)
+    assert message["delivered"] is (message["sent_ms"] is not None)
+    assert row["bound_standalone_ms"] is None or row["bound_standalone_ms"] > 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    (part,) = report["params"]["parts"]
+    assert part["heldout"] is True and part["split"]["datasets"]["human_message"]
+    assert report["params"]["standalone_ms_per_token"][test_model] == part["standalone_ms_per_token"] > 0
+    (result,) = report["results"]
+    assert result["messages"]["runs"] == 1 and result["messages"]["extra_call_made"] in (0, 1)
+    text = (tmp_path / "bench.md").read_text()
+    made = result["messages"]["extra_call_made"]
+    assert "## Human messages" in text and f"extra call made in {made} of 1 runs" in text

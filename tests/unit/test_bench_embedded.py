@@ -61,3 +61,43 @@ def test_a_refused_call_still_cost_its_tokens():
               ev("interrupt_injected", 50, calls=["c1"], tokens=4, ms=2.0), ev("token", 70), ev("token", 90)]
     bound, _, _ = embedded.bound(SCENARIO, "sync", events)
     assert bound == pytest.approx(3 * 20 + 2.0 + 2 * 20 - 20)  # its 3 tokens, the error frame, the answer
+
+
+def test_it_computes_the_bound_at_a_given_standalone_rate():
+    # The trace of test_the_bound_uses_what_the_model_wrote_at_its_measured_rate (20 ms per token
+    # measured), timed at a standalone decode rate of 10 ms per token: G = 2 and 1 tokens = 20 and
+    # 10 ms, the trap 2 tokens = 20 ms, the answer 2 tokens = 20 ms; injection as measured, 2.5 ms
+    # per result.
+    events = [ev("token", 0), ev("token", 20), ev("call_decoded", 20, call_id="c1", name="f", args={"x": 2}),
+              ev("token", 40), ev("call_decoded", 40, call_id="c2", name="f", args={"x": 1}),
+              ev("token", 60), ev("token", 80), ev("trap", 80),
+              ev("interrupt_injected", 400, calls=["c1", "c2"], tokens=10, ms=5.0),
+              ev("token", 420), ev("token", 440)]
+    bound, per_token, g = embedded.bound(SCENARIO, "async", events, per_token=10.0)
+    # c1 (300 ms) written by 20, back at 320; c2 (100 ms) by 30, back at 130; trap to 50, wait for
+    # c2 (130), inject (132.5); trap (152.5), wait for c1 (320), inject (322.5); answer (342.5);
+    # minus the first token's 10 ms.
+    assert bound == pytest.approx(332.5) and per_token == 10.0 and g == pytest.approx(15.0)
+    sync, _, _ = embedded.bound(SCENARIO, "sync", events, per_token=10.0)
+    assert sync == pytest.approx(20 + 300 + 2.5 + 10 + 100 + 2.5 + 20 - 10)
+    measured, _, _ = embedded.bound(SCENARIO, "async", events)
+    assert measured == pytest.approx(362.5)  # the bound at the run's own rate is unchanged
+
+
+def test_the_cheat_sheet_leaves_out_the_call_a_persons_message_will_ask_for():
+    scenario = Scenario("h", "human_message", "Weather in Paris?", [], [
+        PlannedCall(0, "get_weather", {"city": "Paris"}, 100.0), PlannedCall(1, "get_weather", {"city": "Oslo"}, 90.0)],
+        message="Also check Oslo.", message_calls=(1,))
+    text = embedded.prompt(scenario, cheat_sheet=True)
+    assert "get_weather(city='Paris')" in text and "Oslo" not in text
+
+
+def test_web_profile_tools_draw_from_it_and_time_out_well_after_its_slowest_call():
+    web = Scenario("s", "parallel", "q", [{"name": "f", "kind": "simulated", "config": {}}], CALLS, profile="web")
+    (tool,) = embedded.tools(web, seed=0)
+    assert tool["config"]["latency_ms"]["max"] == 5000 and tool["timeout_s"] >= 10 > 5000 / 1000
+    (paper,) = embedded.tools(SCENARIO, seed=0)
+    assert paper["config"]["latency_ms"]["mean"] == 110 and paper["timeout_s"] == 10
+    from webapp.bench import plan
+
+    assert all(t["timeout_s"] * 1000 > 5000 for t in plan.tools(web))

@@ -12,12 +12,16 @@ RESULT = {"dataset": "parallel", "decoder": "simulated", "label": "simulated", "
           "speedup_vs_sync": {"mean": 1.31, "median": 1.3}, "bound_ms": 620.0, "measured_over_bound": 1.05,
           "extra_tokens_vs_sync": 2.5, "accuracy": None, "errors": 0}
 EMBEDDED = {**RESULT, "decoder": "embedded", "label": "embedded qwen2.5-coder-0.5b, with cheat sheet",
-            "accuracy": 0.9, "mode": "sync", "speedup_vs_sync": {"mean": 1.0, "median": 1.0}}
+            "accuracy": 0.9, "mode": "sync", "speedup_vs_sync": {"mean": 1.0, "median": 1.0}, "profile": "web",
+            "heldout": True, "bound_standalone_ms": 512.5, "measured_over_bound_standalone": 1.2702}
+HUMAN = {**EMBEDDED, "dataset": "human_message", "mode": "async",
+         "messages": {"runs": 3, "delivered": 3, "extra_call_made": 2}}
 PARTS = [{"decoder": "simulated", "label": "simulated", "model": "simulated", "token_ms": 10, "inject_ms": 1,
           "datasets": ["parallel"], "modes": ["async"], "limit": 2, "cheat_sheet": True, "seconds": 12},
          {"decoder": "embedded", "label": EMBEDDED["label"], "model": "qwen2.5-coder-0.5b", "token_ms": None,
-          "inject_ms": None, "datasets": ["parallel"], "modes": ["sync"], "limit": 2, "cheat_sheet": True,
-          "seconds": 40}]
+          "inject_ms": None, "datasets": ["parallel", "human_message"], "modes": ["sync", "async"], "limit": 2,
+          "cheat_sheet": True, "seconds": 40, "profile": "web", "heldout": True, "standalone_ms_per_token": 24.5,
+          "split": {"heldout": True, "datasets": {"parallel": "50 held-out of 200 entries"}}}]
 PARAMS = {"decoder": f"simulated + {EMBEDDED['label']}", "parts": PARTS, "seed": 0, "git_commit": "abc1234",
           "date": "2026-11-25", "machine": "vm", "latency_model": "lognormal"}
 
@@ -27,7 +31,7 @@ def bench_dir(tmp_path, settings):
     settings.ASYNCLM_BENCH_DIR = tmp_path
     run = tmp_path / "runs" / "20261125-120000-abc1234"
     run.mkdir(parents=True)
-    (run / "bench.json").write_text(json.dumps({"params": PARAMS, "results": [RESULT, EMBEDDED]}))
+    (run / "bench.json").write_text(json.dumps({"params": PARAMS, "results": [RESULT, EMBEDDED, HUMAN]}))
     (run / "bench.png").write_bytes(b"\x89PNG fake")
     return tmp_path
 
@@ -40,8 +44,22 @@ def test_the_pages_list_runs_and_show_their_tables_and_plots(client, alice, benc
     page = client.get(reverse("bench_run", args=["20261125-120000-abc1234"])).content.decode()
     assert "1.31 / 1.3" in page and "not measured" in page and "bench.png" in page
     assert "<strong>embedded model qwen2.5-coder-0.5b</strong>, with the cheat sheet" in page and "90%" in page
+    assert "standalone decode 24.5 ms/token" in page and "web tool latencies" in page
+    assert "held-out entries" in page and "parallel: 50 held-out of 200 entries" in page
+    assert "<td>512.5</td><td>1.2702</td>" in page and "<td>web</td>" in page
+    assert "Human messages" in page and "<td>2 of 3</td>" in page
+    assert "web tool latencies, held-out entries: parallel, human_message" in listing
     image = client.get(reverse("bench_file", args=["20261125-120000-abc1234", "bench.png"]))
     assert image["Content-Type"] == "image/png" and b"".join(image.streaming_content) == b"\x89PNG fake"
+
+
+def test_a_run_without_human_messages_has_no_such_section(client, alice, bench_dir):
+    client.force_login(alice)
+    run = bench_dir / "runs" / "20261125-130000-abc1234"
+    run.mkdir()
+    (run / "bench.json").write_text(json.dumps({"params": {**PARAMS, "parts": PARTS[:1]}, "results": [RESULT]}))
+    page = client.get(reverse("bench_run", args=[run.name])).content.decode()
+    assert "Human messages" not in page and "<td>paper</td>" in page
 
 
 def test_only_kept_runs_and_known_files_are_served(client, alice, bench_dir):

@@ -1,7 +1,13 @@
 """Benchmark scenarios from bfcl-eval: seeded, reproducible, the same latencies for every mode."""
 
+import json
+import statistics
+
+import pytest
+
 from engine.tools import ToolSpec
-from webapp.bench.scenarios import MULTISTEP, draw_latencies, scenarios, unusable
+from finetune.split import HELDOUT_FILE
+from webapp.bench.scenarios import MULTISTEP, draw_latencies, heldout_ids, scenarios, single_turn, unusable
 
 
 def test_latencies_follow_the_papers_distribution_and_are_reproducible():
@@ -56,3 +62,45 @@ def test_entries_whose_ground_truth_breaks_the_functions_schema_are_left_out_wit
     ids = [s.id for s in scenarios("live_parallel", seed=0)]
     assert "live_parallel_15-11-0" not in ids and len(ids) == 15
     assert len(scenarios("parallel_multiple", seed=0, limit=30)) == 30  # the limit counts usable entries
+
+
+def test_it_takes_parallel_scenarios_only_from_the_heldout_entries():
+    held = json.loads(HELDOUT_FILE.read_text())["heldout"]["parallel"]
+    found = scenarios("parallel", seed=0, heldout=True)
+    assert found and {s.id for s in found} <= set(held)
+    assert len(found) == len([i for i in held if i not in unusable("parallel")])
+    first = scenarios("parallel", seed=0, limit=5, heldout=True)  # the limit counts held-out scenarios
+    assert [s.id for s in first] == [s.id for s in found[:5]]
+    assert [s.id for s in single_turn("parallel", 0, only={"parallel_6", "parallel_1"})] == ["parallel_1", "parallel_6"]
+
+
+def test_it_takes_multistep_entries_only_from_the_heldout_multi_turn_entries():
+    held = set(json.loads(HELDOUT_FILE.read_text())["heldout"]["multi_turn_base"])
+    found = scenarios(MULTISTEP, seed=0, heldout=True)
+    assert len(found) == len(held) // 3
+    assert all(set(s.sources) <= held for s in found)
+
+
+def test_it_keeps_every_entry_of_a_dataset_the_adaptation_step_never_trained_on():
+    assert heldout_ids("live_parallel") is None
+    assert [s.id for s in scenarios("live_parallel", seed=0, heldout=True)] == [
+        s.id for s in scenarios("live_parallel", seed=0)]
+
+
+def test_it_draws_the_web_profiles_latencies_between_200_and_5000_ms_with_a_mean_near_1100():
+    draws = draw_latencies(7, "parallel_3", 4000, "web")
+    assert draws == draw_latencies(7, "parallel_3", 4000, "web")
+    assert min(draws) >= 200 and max(draws) <= 5000
+    assert 1000 <= statistics.fmean(draws) <= 1200
+    assert statistics.median(draws) < statistics.fmean(draws)  # lognormal: a long tail of slow calls
+    assert draw_latencies(7, "parallel_3", 5) == draw_latencies(7, "parallel_3", 5, "paper")
+
+
+def test_it_gives_every_call_of_a_scenario_the_chosen_profiles_latency():
+    (paper,) = scenarios("parallel", seed=0, limit=1)
+    (web,) = scenarios("parallel", seed=0, limit=1, profile="web")
+    assert paper.profile == "paper" and web.profile == "web" and paper.calls[0].args == web.calls[0].args
+    assert all(200 <= c.latency_ms <= 5000 for c in web.calls)
+    assert [c.latency_ms for c in web.calls] != [c.latency_ms for c in paper.calls]
+    with pytest.raises(ValueError, match="unknown latency profile"):
+        scenarios("parallel", seed=0, profile="satellite")

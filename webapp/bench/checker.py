@@ -13,15 +13,18 @@ Single-turn datasets: `ast_checker` with the entry's function documents and poss
 the executed calls as `[{name: {arg: value}}]`. Multi-step scenarios: `multi_turn_checker` per
 BFCL entry, on that entry's executed calls (namespace `e1.` removed) as its first turn; it
 re-executes them and the ground truth on fresh instances of BFCL's classes and compares state and
-results. A scenario is accepted when every entry is.
+results. A scenario is accepted when every entry is. The human_message scenarios (not BFCL's) are
+accepted when exactly their expected calls ran (`check_calls`).
 """
 
 from __future__ import annotations
 
 import importlib
 import itertools
+import json
 import sys
 import types
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -110,3 +113,17 @@ def _multistep(sources: list[str], executed: list[tuple[str, dict[str, Any]]]) -
         for key in [k for k in vars(mt_utils) if k.startswith(model + "_")]:
             delattr(mt_utils, key)
     return Verdict(not errors, "; ".join(errors))
+
+
+def check_calls(expected: Iterable[tuple[str, dict[str, Any]]], executed: Iterable[tuple[str, dict[str, Any]]]
+                ) -> Verdict:
+    """For scenarios with no BFCL checker (human_message): accepted when the executed calls are
+    exactly the expected ones, in any order (same function, same arguments, as many times)."""
+    def key(call: tuple[str, dict[str, Any]]) -> str:
+        return json.dumps([call[0], call[1]], sort_keys=True)
+
+    missing = Counter(map(key, expected))
+    missing.subtract(map(key, executed))
+    problems = [f"missing {k}" for k, n in missing.items() if n > 0] + \
+        [f"unexpected {k}" for k, n in missing.items() if n < 0]
+    return Verdict(not problems, "; ".join(problems))

@@ -4,8 +4,9 @@ With the cheat sheet (as the paper did for its latency runs) the prompt lists th
 the slowest first, so latency measures the system rather than the model's knowledge; without it
 the model gets only the question (for accuracy). Tool latencies are fixed by the call's arguments
 (`latency_by_args`): a model picks its own call ids, so a call that matches the ground truth gets
-that call's drawn latency in every mode; any other call gets a latency drawn from the paper's
-distribution, seeded by the scenario, the tool, the arguments and the call id.
+that call's drawn latency in every mode; any other call gets a latency drawn from the run's
+latency profile, seeded by the scenario, the tool, the arguments and the call id. Tool timeouts
+stay well above the slowest latency a profile can draw.
 
 The bound is DESIGN.md section 3's formula applied to what the model actually wrote, timed at its
 own measured rates: G(f) = the tokens written since the previous call (prose included) up to the
@@ -14,6 +15,10 @@ time per decoded token; I(f) = the tokens of f's result frame at the run's mean 
 token; E(f) = the drawn latency (or the measured execution of a call the ground truth lacks).
 Tokens written after the last call while results were still coming count as a trap (written while
 waiting), and a model that wrote nothing after the results is held to its last written token.
+
+The same formula is also evaluated at the model's standalone decode rate (`per_token`: plain
+llama-cpp-python decoding, no engine, measured once per bench run by webapp/bench/standalone.py):
+that bound says how far the run is from what the model alone would take, engine costs included.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from webapp.bench.bounds import BoundCall, bound_ms
 from webapp.bench.plan import call_text
-from webapp.bench.scenarios import MULTISTEP, Scenario
+from webapp.bench.scenarios import MULTISTEP, Scenario, latency_profile
 
 QUESTION_ONLY = "{question}"
 CHEAT_SHEET = ("{question}\n\nCheat sheet: exactly these calls answer the question. Issue them in this order, "
@@ -32,12 +37,13 @@ CHEAT_SHEET = ("{question}\n\nCheat sheet: exactly these calls answer the questi
 CALL_BLOCKS = {"call_decoded", "call_error", "malformed"}  # the engine's verdicts on a block the model wrote
 # Events between two tokens that mean the model was not decoding in that gap.
 NOT_DECODING = {"interrupt_injected", "parked", "blocked", "trap", "resumed", "prefill", "resubmitted"}
+MIN_TIMEOUT_S = 10.0
 
 
 def prompt(scenario: Scenario, cheat_sheet: bool) -> str:
     if not cheat_sheet:
         return QUESTION_ONLY.format(question=scenario.question)
-    calls = scenario.calls
+    calls = scenario.asked  # not the calls a person's message will add
     if scenario.dataset != MULTISTEP:  # independent calls: the slowest first, as the protocol asks
         calls = sorted(calls, key=lambda c: -c.latency_ms)
     return CHEAT_SHEET.format(question=scenario.question, calls="\n".join(call_text(c.name, c.args) for c in calls))
@@ -52,6 +58,11 @@ def drawn_latencies(scenario: Scenario) -> dict[tuple[str, str], float]:
     return {(c.name, args_key(c.args)): c.latency_ms for c in scenario.calls}
 
 
+def timeout_s(profile: str) -> float:
+    """A tool's timeout: at least twice the slowest latency the profile draws (10 s for both)."""
+    return max(MIN_TIMEOUT_S, 2 * float(latency_profile(profile).get("max", 0)) / 1000)
+
+
 def tools(scenario: Scenario, seed: int) -> list[dict[str, Any]]:
     by_tool: dict[str, dict[str, float]] = {}
     for c in scenario.calls:
@@ -60,7 +71,9 @@ def tools(scenario: Scenario, seed: int) -> list[dict[str, Any]]:
     for spec in scenario.tools:
         config = {**spec.get("config", {}), "latency_by_args": by_tool.get(spec["name"], {}),
                   "latency_scope": f"bench|{seed}|{scenario.id}"}
-        out.append({**spec, "config": config, "timeout_s": 10.0})
+        if spec.get("kind") == "simulated":  # a call off the ground truth: drawn from the same profile
+            config["latency_ms"] = latency_profile(scenario.profile)
+        out.append({**spec, "config": config, "timeout_s": timeout_s(scenario.profile)})
     return out
 
 
@@ -83,10 +96,13 @@ def inject_ms(events: list[Any]) -> float:
     return sum(f["ms"] for f in frames) / tokens if tokens else 0.0
 
 
-def bound(scenario: Scenario, mode: str, events: list[Any]) -> tuple[float | None, float | None, float | None]:
-    """(bound_ms, the measured ms per token it used, mean G per call) for one run of the embedded model."""
-    per_token = token_ms(events)
+def bound(scenario: Scenario, mode: str, events: list[Any],
+          per_token: float | None = None) -> tuple[float | None, float | None, float | None]:
+    """(bound_ms, the ms per token it used, mean G per call) for one run of the embedded model: at
+    the run's measured ms per token, or at `per_token` when given (the standalone decode rate)."""
     if per_token is None:
+        per_token = token_ms(events)
+    if per_token is None or not any(e.kind == "token" for e in events):
         return None, None, None
     per_injected = inject_ms(events)
     drawn = drawn_latencies(scenario)

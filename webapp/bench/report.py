@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from webapp.bench.scenarios import DEFAULT_PROFILE, HUMAN_MESSAGE, PROFILE_TEXT
+
 PAPER = {  # the paper's speedups over sync (Llama-3.2-3B on an RTX 4090), for reference
     "parallel": {"async": "1.6x", "sync_parallel": "1.3x"},
     "multistep_parallel": {"async": "up to 5.4x", "sync_parallel": "up to 3.2x"},
@@ -26,25 +28,45 @@ def _label(row: dict[str, Any]) -> str:
     return row.get("label") or row["decoder"]
 
 
+def profile_of(row: dict[str, Any]) -> str:
+    """A row's tool-latency profile (rows from before profiles existed used the paper's)."""
+    return row.get("profile") or DEFAULT_PROFILE
+
+
+def _split(heldout: Any) -> str:
+    return {True: "held-out entries", False: "all entries"}.get(heldout, "entries not recorded")
+
+
+def _messages(group: list[dict[str, Any]]) -> dict[str, int] | None:
+    """human_message: in how many runs the engine took the person's message and the extra call ran."""
+    if not any("message" in r for r in group):
+        return None
+    return {"runs": len(group), "delivered": sum(bool(r.get("message", {}).get("delivered")) for r in group),
+            "extra_call_made": sum(bool(r.get("message", {}).get("extra_call_made")) for r in group)}
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One result per (dataset, decoder setup, mode); speedups against sync on the same scenarios."""
-    sync = {(r["dataset"], _label(r), r["scenario"]): r for r in rows if r["mode"] == "sync"
+    """One result per (dataset, decoder setup, latency profile, mode); speedups against sync on
+    the same scenarios."""
+    sync = {(r["dataset"], _label(r), profile_of(r), r["scenario"]): r for r in rows if r["mode"] == "sync"
             and r["latency_ms"] and not r["errors"]}
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], _label(r), r["mode"]), []).append(r)
+        groups.setdefault((r["dataset"], _label(r), profile_of(r), r["mode"]), []).append(r)
     results = []
-    for (dataset, label, mode), group in groups.items():
+    for (dataset, label, profile, mode), group in groups.items():
         ok = [r for r in group if r["latency_ms"] and not r["errors"]]
         latencies = [r["latency_ms"] for r in ok]
-        pairs = [(sync[(dataset, label, r["scenario"])], r) for r in ok if (dataset, label, r["scenario"]) in sync]
+        pairs = [(sync[(dataset, label, profile, r["scenario"])], r) for r in ok
+                 if (dataset, label, profile, r["scenario"]) in sync]
         speedups = [s["latency_ms"] / r["latency_ms"] for s, r in pairs]
         bound_speedups = [s["bound_ms"] / r["bound_ms"] for s, r in pairs if s["bound_ms"] and r["bound_ms"]]
         judged = [r for r in group if r.get("checker")]
         first = group[0]
         results.append({
             "dataset": dataset, "decoder": first["decoder"], "label": label, "model": first.get("model"),
-            "cheat_sheet": first.get("cheat_sheet"), "mode": mode, "n": len(ok),
+            "cheat_sheet": first.get("cheat_sheet"), "profile": profile, "heldout": first.get("heldout"),
+            "mode": mode, "n": len(ok),
             "latency_ms": {"p10": _pct(latencies, 10), "p50": _pct(latencies, 50), "p90": _pct(latencies, 90),
                            "mean": _mean(latencies)} if latencies else None,
             "speedup_vs_sync": {"mean": round(statistics.fmean(speedups), 3),
@@ -52,6 +74,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "bound_speedup_vs_sync": _mean(bound_speedups, 3),
             "bound_ms": _mean([r["bound_ms"] for r in ok if r["bound_ms"]]),
             "measured_over_bound": _mean([r["measured_over_bound"] for r in ok if r["measured_over_bound"]], 4),
+            # The same formula at the model's standalone decode rate (embedded only).
+            "bound_standalone_ms": _mean([r["bound_standalone_ms"] for r in ok if r.get("bound_standalone_ms")]),
+            "measured_over_bound_standalone": _mean([r["measured_over_bound_standalone"] for r in ok
+                                                     if r.get("measured_over_bound_standalone")], 4),
             "extra_tokens_vs_sync": _mean([r["tokens"] - s["tokens"] for s, r in pairs]),
             # Every scenario counts: one that failed to run is one the checker did not accept.
             "accuracy": round(sum(r["checker"]["valid"] for r in judged) / len(group), 4) if judged else None,
@@ -64,9 +90,15 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "errors": len(group) - len(ok),
             "runs_with_model_errors": sum(bool(r.get("model_errors")) for r in group),
             "runs_at_token_limit": sum(r.get("finish_reason") == "length" for r in group),
+            "messages": _messages(group),
         })
-    return sorted(results, key=lambda r: (r["label"] != "simulated", r["label"], r["dataset"],
-                                          MODE_ORDER.get(r["mode"], 9)))
+    return sorted(results, key=lambda r: (r["label"] != "simulated", r["label"], r["profile"] != DEFAULT_PROFILE,
+                                          r["profile"], r["dataset"], MODE_ORDER.get(r["mode"], 9)))
+
+
+def section(label: str, profile: str) -> str:
+    """A report section's title: the decoder setup and the tool-latency profile."""
+    return f"{label}; {profile} tool latencies"
 
 
 def _part_line(part: dict[str, Any]) -> str:
@@ -77,8 +109,19 @@ def _part_line(part: dict[str, Any]) -> str:
         sheet = "**with** the cheat sheet (expected calls in the prompt)" if part["cheat_sheet"] else \
             "**without** a cheat sheet"
         how = f"**embedded model {part['model']}** on this machine's CPU, {sheet}"
-    return (f"{how}: datasets {', '.join(part['datasets'])}; modes {', '.join(part['modes'])}; up to {part['limit']} "
-            f"scenarios per dataset; {part.get('seconds', '?')} s.")
+        if part.get("standalone_ms_per_token"):
+            how += f", standalone decode {part['standalone_ms_per_token']:g} ms/token"
+    profile = part.get("profile") or DEFAULT_PROFILE
+    line = (f"{how}: {PROFILE_TEXT.get(profile, profile)}; datasets {', '.join(part['datasets'])}; modes "
+            f"{', '.join(part['modes'])}; up to {part['limit']} scenarios per dataset; {part.get('seconds', '?')} s.")
+    split = part.get("split")
+    if split:
+        line += f" Scenarios from {_split(split['heldout'])}"
+        if split["heldout"]:
+            line += (f" of the adaptation step's split ({split['file']}, digest {split['digest'][:12]}): "
+                     + "; ".join(f"{d}: {how_many}" for d, how_many in split["datasets"].items()))
+        line += "."
+    return line
 
 
 def _left_out(params: dict[str, Any]) -> list[str]:
@@ -103,8 +146,9 @@ def explanation(results: list[dict[str, Any]]) -> list[str]:
             continue
         g, e, k = r["g_ms_per_call"], r["e_ms_per_call"], r["calls_per_scenario"]
         target = float(paper.split()[-1].rstrip("x"))
-        line = (f"- {r['label']}, {r['dataset']}, {r['mode']}: measured {r['speedup_vs_sync']['mean']}x (paper "
-                f"{paper}); the bound for the same scenarios gives {r['bound_speedup_vs_sync']}x. Per scenario "
+        line = (f"- {section(r['label'], r['profile'])}, {r['dataset']}, {r['mode']}: measured "
+                f"{r['speedup_vs_sync']['mean']}x (paper {paper}); the bound for the same scenarios gives "
+                f"{r['bound_speedup_vs_sync']}x. Per scenario "
                 f"{k} calls, G = {g} ms to write a call, E = {e} ms mean tool latency (E/G = {e / g:.2f}). ")
         if r["mode"] == "async":
             line += (f"async hides tool time behind generation but cannot beat writing every token, so "
@@ -127,41 +171,69 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]]) -> str:
     lines = [
         "# Benchmark: task latency by mode on BFCL",
         "",
-        f"Tool latencies drawn from the paper's distribution (30-500 ms, mean 110) with seed {params['seed']}; "
-        f"scenarios run one at a time. Commit {params['git_commit']}, {params['date']}, machine {params['machine']}.",
+        f"Tool latencies drawn from each part's profile (paper: the paper's distribution, 30-500 ms, mean 110; "
+        f"web: web-API calls, 200-5000 ms, mean 1100) with seed {params['seed']}; scenarios run one at a time. "
+        f"Commit {params['git_commit']}, {params['date']}, machine {params['machine']}.",
         "",
         *(f"- {_part_line(p)}" for p in params["parts"]),
         "",
         *_left_out(params),
         "Latency is first generated token -> last, from the engine's trace. The bound is DESIGN.md section 3's "
         "formula with the decoder's own token charges (simulated: its configured charges; embedded: its measured "
-        "ms per token, webapp/bench/embedded.py); measured/bound above 1 is what the system itself costs. "
+        "ms per token, webapp/bench/embedded.py); measured/bound above 1 is what the system itself costs. For the "
+        "embedded model the same formula is also given at its standalone decode rate (plain llama-cpp-python "
+        "decoding, no engine, measured once per run: webapp/bench/standalone.py); measured/that bound is what the "
+        "whole system adds to the model's own decoding. "
         "Accuracy is the share of scenarios BFCL's own checker (bfcl-eval's ast_checker / multi_turn_checker) "
         "accepts, on the calls the run executed.",
     ]
-    for label in dict.fromkeys(r["label"] for r in results):
+    for label, profile in dict.fromkeys((r["label"], r["profile"]) for r in results):
         lines += [
-            "", f"## {label}", "",
-            "| dataset | mode | n | p50 ms | mean ms | p10-p90 ms | speedup vs sync (mean / median) | paper | "
-            "bound ms | bound speedup | measured/bound | ms/token measured | dispatch ms | extra tokens vs sync | "
-            "accuracy | errors | "
-            "runs with model mistakes | runs cut at the token limit |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "", f"## {section(label, profile)}", "",
+            "| dataset | mode | profile | split | n | p50 ms | mean ms | p10-p90 ms | speedup vs sync (mean / median) "
+            "| paper | bound ms | bound speedup | measured/bound | bound at standalone rate ms | "
+            "measured/bound at standalone rate | ms/token measured | dispatch ms | extra tokens vs sync | "
+            "accuracy | errors | runs with model mistakes | runs cut at the token limit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in (r for r in results if r["label"] == label):
+        for r in (r for r in results if r["label"] == label and r["profile"] == profile):
             lat = r["latency_ms"] or {}
             speed = r["speedup_vs_sync"] or {}
             accuracy = f"{r['accuracy']:.0%}" if r["accuracy"] is not None else "–"
             lines.append(
-                f"| {r['dataset']} | {r['mode']} | {r['n']} | {lat.get('p50', '–')} | {lat.get('mean', '–')} | "
+                f"| {r['dataset']} | {r['mode']} | {r['profile']} | {_split(r.get('heldout'))} | {r['n']} | "
+                f"{lat.get('p50', '–')} | {lat.get('mean', '–')} | "
                 f"{lat.get('p10', '–')}-{lat.get('p90', '–')} | "
                 f"{speed.get('mean', '–')} / {speed.get('median', '–')} | "
                 f"{PAPER.get(r['dataset'], {}).get(r['mode'], '')} | {r['bound_ms']} | "
-                f"{r['bound_speedup_vs_sync'] or '–'} | {r['measured_over_bound']} | {r['token_ms']} | "
-                f"{r['dispatch_ms'] if r['dispatch_ms'] is not None else '–'} | "
+                f"{r['bound_speedup_vs_sync'] or '–'} | {r['measured_over_bound']} | "
+                f"{r.get('bound_standalone_ms') or '–'} | {r.get('measured_over_bound_standalone') or '–'} | "
+                f"{r['token_ms']} | {r['dispatch_ms'] if r['dispatch_ms'] is not None else '–'} | "
                 f"{r['extra_tokens_vs_sync']} | {accuracy} | {r['errors']} | {r['runs_with_model_errors']} | "
                 f"{r['runs_at_token_limit']} |")
+    lines += human_messages(results)
     why = explanation(results)
     if why:
         lines += ["", "## Beside the paper", "", *why]
     return "\n".join(lines) + "\n"
+
+
+def human_messages(results: list[dict[str, Any]]) -> list[str]:
+    """The human_message scenario set: did the model take up a person's message mid-task?"""
+    found = [r for r in results if r["dataset"] == HUMAN_MESSAGE and r.get("messages")]
+    if not found:
+        return []
+    lines = ["", "## Human messages", "",
+             "Demo-pack questions (held-out cities and symbols) with a person's message asking for one more call, "
+             "sent through the engine's human-message path once the task's first call is dispatched "
+             "(webapp/bench/human.py). Success: the extra call (same function, same arguments) was executed.", "",
+             "| decoder | profile | mode | runs | message taken by the engine | extra call made |",
+             "|---|---|---|---|---|---|"]
+    for r in found:
+        m = r["messages"]
+        lines.append(f"| {r['label']} | {r['profile']} | {r['mode']} | {m['runs']} | {m['delivered']} | "
+                     f"{m['extra_call_made']} of {m['runs']} |")
+    lines.append("")
+    lines += [f"- {r['label']}, {r['profile']} tool latencies, {r['mode']}: extra call made in "
+              f"{r['messages']['extra_call_made']} of {r['messages']['runs']} runs." for r in found]
+    return lines

@@ -4,6 +4,7 @@ the stored trace (first generated token -> last)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -22,9 +23,10 @@ from django.contrib.auth import get_user_model
 
 from engine import health
 from engine.intake import Intake
-from engine.messages import Budgets, Sampling, TaskSubmission
+from engine.keys import results_stream, trace_stream
+from engine.messages import Budgets, Control, Sampling, TaskSubmission
 from webapp.bench import checker, embedded, plan
-from webapp.bench.scenarios import Scenario
+from webapp.bench.scenarios import DEFAULT_PROFILE, HUMAN_MESSAGE, Scenario, latency_profile
 from webapp.runs.models import Task, TraceEvent
 
 BENCH_REDIS_DB = 11  # its own database: a running service's engines never take bench tasks
@@ -37,7 +39,8 @@ class BenchError(Exception):
 @dataclass(frozen=True)
 class Setup:
     """How scenarios are run: which decoder and model, at what token charges (simulated), with or
-    without the cheat sheet (embedded)."""
+    without the cheat sheet (embedded), with which tool-latency profile, on held-out entries or
+    all, and the model's standalone decode rate (embedded, for the second bound)."""
 
     decoder: str  # "simulated" or "embedded"
     model: str
@@ -46,6 +49,9 @@ class Setup:
     inject_ms: float = 1.0  # simulated only
     cheat_sheet: bool = True  # embedded only
     max_tokens: int = 20000
+    profile: str = DEFAULT_PROFILE  # tool latencies: "paper" or "web"
+    heldout: bool = False  # scenarios only from the adaptation step's held-out BFCL entries
+    standalone_ms_per_token: float | None = None  # embedded only: plain llama-cpp decode, no engine
 
     @property
     def label(self) -> str:
@@ -62,7 +68,9 @@ class Services:
     log_dir: Path
     model: str = "simulated"
     worker_concurrency: int = 12
+    redis_db: int = BENCH_REDIS_DB
     redis_url: str = ""
+    engine_id: str = ""
     procs: list[subprocess.Popen] = field(default_factory=list)
     redis_pid_file: Path | None = None
 
@@ -78,14 +86,22 @@ class Services:
                             "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(self.redis_pid_file)],
                            check=True, stdout=subprocess.DEVNULL)
             _wait(lambda: _answers(host, port), 10, "the private Redis")
-        self.redis_url = f"redis://{host}:{port}/{BENCH_REDIS_DB}"
+        if self.redis_db == 0:
+            raise BenchError("the benchmark empties its Redis database: it never uses database 0")
+        self.redis_url = f"redis://{host}:{port}/{self.redis_db}"
         client = redis.Redis.from_url(self.redis_url)
+        # Another bench run on the same database would lose its intake and results to the flush.
+        running = [b["id"] for kind in ("engine", "worker") for b in health.alive(client, kind)]
+        if running:
+            raise BenchError(f"another benchmark is running on Redis database {self.redis_db} ({', '.join(running)}): "
+                             "wait for it to end, or pass --redis-db with a free database")
         client.flushdb()
         env = {**os.environ, "REDIS_URL": self.redis_url, "CELERY_BROKER_URL": self.redis_url,
-               "CELERY_RESULT_BACKEND": self.redis_url, "ASYNCLM_TEST_REDIS_DB": str(BENCH_REDIS_DB),
+               "CELERY_RESULT_BACKEND": self.redis_url, "ASYNCLM_TEST_REDIS_DB": str(self.redis_db),
                "DJANGO_SETTINGS_MODULE": os.environ.get(
                    "DJANGO_SETTINGS_MODULE", "webapp.settings.local"), "LOG_LEVEL": "WARNING"}
         engine_id, worker_id = f"bench-engine-{os.getpid()}", f"bench-worker-{os.getpid()}@localhost"
+        self.engine_id = engine_id
         self._spawn("engine", [sys.executable, "manage.py", "run_engine", "--preload", self.model, "--id",
                                engine_id, "--max-active", "8"], env)
         self._spawn("worker", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "default,tools",
@@ -142,9 +158,18 @@ def bench_user():  # noqa: ANN201
     return user
 
 
+def task_timeout_s(scenario: Scenario, base_s: float = 120.0) -> float:
+    """The task's wall-time budget: room for every call at the profile's slowest latency."""
+    return base_s + len(scenario.calls) * float(latency_profile(scenario.profile).get("max", 0)) / 1000
+
+
 def run_scenario(services: Services, scenario: Scenario, mode: str, setup: Setup,
-                 timeout_s: float = 120.0) -> dict[str, Any]:
-    """One (scenario, mode) through the engine; returns its scenarios.jsonl line."""
+                 timeout_s: float | None = None) -> dict[str, Any]:
+    """One (scenario, mode) through the engine; returns its scenarios.jsonl line. A scenario with
+    a person's message gets it once the task's first call is dispatched (`send_message_when_due`)."""
+    timeout_s = task_timeout_s(scenario) if timeout_s is None else timeout_s
+    if scenario.message and setup.decoder != "embedded":
+        raise BenchError(f"{scenario.id}: a person's message needs a real model (--decoder embedded)")
     if setup.decoder == "simulated":
         text, tools = plan.prompt(scenario, mode, setup.token_ms, setup.inject_ms), plan.tools(scenario)
     else:
@@ -157,6 +182,8 @@ def run_scenario(services: Services, scenario: Scenario, mode: str, setup: Setup
                                          Sampling(seed=setup.seed), mode=mode, tools=tools,
                                          budgets=Budgets(max_calls=task.max_calls, max_wall_s=timeout_s)))
     deadline = time.monotonic() + timeout_s + 30
+    if scenario.message:
+        send_message_when_due(services, client, task.pk, scenario.message, deadline)
     while not Task.objects.filter(pk=task.pk, status__in=Task.FINAL).exists():
         if services.dead():
             raise BenchError(services.dead())
@@ -165,6 +192,37 @@ def run_scenario(services: Services, scenario: Scenario, mode: str, setup: Setup
         time.sleep(0.05)
     task.refresh_from_db()
     return measure(task, scenario, mode, setup)
+
+
+def send_message_when_due(services: Services, client: redis.Redis, task_id: int, text: str, deadline: float,
+                          after_tokens: int | None = None) -> str:
+    """Follow the task's live trace (its Redis stream) and send the person's message, the way
+    webapp.runs.submit.send_message does (a control message on the engine's result stream), as soon
+    as the first call is dispatched, or after `after_tokens` tokens if no call came by then.
+    Returns why it was sent, or "" when the task ended first (the trace then shows no message)."""
+    from webapp.bench.human import MESSAGE_AFTER_TOKENS
+
+    after_tokens = MESSAGE_AFTER_TOKENS if after_tokens is None else after_tokens
+    key, last, tokens = trace_stream(task_id), "0-0", 0
+    while time.monotonic() < deadline:
+        if services.dead():
+            raise BenchError(services.dead())
+        for _, entries in client.xread({key: last}, count=500, block=50) or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                kind = json.loads(fields[b"e"])["kind"]
+                tokens += kind == "token"
+                if kind == "finish":
+                    return ""
+                why = "first call dispatched" if kind == "call_dispatched" else \
+                    f"{after_tokens} tokens" if tokens >= after_tokens else ""
+                if why:
+                    client.xadd(results_stream(services.engine_id),
+                                {"c": Control(task_id, "message", text=text).to_json()})
+                    return why
+        if Task.objects.filter(pk=task_id, status__in=Task.FINAL).exists():
+            return ""
+    return ""
 
 
 def _calls(scenario: Scenario, setup: Setup, events: list[TraceEvent], started: dict[str, float],
@@ -198,22 +256,31 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
     if task.status != Task.Status.FINISHED:
         errors.append(f"task {task.status}: {task.status_reason}")
     latency = round(tokens[-1] - tokens[0], 3) if len(tokens) > 1 else None
+    standalone = None
     if setup.decoder == "simulated":
         bound = plan.bound(scenario, mode, setup.token_ms, setup.inject_ms, injected)
         g_per_call = plan.g_ms_per_call(scenario, setup.token_ms)
     else:
         bound, _, g_per_call = embedded.bound(scenario, mode, events)
+        if setup.standalone_ms_per_token:
+            standalone, _, _ = embedded.bound(scenario, mode, events, per_token=setup.standalone_ms_per_token)
     # What the system adds: the decoding rate as measured (the simulated decoder's charge plus the
     # engine's own work per token) and the time from a call's [END] to its start on a worker.
     per_token = embedded.token_ms(events)
     dispatched = {e.payload["call_id"]: e.t_ms for e in events if e.kind == "call_dispatched"}
     dispatch = [started[c] - t for c, t in dispatched.items() if c in started]
     executed = [(c.tool, c.arguments) for c in task.calls.exclude(started_ms=None).order_by("started_ms", "id")]
-    verdict = checker.check(scenario.dataset, scenario.sources, executed)
-    return {
+    if scenario.dataset == HUMAN_MESSAGE:
+        verdict = checker.check_calls([(c.name, c.args) for c in scenario.calls], executed)
+    else:
+        verdict = checker.check(scenario.dataset, scenario.sources, executed)
+    row = {
         "scenario": scenario.id, "dataset": scenario.dataset, "decoder": setup.decoder, "label": setup.label,
         "model": setup.model, "cheat_sheet": setup.cheat_sheet if setup.decoder == "embedded" else None,
+        "profile": scenario.profile, "heldout": setup.heldout,
         "mode": mode, "task_id": task.pk, "latency_ms": latency, "bound_ms": bound,
+        "bound_standalone_ms": standalone,
+        "measured_over_bound_standalone": round(latency / standalone, 4) if latency and standalone else None,
         "token_ms": round(per_token, 3) if per_token else None,
         "dispatch_ms": round(sum(dispatch) / len(dispatch), 2) if dispatch else None,
         "g_ms_per_call": g_per_call,
@@ -224,3 +291,8 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
         "checker": verdict.to_dict(), "executed": [{"name": n, "args": a} for n, a in executed],
         "errors": errors, "model_errors": model_errors, "sources": scenario.sources,
     }
+    if scenario.message:
+        from webapp.bench.human import message_outcome
+
+        row["message"] = message_outcome(scenario, events, executed)
+    return row

@@ -1,8 +1,9 @@
 """Benchmark scenarios from the installed bfcl-eval package (the paper's latency experiment).
 
 A scenario is a question, the tools the model gets, and the ground-truth calls it should make,
-each with a tool latency drawn from the paper's distribution by a generator seeded with
-(run seed, scenario, call index): every mode faces exactly the same latencies.
+each with a tool latency drawn from a latency profile (`paper`: the paper's distribution; `web`:
+web-API calls) by a generator seeded with (run seed, scenario, call index): every mode faces
+exactly the same latencies.
 
 - `parallel`, `parallel_multiple`, `live_parallel`, `live_parallel_multiple`: one BFCL entry; the
   first acceptable value of each ground-truth argument (an empty string marks an optional argument
@@ -29,7 +30,16 @@ from workers.executors.simulated import draw_latency_ms
 SINGLE_TURN = ("parallel", "parallel_multiple", "live_parallel", "live_parallel_multiple")
 MULTISTEP = "multistep_parallel"
 DATASETS = (*SINGLE_TURN, MULTISTEP)
+HUMAN_MESSAGE = "human_message"
+ALL_DATASETS = (*DATASETS, HUMAN_MESSAGE)
 ENTRIES_PER_MULTISTEP = 3
+
+# Tool-latency profiles: the paper's (30-500 ms, mean 110) and web-API calls (200 ms - 5 s, mean 1.1 s).
+WEB_LATENCY_MS = {"dist": "lognormal", "mean": 1100, "sigma": 0.8, "min": 200, "max": 5000}
+PROFILES: dict[str, dict[str, Any]] = {"paper": PAPER_LATENCY_MS, "web": WEB_LATENCY_MS}
+PROFILE_TEXT = {"paper": "the paper's tool latencies (lognormal, mean 110 ms, 30-500 ms)",
+                "web": "web-API tool latencies (lognormal, mean 1100 ms, 200-5000 ms)"}
+DEFAULT_PROFILE = "paper"
 
 
 @dataclass(frozen=True)
@@ -50,12 +60,45 @@ class Scenario:
     calls: list[PlannedCall]
     sources: list[str] = field(default_factory=list)  # BFCL entry ids
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)  # instance -> class, initial_config
+    profile: str = DEFAULT_PROFILE  # the latency profile its calls' latencies were drawn from
+    # human_message: the person's message, and the calls (indices into `calls`) it asks for.
+    message: str = ""
+    message_calls: tuple[int, ...] = ()
+
+    @property
+    def asked(self) -> list[PlannedCall]:
+        """The calls the question asks for (all but those a person's message adds)."""
+        return [c for c in self.calls if c.index not in self.message_calls]
 
 
-def draw_latencies(seed: int, scenario_id: str, n: int) -> list[float]:
-    """The paper's distribution (30-500 ms, mean 110), one seeded generator per call."""
-    return [round(draw_latency_ms(PAPER_LATENCY_MS, random.Random(f"{seed}|{scenario_id}|{i}")), 3)
-            for i in range(n)]
+def latency_profile(name: str) -> dict[str, Any]:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown latency profile {name!r} (one of {', '.join(PROFILES)})") from None
+
+
+def draw_latencies(seed: int, scenario_id: str, n: int, profile: str = DEFAULT_PROFILE) -> list[float]:
+    """Drawn from the profile's distribution, one seeded generator per call (the same generators
+    for every profile: a call slow in one profile is slow in the other)."""
+    spec = latency_profile(profile)
+    return [round(draw_latency_ms(spec, random.Random(f"{seed}|{scenario_id}|{i}")), 3) for i in range(n)]
+
+
+def heldout_ids(name: str) -> set[str] | None:
+    """The entries of a BFCL dataset the adaptation step held out (finetune/heldout.json); None
+    for a dataset it did not train on at all (every entry is unseen). `multistep_parallel` draws
+    from `multi_turn_base`."""
+    from finetune.split import DATASETS as TRAINED
+    from finetune.split import HELDOUT_FILE, load_heldout
+
+    source = "multi_turn_base" if name == MULTISTEP else name
+    if source not in TRAINED:
+        return None
+    found = load_heldout()
+    if source not in found:
+        raise ValueError(f"{HELDOUT_FILE} lists no held-out entries of {source!r}: run python -m finetune.split")
+    return found[source]
 
 
 @cache
@@ -81,15 +124,18 @@ def _first_acceptable(values: dict[str, list[Any]], known: set[str] | None = Non
     return args
 
 
-def single_turn(name: str, seed: int, limit: int | None = None) -> list[Scenario]:
-    """The dataset's first `limit` entries whose ground truth fits the functions' own schemas
-    (BFCL's data has a few calls that do not, e.g. a value outside the parameter's enum: the engine
-    would refuse them before they run; `unusable` lists them)."""
+def single_turn(name: str, seed: int, limit: int | None = None, only: set[str] | None = None,
+                profile: str = DEFAULT_PROFILE) -> list[Scenario]:
+    """The dataset's first `limit` entries (of those in `only`, when given) whose ground truth fits
+    the functions' own schemas (BFCL's data has a few calls that do not, e.g. a value outside the
+    parameter's enum: the engine would refuse them before they run; `unusable` lists them)."""
     out = []
     for entry in dataset(name):
         if limit is not None and len(out) >= limit:
             break
-        scenario, _ = single_turn_entry(name, entry, seed)
+        if only is not None and entry["id"] not in only:
+            continue
+        scenario, _ = single_turn_entry(name, entry, seed, profile)
         if scenario is not None:
             out.append(scenario)
     return out
@@ -102,9 +148,10 @@ def unusable(name: str) -> dict[str, str]:
             if (problem := single_turn_entry(name, entry, 0)[1])}
 
 
-def single_turn_entry(name: str, entry: dict[str, Any], seed: int) -> tuple[Scenario | None, str]:
+def single_turn_entry(name: str, entry: dict[str, Any], seed: int,
+                      profile: str = DEFAULT_PROFILE) -> tuple[Scenario | None, str]:
     truth = answers(name)[entry["id"]]
-    latencies = draw_latencies(seed, entry["id"], len(truth))
+    latencies = draw_latencies(seed, entry["id"], len(truth), profile)
     tools = [ToolSpec.from_dict(doc_tool(fn, "simulated", {})) for fn in entry["function"]]
     by_name = {t.name: t for t in tools}
     params = {fn["name"]: set(fn.get("parameters", {}).get("properties", {})) for fn in entry["function"]}
@@ -117,11 +164,14 @@ def single_turn_entry(name: str, entry: dict[str, Any], seed: int) -> tuple[Scen
         except (KeyError, ValueError) as exc:
             return None, f"ground truth call {fn}: {exc}"
         calls.append(PlannedCall(i, fn, args, ms))
-    return Scenario(entry["id"], name, question(entry), [t.to_dict() for t in tools], calls, [entry["id"]]), ""
+    return Scenario(entry["id"], name, question(entry), [t.to_dict() for t in tools], calls, [entry["id"]],
+                    profile=profile), ""
 
 
-def multistep(seed: int, limit: int | None = None) -> list[Scenario]:
-    entries = dataset("multi_turn_base")
+def multistep(seed: int, limit: int | None = None, only: set[str] | None = None,
+              profile: str = DEFAULT_PROFILE) -> list[Scenario]:
+    """Scenarios of 3 `multi_turn_base` entries each (of those in `only`, when given)."""
+    entries = [e for e in dataset("multi_turn_base") if only is None or e["id"] in only]
     truths = answers("multi_turn_base")
     count = limit if limit is not None else len(entries) // ENTRIES_PER_MULTISTEP
     out = []
@@ -149,16 +199,26 @@ def multistep(seed: int, limit: int | None = None) -> list[Scenario]:
                 planned.append((spec.name, spec.bind(positional, keywords), previous))
                 previous = len(planned) - 1
             questions.append(f"({prefix}) {question(entry)}")
-        latencies = draw_latencies(seed, sid, len(planned))
+        latencies = draw_latencies(seed, sid, len(planned), profile)
         calls = [PlannedCall(i, name, args, ms, after)
                  for i, ((name, args, after), ms) in enumerate(zip(planned, latencies, strict=True))]
-        out.append(Scenario(sid, MULTISTEP, " ".join(questions), tools, calls, [e["id"] for e in picked], instances))
+        out.append(Scenario(sid, MULTISTEP, " ".join(questions), tools, calls, [e["id"] for e in picked], instances,
+                            profile=profile))
     return out
 
 
-def scenarios(name: str, seed: int, limit: int | None = None) -> list[Scenario]:
+def scenarios(name: str, seed: int, limit: int | None = None, *, heldout: bool = False,
+              profile: str = DEFAULT_PROFILE) -> list[Scenario]:
+    """A dataset's scenarios; `heldout`: only from entries the adaptation step held out
+    (human_message scenarios always use held-out values)."""
+    latency_profile(profile)
+    if name == HUMAN_MESSAGE:
+        from webapp.bench.human import human_scenarios  # it imports finetune, which imports this module
+
+        return human_scenarios(seed, limit, profile)
+    only = heldout_ids(name) if heldout else None
     if name == MULTISTEP:
-        return multistep(seed, limit)
+        return multistep(seed, limit, only, profile)
     if name in SINGLE_TURN:
-        return single_turn(name, seed, limit)
-    raise ValueError(f"unknown dataset {name!r} (one of {', '.join(DATASETS)})")
+        return single_turn(name, seed, limit, only, profile)
+    raise ValueError(f"unknown dataset {name!r} (one of {', '.join(ALL_DATASETS)})")

@@ -44,7 +44,9 @@ def runs(request):
 @login_required
 def run(request, name: str):
     path, report = _run(name)
-    return render(request, "bench/run.html", {"name": name, "params": report["params"], "results": report["results"],
+    results = report["results"]
+    return render(request, "bench/run.html", {"name": name, "params": report["params"], "results": results,
+                                              "messages_results": [r for r in results if r.get("messages")],
                                               "has_plot": (path / "bench.png").is_file()})
 
 
