@@ -1,6 +1,6 @@
 """Incremental CML monitor: decoded text in, typed protocol events out.
 
-CML (DESIGN.md section 2): `[CALL] id [HEAD] fn(arg=value) [END]` (the `id [HEAD]` part is
+CML: `[CALL] id [HEAD] fn(arg=value) [END]` (the `id [HEAD]` part is
 optional), `[TRAP][END]`, and `[INTR] ... [END]`, which only the engine writes. Detection works
 on text, so it is indifferent to how the tokenizer split or merged the markers. The monitor
 holds back text that may still become a marker, and reports that as a critical section.

@@ -1,7 +1,7 @@
 """Prompt profiles: how a task's text, tools and interrupts become the model's token context.
 
-A profile is chosen per model family; its framings were picked by measurement (DESIGN.md
-section 2): tool results framed inline in the assistant's text, a worked example that ends with a
+A profile is chosen per model family; its framings were picked by measurement:
+tool results framed inline in the assistant's text, a worked example that ends with a
 final sentence after the results, and one where no call is needed.
 """
 
@@ -60,8 +60,8 @@ class Profile:
 
     def frame_user_message(self, backend: Backend, text: str) -> tuple[str, list[int]]:
         """A message from a person, as a chat turn: the assistant's turn closes, the person speaks,
-        a new assistant turn opens (DESIGN.md section 2: the framing the model follows for free
-        text, unlike tool results). The person's text is never tokenized as special tokens, so it
+        a new assistant turn opens (the framing the model was seen to follow for free text,
+        unlike tool results). The person's text is never tokenized as special tokens, so it
         cannot forge a turn. Returns the frame's text and its token ids."""
         head, tail = "<|im_end|>\n<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
         ids = backend.tokenize(head, special=True) + backend.tokenize(text) + backend.tokenize(tail, special=True)

@@ -6,7 +6,7 @@ produced. Calls to run are collected in an outbox (`take_dispatches`); results c
 `deliver`. A task that is parked on [TRAP] or waiting in sync mode is not runnable, so it costs
 no decode steps. Time comes from injected clocks so tests are deterministic.
 
-Modes (DESIGN.md section 3):
+Modes:
 - async: dispatch at [END], keep decoding, inject results at the next token boundary outside a
   critical section, park on [TRAP] while calls are pending;
 - sync: at each [END] stop until that call's result is injected;

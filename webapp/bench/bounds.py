@@ -1,4 +1,4 @@
-"""The latency bound of a scenario: DESIGN.md section 3's formulas, with every token charged.
+"""The latency bound of a scenario: the paper's formulas, with every token charged.
 
 For independent calls f with generation time G(f) (writing the call's CML), execution time E(f)
 and injection time I(f) (evaluating its result frame), a final answer taking F and a trap

@@ -8,7 +8,7 @@ that call's drawn latency in every mode; any other call gets a latency drawn fro
 latency profile, seeded by the scenario, the tool, the arguments and the call id. Tool timeouts
 stay well above the slowest latency a profile can draw.
 
-The bound is DESIGN.md section 3's formula applied to what the model actually wrote, timed at its
+The bound is the paper's latency formula applied to what the model actually wrote, timed at its
 own measured rates: G(f) = the tokens written since the previous call (prose included) up to the
 call's [END], a trap's tokens T, the final tokens F after the last boundary, all at the run's mean
 time per decoded token; I(f) = the tokens of f's result frame at the run's mean injection time per

@@ -83,7 +83,7 @@ def g_ms_per_call(scenario: Scenario, token_ms: float) -> float | None:
 
 def bound(scenario: Scenario, mode: str, token_ms: float, inject_ms: float,
           injected: dict[str, str] | None = None) -> float:
-    """DESIGN.md section 3's bound with the decoder's own charges (webapp/bench/bounds.py): G from
+    """The paper's latency bound with the decoder's own charges (webapp/bench/bounds.py): G from
     the tokens of each call's CML, E the drawn latency, I from the injected frame (the payload the
     run injected when known, else a short result), the trap and final answer as written. Latency
     is measured first token -> last token, so the first token's step is not counted."""

@@ -178,7 +178,7 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]]) -> str:
         *(f"- {_part_line(p)}" for p in params["parts"]),
         "",
         *_left_out(params),
-        "Latency is first generated token -> last, from the engine's trace. The bound is DESIGN.md section 3's "
+        "Latency is first generated token -> last, from the engine's trace. The bound is the paper's latency "
         "formula with the decoder's own token charges (simulated: its configured charges; embedded: its measured "
         "ms per token, webapp/bench/embedded.py); measured/bound above 1 is what the system itself costs. For the "
         "embedded model the same formula is also given at its standalone decode rate (plain llama-cpp-python "

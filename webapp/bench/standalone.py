@@ -3,7 +3,7 @@
 Measured once per embedded bench run, in the bench command's own process before the engine and
 workers start (so nothing shares the CPU), with the engine's thread count, the same weights file
 and, for a tuned model, its LoRA adapter applied as the engine applies it (LlamaCppBackend). The
-bound at this rate (`bound_standalone_ms`) is the DESIGN.md formula for what the model wrote,
+bound at this rate (`bound_standalone_ms`) is the paper's latency formula for what the model wrote,
 timed as if every token cost what decoding alone costs: measured/bound at it is the share the
 whole system (engine, tools, injection) adds to the model's own work.
 """
