@@ -27,14 +27,18 @@ def test_tool_latencies_are_fixed_by_the_calls_arguments():
     assert tool["config"]["latency_scope"] == "bench|3|s" and "latency_by_call" not in tool["config"]
 
 
+def two_calls_trace() -> list:
+    return [ev("token", 0), ev("token", 20), ev("call_decoded", 20, call_id="c1", name="f", args={"x": 2}),
+            ev("token", 40), ev("call_decoded", 40, call_id="c2", name="f", args={"x": 1}),
+            ev("token", 60), ev("token", 80), ev("trap", 80),
+            ev("interrupt_injected", 400, calls=["c1", "c2"], tokens=10, ms=5.0),
+            ev("token", 420), ev("token", 440)]
+
+
 def test_the_bound_uses_what_the_model_wrote_at_its_measured_rate():
     # Two tokens then call c1 (x=2, 300 ms), one token and c2 (x=1, 100 ms), a 2-token trap, both
     # results in one 10-token frame that took 5 ms, then a 2-token answer; 20 ms per token.
-    events = [ev("token", 0), ev("token", 20), ev("call_decoded", 20, call_id="c1", name="f", args={"x": 2}),
-              ev("token", 40), ev("call_decoded", 40, call_id="c2", name="f", args={"x": 1}),
-              ev("token", 60), ev("token", 80), ev("trap", 80),
-              ev("interrupt_injected", 400, calls=["c1", "c2"], tokens=10, ms=5.0),
-              ev("token", 420), ev("token", 440)]
+    events = two_calls_trace()
     assert embedded.token_ms(events) == pytest.approx(20.0)  # the wait and the injection are not decoding
     assert embedded.inject_ms(events) == pytest.approx(0.5)
     bound, per_token, g = embedded.bound(SCENARIO, "async", events)
@@ -68,11 +72,7 @@ def test_it_computes_the_bound_at_a_given_standalone_rate():
     # measured), timed at a standalone decode rate of 10 ms per token: G = 2 and 1 tokens = 20 and
     # 10 ms, the trap 2 tokens = 20 ms, the answer 2 tokens = 20 ms; injection as measured, 2.5 ms
     # per result.
-    events = [ev("token", 0), ev("token", 20), ev("call_decoded", 20, call_id="c1", name="f", args={"x": 2}),
-              ev("token", 40), ev("call_decoded", 40, call_id="c2", name="f", args={"x": 1}),
-              ev("token", 60), ev("token", 80), ev("trap", 80),
-              ev("interrupt_injected", 400, calls=["c1", "c2"], tokens=10, ms=5.0),
-              ev("token", 420), ev("token", 440)]
+    events = two_calls_trace()
     bound, per_token, g = embedded.bound(SCENARIO, "async", events, per_token=10.0)
     # c1 (300 ms) written by 20, back at 320; c2 (100 ms) by 30, back at 130; trap to 50, wait for
     # c2 (130), inject (132.5); trap (152.5), wait for c1 (320), inject (322.5); answer (342.5);
