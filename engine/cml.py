@@ -178,13 +178,13 @@ class Monitor:
         reopen = [(i, m) for m in OPENERS if (i := self._buf.find(m)) >= 0 and (end < 0 or i < end)]
         if reopen:
             i, _ = min(reopen)
-            self._events.append(Malformed(self._block + self._buf[:i], f"{self._block} block without {END}"))
+            self._events.append(Malformed(f"{self._block}{self._buf[:i]}", f"{self._block} block without {END}"))
             self._buf = self._buf[i:]
             self._block = None
             return True
         if end < 0:
             if len(self._buf) > MAX_BLOCK_CHARS:
-                self._events.append(Malformed(self._block + self._buf, f"{self._block} block too long"))
+                self._events.append(Malformed(f"{self._block}{self._buf}", f"{self._block} block too long"))
                 self._buf = ""
                 self._block = None
             return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -45,9 +46,10 @@ class Intake:
 
     def submit(self, sub: TaskSubmission) -> str:
         self.ensure_group()
-        return _s(self.r.xadd(self.stream, {"msg": sub.to_json()}))
+        entry_id: Any = self.r.xadd(self.stream, {"msg": sub.to_json()})
+        return _s(entry_id)
 
-    def _decode(self, entry_id, fields, previous_owner=None) -> Claimed:  # noqa: ANN001
+    def _decode(self, entry_id: bytes | str, fields: dict[Any, Any], previous_owner: str | None = None) -> Claimed:
         raw = fields.get(b"msg") or fields.get("msg")
         try:
             sub = TaskSubmission.from_json(raw or b"")
@@ -58,7 +60,7 @@ class Intake:
 
     def claim(self, consumer: str, count: int = 1, block_ms: int | None = None) -> list[Claimed]:
         self.ensure_group()
-        reply = self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        reply: Any = self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
         return [self._decode(eid, fields) for _, entries in (reply or []) for eid, fields in entries]
 
     def done(self, entry_id: str) -> None:
@@ -72,12 +74,12 @@ class Intake:
         """Take over entries held by consumers that are no longer alive."""
         self.ensure_group()
         claimed: list[Claimed] = []
-        pending = self.r.xpending_range(self.stream, self.group, min="-", max="+", count=100)
+        pending: Any = self.r.xpending_range(self.stream, self.group, min="-", max="+", count=100)
         for item in pending:
             owner = _s(item["consumer"])
             if owner == consumer or owner in alive:
                 continue
-            entries = self.r.xclaim(self.stream, self.group, consumer, min_idle_ms, [item["message_id"]])
+            entries: Any = self.r.xclaim(self.stream, self.group, consumer, min_idle_ms, [item["message_id"]])
             for eid, fields in entries:
                 if fields is None:  # deleted from the stream while pending
                     self.r.xack(self.stream, self.group, eid)

@@ -11,9 +11,10 @@ def trace_stream(task_id: int) -> str:
     return f"asynclm:trace:{task_id}"
 
 
-def results_stream(engine_id: str) -> str:
-    """Call reports for the tasks an engine holds (durable: survives a reader's hiccup)."""
-    return f"asynclm:results:{engine_id}"
+def inbox_stream(engine_id: str) -> str:
+    """What is sent to the tasks an engine holds: call reports and control messages (durable:
+    survives a reader's hiccup)."""
+    return f"asynclm:inbox:{engine_id}"
 
 
-RESULTS_STREAM_TTL_S = 86400
+INBOX_STREAM_TTL_S = 86400

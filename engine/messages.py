@@ -110,7 +110,7 @@ def trace_group(task_id: int) -> str:
 
 @dataclass(frozen=True)
 class CallRequest:
-    """Engine -> Celery worker: run one tool call and report to the engine's result stream."""
+    """Engine -> Celery worker: run one tool call and report to the engine's inbox stream."""
 
     task_id: int
     call_id: str
@@ -127,7 +127,7 @@ class CallRequest:
 
 @dataclass(frozen=True)
 class CallReport(JsonMessage):
-    """Celery worker -> engine, through the engine's result stream: a call started or finished."""
+    """Celery worker -> engine, through the engine's inbox stream: a call started or finished."""
 
     task_id: int
     call_id: str
@@ -143,7 +143,7 @@ class CallReport(JsonMessage):
 
 @dataclass(frozen=True)
 class Control(JsonMessage):
-    """Web -> the engine holding a task, on that engine's result stream (field "c")."""
+    """Web -> the engine holding a task, on that engine's inbox stream (field "c")."""
 
     task_id: int
     action: str  # "cancel" | "message"

@@ -4,20 +4,20 @@ around the pure Scheduler. One `tick()` does one piece of work and says whether 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
 from engine import health
+from engine.inbox import Inbox
 from engine.intake import Claimed, Intake
-from engine.keys import results_stream
-from engine.messages import CallReport, CallRequest, Control, MessageError, TraceEvent
+from engine.messages import CallReport, CallRequest, Control, TraceEvent
 from engine.scheduler import Scheduler
+from engine.storewriter import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ class TaskStore(Protocol):
 
     def save_events(self, events: list[TraceEvent]) -> None: ...
 
-    def finish(self, task_id: int, status: str, reason: str, text: str, metrics: dict) -> None: ...
+    def finish(self, task_id: int, status: str, reason: str, text: str, metrics: dict[str, Any]) -> bool:
+        """Store a task's end; False if it was already final (cancelled meanwhile, say)."""
 
     def status_of(self, task_id: int) -> str | None: ...
 
@@ -44,6 +45,13 @@ class Dispatcher(Protocol):
 
     def revoke(self, task_id: int, call_ids: list[str]) -> None:
         """Drop calls of a cancelled task that no worker has started yet."""
+
+
+class InboxReader(Protocol):
+    def drain(self) -> list[tuple[CallReport | Control, float]]:
+        """What arrived since the last drain, with the wall time it reached this process."""
+
+    def close(self) -> None: ...
 
 
 class Publisher(Protocol):
@@ -61,100 +69,20 @@ class EngineConfig:
     flush_max_events: int = 64
     intake_poll_s: float = 0.05
     recover_interval_s: float = 5.0
+    reclaim_idle_ms: int = 2000  # a dead engine's intake entry is taken over once idle this long
     models: list[str] = field(default_factory=list)
-
-
-class ResultReader:
-    """Reads this engine's result stream on a thread and wakes the main loop. Entries are
-    deleted once handed over; the stream outlives a reader that restarts."""
-
-    def __init__(self, client: redis.Redis, engine_id: str, wake: threading.Event) -> None:
-        self.r = client
-        self.key = results_stream(engine_id)
-        self.wake = wake
-        self.inbox: queue.SimpleQueue[tuple[CallReport | Control, float]] = queue.SimpleQueue()
-        self.stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="result-reader", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        last = "0"
-        while not self.stopping.is_set():
-            try:
-                reply = self.r.xread({self.key: last}, count=100, block=500)
-            except redis.RedisError as exc:
-                log.warning("reading %s failed: %s", self.key, exc)
-                self.stopping.wait(1.0)
-                continue
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    try:
-                        if b"c" in fields:
-                            self.inbox.put((Control.from_json(fields[b"c"]), time.time()))
-                        else:
-                            self.inbox.put((CallReport.from_json(fields[b"r"]), time.time()))
-                    except (MessageError, KeyError) as exc:
-                        log.error("dropping undecodable message %s: %s", entry_id, exc)
-                    self.r.xdel(self.key, entry_id)
-                self.wake.set()
-
-    def drain(self) -> list[tuple[CallReport | Control, float]]:
-        """Reports with the wall time they reached this process."""
-        out = []
-        while True:
-            try:
-                out.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return out
-
-    def close(self) -> None:
-        self.stopping.set()
-        self._thread.join(2.0)
-
-
-class StoreWriter:
-    """Writes trace batches and task ends on a thread of its own, in the order they were handed
-    over, so the decode loop never waits for the database (a batch cost 5-25 ms of the loop on
-    SQLite, about 4% of a 10 ms token). A write that fails is retried once, then logged."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Callable[[], None], str] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, write: Callable[[], None], what: str) -> None:
-        self._queue.put((write, what))
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Write everything handed over, then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error("the store writer did not finish within %s s: trace events may be lost", timeout)
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            write, what = item
-            for attempt in (1, 2):
-                try:
-                    write()
-                    break
-                except Exception:
-                    if attempt == 2:
-                        log.exception("could not store %s", what)
-                    else:
-                        time.sleep(1.0)
 
 
 class EngineProcess:
     def __init__(self, config: EngineConfig, scheduler: Scheduler, intake: Intake, store: TaskStore,
                  publisher: Publisher, client: redis.Redis, dispatcher: Dispatcher,
-                 wake: threading.Event | None = None) -> None:
+                 wake: threading.Event | None = None, on_final: Callable[[int], object] = lambda task_id: None,
+                 inbox: InboxReader | None = None) -> None:
         self.config = config
+        self.on_final = on_final  # what follows a task's end, once it is stored (the web app's workflow)
         self.dispatcher = dispatcher
         self.wake = wake or threading.Event()  # results, control messages and streamed tokens set it
-        self.results = ResultReader(client, config.engine_id, self.wake)
+        self.inbox = inbox or Inbox(client, config.engine_id, self.wake)
         self.scheduler = scheduler
         self.intake = intake
         self.store = store
@@ -228,7 +156,7 @@ class EngineProcess:
             self.handle(event)
 
     def take_results(self) -> bool:
-        reports = self.results.drain()
+        reports = self.inbox.drain()
         picked = time.time()
         for rep, received in reports:
             if isinstance(rep, Control):
@@ -286,7 +214,7 @@ class EngineProcess:
             return False
         self._last_recover = now
         alive = {b["id"] for b in health.alive(self.r, "engine")}
-        claimed = self.intake.reclaim(self.config.engine_id, alive)
+        claimed = self.intake.reclaim(self.config.engine_id, alive, min_idle_ms=self.config.reclaim_idle_ms)
         for item in claimed:
             log.warning("engine %s died holding entry %s; recovering it", item.previous_owner, item.entry_id)
             self.take(item)
@@ -309,6 +237,7 @@ class EngineProcess:
                     f"(detected by engine {self.config.engine_id})")
                 if final is not None:
                     self.publisher.publish(final)
+                    self.on_final(sub.task_id)
             elif before == "queued":
                 before = self.store.start(sub.task_id, self.config.engine_id)
         if before != "queued":
@@ -331,10 +260,12 @@ class EngineProcess:
             # Stored before it is announced, and the intake entry kept until then: a crash in
             # between leaves the task to recovery rather than lost.
             p = event.payload
-            self.store.finish(event.task_id, p["status"], p["reason"], p["text"], p["metrics"])
+            stored = self.store.finish(event.task_id, p["status"], p["reason"], p["text"], p["metrics"])
             self.publisher.publish(event)
             if entry is not None:
                 self.intake.done(entry)
+            if stored:
+                self.on_final(event.task_id)
 
         self.writer.submit(finish, f"the end of task {event.task_id}")
 
@@ -357,7 +288,7 @@ class EngineProcess:
                 self.handle(TraceEvent(event.task_id, event.seq, event.t_ms, event.kind, payload))
         self.flush(force=True)
         self.writer.close()
-        self.results.close()
+        self.inbox.close()
         self.publisher.close()
         try:
             health.stop(self.r, "engine", self.config.engine_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from engine.backends.base import Backend
 from engine.catalog import ModelSpec
@@ -42,7 +43,7 @@ NO_CALL_QUESTION = "What is 12 times 3?"
 NO_CALL_ANSWER = "12 times 3 is 36."
 
 
-def compact(value) -> str:
+def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -24,7 +25,7 @@ TRACE_STREAM_TTL_S = 3600
 
 
 class TracePublisher:
-    def __init__(self, redis_url: str, channel_layer) -> None:  # noqa: ANN001
+    def __init__(self, redis_url: str, channel_layer: Any) -> None:
         self._redis_url = redis_url
         self._layer = channel_layer
         self._loop = asyncio.new_event_loop()
@@ -72,7 +73,7 @@ class TracePublisher:
             await client.aclose()
 
     async def _send(self, client: aioredis.Redis, events: list[TraceEvent]) -> None:
-        by_task: dict[int, list[dict]] = defaultdict(list)
+        by_task: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for event in events:
             by_task[event.task_id].append(event.to_dict())
         pipe = client.pipeline(transaction=False)

@@ -38,7 +38,7 @@ def _setup_django() -> None:
     django.setup()
 
 
-def tokenizer_backend(model: str):  # noqa: ANN201
+def tokenizer_backend(model: str):
     """The engine's llama.cpp backend for the base model: tokenization exactly as in the engine."""
     from django.conf import settings
 
@@ -67,7 +67,7 @@ def trace_row(plan: Any, mode: str, seed: int, backend: Any) -> dict[str, Any]:
             "ids": rendered.ids, "mask": rendered.mask}
 
 
-def plans(side: str, seed: int, limit: int | None, say) -> list[Any]:  # noqa: ANN001
+def plans(side: str, seed: int, limit: int | None, say) -> list[Any]:
     """Plans of one side of the split ("train" or "eval")."""
     from finetune.plans import demo_plan, entry_plan
     from finetune.split import DATASETS, load_heldout
@@ -93,7 +93,7 @@ def plans(side: str, seed: int, limit: int | None, say) -> list[Any]:  # noqa: A
     return out
 
 
-def check_split(say) -> None:  # noqa: ANN001
+def check_split(say) -> None:
     from finetune.split import HELDOUT_FILE, compute_heldout, split_digest
 
     if not HELDOUT_FILE.exists():
@@ -106,7 +106,7 @@ def check_split(say) -> None:  # noqa: ANN001
         f"{recorded['digest'][:12]}")
 
 
-def build(out: Path, model: str, seed: int, limit: int | None, say=print) -> dict[str, Any]:  # noqa: ANN001
+def build(out: Path, model: str, seed: int, limit: int | None, say=print) -> dict[str, Any]:
     from finetune.split import load_heldout
 
     started = time.monotonic()

@@ -19,8 +19,8 @@ from typing import Any
 
 from engine.backends.base import Backend
 from engine.constrain import head_text, next_call_id
+from engine.interrupts import error_payload
 from engine.profiles import TUNED_PROFILE, Profile, compact
-from engine.scheduler import error_payload
 from engine.tools import ToolSpec
 from webapp.bench.plan import call_text
 

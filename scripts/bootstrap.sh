@@ -25,6 +25,7 @@ command -v make >/dev/null || missing+=(make)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "$dev" = 1 ]; then
   command -v chromium >/dev/null || missing+=(chromium)
+  command -v node >/dev/null || missing+=(nodejs)  # the trace model's unit tests (tests/js)
 fi
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 

@@ -13,23 +13,8 @@ export PATH="$VENV/bin:$PATH"
 export DJANGO_SETTINGS_MODULE=webapp.settings.test
 mkdir -p var
 
-cleanup=()
-on_exit() { for cmd in "${cleanup[@]}"; do eval "$cmd" || true; done; }
-trap on_exit EXIT
-
-if redis_answers "$REDIS_URL"; then
-  say "using the Redis server at $REDIS_URL"
-else
-  port=$(free_port)
-  say "no Redis answers at $REDIS_URL: starting a private one on port $port"
-  redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "${TMPDIR:-/tmp}" \
-    --daemonize yes --pidfile "$ROOT/var/test-redis.pid" >/dev/null
-  cleanup+=("kill \$(cat '$ROOT/var/test-redis.pid')")
-  export REDIS_URL="redis://127.0.0.1:$port/0"
-  for _ in $(seq 50); do redis_answers "$REDIS_URL" && break; sleep 0.1; done
-fi
-
-
+ensure_redis
+say "using the Redis server at $REDIS_URL (tests use their own database number)"
 
 if [ "$postgres" = 1 ]; then
   export DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/asynclm}"
@@ -44,8 +29,9 @@ if [ "$postgres" = 1 ]; then
   exit 0
 fi
 
-say "lint (ruff)"
+say "lint (ruff) and types (mypy, strict, on engine/)"
 ruff check .
+mypy
 say "unit and integration tests"
 python -m pytest -m "not browser" --ignore=tests/browser tests
 say "browser tests (headless chromium)"

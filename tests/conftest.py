@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,8 @@ import pytest
 import redis
 from django.conf import settings
 
-from engine import health
+from webapp.core import processes
+from webapp.core.processes import Proc, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,50 +84,8 @@ def database_url() -> str:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="webapp.settings.test",
-        DATABASE_URL=database_url(),
-        REDIS_URL=settings.REDIS_URL,
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
-    return env
-
-
-class Proc:
-    """A real service process with its output kept in a log file for failure messages."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self.log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.popen.poll() is not None:
-                raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before {what}:\n{self.output()}")
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name}: timed out waiting for {what}:\n{self.output()}")
-
-    def kill(self, sig: int = 15, timeout: float = 20) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, 9)
-                self.popen.wait(5)
-        self.log.close()
+    return service_env(settings.REDIS_URL, DJANGO_SETTINGS_MODULE="webapp.settings.test", DATABASE_URL=database_url(),
+                       **extra)
 
 
 @pytest.fixture
@@ -136,11 +94,8 @@ def start_engine(tmp_path, redis_client) -> Iterator[Callable[..., Proc]]:
 
     def start(engine_id: str = "engine-test", preload: str | None = None, **env: str) -> Proc:
         preload = settings.ASYNCLM_TEST_MODEL if preload is None else preload
-        proc = Proc(engine_id, [sys.executable, "manage.py", "run_engine", "--id", engine_id, "--preload", preload],
-                    subprocess_env(**env), tmp_path)
+        proc = processes.start_engine(engine_id, preload, subprocess_env(**env), tmp_path, redis_client)
         procs.append(proc)
-        proc.wait_until(lambda: any(b["id"] == engine_id for b in health.alive(redis_client, "engine")),
-                        60, "its first heartbeat")
         return proc
 
     yield start
@@ -149,13 +104,7 @@ def start_engine(tmp_path, redis_client) -> Iterator[Callable[..., Proc]]:
 
 
 def _start_worker(log_dir: Path, name: str) -> Proc:
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    # prefork, as deployed: soft and hard time limits need it.
-    proc = Proc("celery", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "--pool", "prefork",
-                           "--concurrency", "2", "-Q", "default,tools", "-n", name, "--loglevel", "INFO"],
-                subprocess_env(), log_dir)
-    proc.wait_until(lambda: any(b["id"] == name for b in health.alive(client, "worker")), 60, "its first heartbeat")
-    return proc
+    return processes.start_worker(name, subprocess_env(), log_dir, redis.Redis.from_url(settings.REDIS_URL))
 
 
 @pytest.fixture(scope="module")

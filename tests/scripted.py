@@ -8,7 +8,16 @@ from collections.abc import Sequence as Seq
 
 import numpy as np
 
-from engine.backends.base import Backend, BackendError, RemoteSequence, Sequence, StreamEnd, Submission
+from engine.backends.base import (
+    Backend,
+    BackendError,
+    LocalBackend,
+    RemoteBackend,
+    RemoteSequence,
+    Sequence,
+    StreamEnd,
+    Submission,
+)
 from engine.catalog import ModelSpec, WheelPart
 
 STOP = 0
@@ -57,7 +66,9 @@ class ScriptedSequence(Sequence):
         self.backend.closed += 1
 
 
-class ScriptedBackend(Backend):
+class _ScriptedModel(Backend):
+    """The script's vocabulary and limits, shared by the local and the remote kind."""
+
     def __init__(self, pieces: list[bytes], n_ctx: int = 4096, fail_after: int | None = None) -> None:
         self.spec = SPEC
         self.n_vocab = VOCAB
@@ -82,6 +93,8 @@ class ScriptedBackend(Backend):
     def stop_ids(self) -> frozenset[int]:
         return frozenset({STOP})
 
+
+class ScriptedBackend(_ScriptedModel, LocalBackend):
     def open_sequence(self, prompt_ids=()) -> ScriptedSequence:
         return ScriptedSequence(self)
 
@@ -119,7 +132,7 @@ class ScriptedRemoteSequence(RemoteSequence):
         expected = len(self.context)
         self.context.extend(extra_ids)
         cached = max((_common(self.context, c) for c in self.backend.cache), default=0)
-        self.submissions.append(Submission(f"asynclm-{len(self.backend.requests):032d}", reason, len(self.context),
+        self.submissions.append(Submission(f"asynclm-{len(self.backend.requests):032d}", reason,
                                            expected, len(self.context), cached))
         self.backend.requests.append({"input_ids": list(self.context), "params": params, "reason": reason})
         self._banned = {int(k) for k in params.get("logit_bias", {})}
@@ -143,7 +156,7 @@ class ScriptedRemoteSequence(RemoteSequence):
         if self._abort_left is not None:
             self._abort_left -= 1
         if token == STOP:
-            return self._end(StreamEnd("stop", matched=STOP))
+            return self._end(StreamEnd("stop"))
         self.context.append(token)
         self._produced += 1
         text = "fallback" if token == FALLBACK else self.backend.pieces[token - 1].decode()
@@ -168,9 +181,7 @@ class ScriptedRemoteSequence(RemoteSequence):
         self._streaming = False
 
 
-class ScriptedRemoteBackend(ScriptedBackend):
-    remote = True
-
+class ScriptedRemoteBackend(_ScriptedModel, RemoteBackend):
     def __init__(self, pieces: list[bytes], after_abort: int = 1, fail_at: int | None = None) -> None:
         super().__init__(pieces)
         self.after_abort = after_abort

@@ -79,7 +79,7 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002, ANN001 - quiet
         pass
 
-    def _json(self, status: int, body) -> None:  # noqa: ANN001
+    def _json(self, status: int, body) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

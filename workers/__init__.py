@@ -1,1 +1,1 @@
-"""Celery workers: they execute function calls (next issue) and report their health."""
+"""Celery workers: they execute function calls and report their health."""

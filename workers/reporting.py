@@ -12,7 +12,7 @@ import redis
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from engine.keys import RESULTS_STREAM_TTL_S, results_stream
+from engine.keys import INBOX_STREAM_TTL_S, inbox_stream
 from engine.messages import CallReport, trace_group
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ def worker_redis() -> redis.Redis:
 
 def report(engine_id: str, rep: CallReport) -> None:
     pipe = worker_redis().pipeline()
-    pipe.xadd(results_stream(engine_id), {"r": rep.to_json()}, maxlen=100_000, approximate=True)
-    pipe.expire(results_stream(engine_id), RESULTS_STREAM_TTL_S)
+    pipe.xadd(inbox_stream(engine_id), {"r": rep.to_json()}, maxlen=100_000, approximate=True)
+    pipe.expire(inbox_stream(engine_id), INBOX_STREAM_TTL_S)
     pipe.execute()
 
 

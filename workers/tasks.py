@@ -32,7 +32,7 @@ def ping(sent_at: float) -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "received_at": time.time(), "sent_at": sent_at}
 
 
-def _worker_name(task) -> str:  # noqa: ANN001
+def _worker_name(task) -> str:
     return f"{task.request.hostname or socket.gethostname()}/{os.getpid()}"
 
 

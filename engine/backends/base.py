@@ -49,7 +49,6 @@ class StreamEnd:
     """A remote request ended: "stop", "length", "abort" (asked for) or "error"."""
 
     finish: str
-    matched: int | str | None = None
     message: str = ""
 
 
@@ -59,7 +58,6 @@ class Submission:
 
     rid: str
     reason: str  # "prompt" | "interrupt" | "continue"
-    input_tokens: int
     expected_cached: int  # tokens the server had already seen in this context
     prompt_tokens: int | None = None  # from the first chunk's meta_info
     cached_tokens: int | None = None
@@ -104,10 +102,11 @@ class RemoteSequence(ABC):
 
 
 class Backend(ABC):
+    """What every backend offers: the model's tokenizer and limits. A backend is one of the two
+    kinds below; the engine picks its driver (engine/drivers) by the kind."""
+
     spec: ModelSpec
     n_vocab: int
-    remote = False  # True: open_sequence returns a RemoteSequence and the server samples
-    constrained_calls = False  # True: the engine writes call ids and masks call bodies (engine/constrain.py)
 
     @property
     @abstractmethod
@@ -129,7 +128,28 @@ class Backend(ABC):
     def stop_ids(self) -> frozenset[int]:
         """Ids that end generation (end of sequence, end of turn)."""
 
+
+
+class LocalBackend(Backend):
+    """The engine holds the KV state and samples from the logits (llama.cpp, the simulated decoder)."""
+
+    constrained_calls = False  # True: the engine writes call ids and masks call bodies (engine/constrain.py)
+
     @abstractmethod
     def open_sequence(self, prompt_ids: Seq[int] = ()) -> Sequence:
         """A fresh KV state for a task. It may already hold a prefix of `prompt_ids` (a reused
         cache): the caller evaluates only `prompt_ids[seq.n_tokens:]`."""
+
+
+class RemoteBackend(Backend):
+    """A server samples for itself (SGLang): the engine submits contexts and reads streams."""
+
+    @abstractmethod
+    def open_sequence(self, prompt_ids: Seq[int] = ()) -> RemoteSequence:
+        """A task's context on the server (empty: the prompt goes with the first submission)."""
+
+    @abstractmethod
+    def sampling_params(
+        self, *, max_new_tokens: int, temperature: float, top_p: float, seed: int, structural_tag: str | None = None
+    ) -> dict[str, Any]:
+        """The request's sampling parameters in the server's own terms."""

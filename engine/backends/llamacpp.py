@@ -20,15 +20,16 @@ import threading
 from collections.abc import Iterator
 from collections.abc import Sequence as Seq
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from engine.backends.base import Backend, BackendError, Sequence
+from engine.backends.base import BackendError, LocalBackend, Sequence
 from engine.catalog import ModelSpec
 
 
 class LlamaSequence(Sequence):
-    def __init__(self, backend: LlamaCppBackend, llama) -> None:  # noqa: ANN001
+    def __init__(self, backend: LlamaCppBackend, llama: Any) -> None:
         self._backend = backend
         self._llama = llama
         self._closed = False
@@ -36,6 +37,11 @@ class LlamaSequence(Sequence):
     @property
     def n_tokens(self) -> int:
         return int(self._llama.n_tokens)
+
+    @property
+    def llama(self) -> Any:
+        """The llama_cpp.Llama context under this sequence (for benchmarks that drive it bare)."""
+        return self._llama
 
     def append(self, ids: Seq[int]) -> None:
         if not ids:
@@ -49,8 +55,13 @@ class LlamaSequence(Sequence):
     def logits(self) -> np.ndarray:
         if self.n_tokens == 0:
             raise BackendError("no logits before the first append")
-        ptr = self._llama._ctx.get_logits()  # last position's logits (logits_all=False)
-        return np.ctypeslib.as_array(ptr, shape=(self._backend.n_vocab,)).copy()
+        return self.logits_view().copy()
+
+    def logits_view(self) -> np.ndarray:
+        """The last position's logits in llama.cpp's own buffer (valid until the next eval)."""
+        ptr = self._llama._ctx.get_logits()  # logits_all=False: only the last position's
+        view: np.ndarray = np.ctypeslib.as_array(ptr, shape=(self._backend.n_vocab,))
+        return view
 
     def truncate(self, n_tokens: int) -> None:
         if not 0 <= n_tokens <= self.n_tokens:
@@ -64,7 +75,7 @@ class LlamaSequence(Sequence):
             self._backend._release(self._llama)
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(LocalBackend):
     constrained_calls = True
 
     def __init__(self, spec: ModelSpec, path: Path, *, adapter_path: Path | None = None, n_ctx: int = 4096,
@@ -79,7 +90,7 @@ class LlamaCppBackend(Backend):
         self._n_ctx = n_ctx
         self._n_threads = n_threads
         self._max_idle = max_idle_contexts
-        self._idle: list = []
+        self._idle: list[Any] = []  # llama_cpp.Llama contexts (the binding is untyped)
         self._lock = threading.Lock()
         self._llama_cls = llama_cpp.Llama
         try:
@@ -97,7 +108,7 @@ class LlamaCppBackend(Backend):
             | {ids[0] for s in spec.stop_tokens if len(ids := self.tokenize(s, special=True)) == 1}
         )
 
-    def _new_context(self):  # noqa: ANN202
+    def _new_context(self) -> Any:
         llama = self._llama_cls(
             model_path=self._path,
             n_ctx=self._n_ctx,
@@ -111,10 +122,11 @@ class LlamaCppBackend(Backend):
             self._apply_adapter(llama)
         return llama
 
-    def _apply_adapter(self, llama) -> None:  # noqa: ANN001
+    def _apply_adapter(self, llama: Any) -> None:
         """Load the LoRA adapter into this context's model and apply it to the context."""
         import llama_cpp
 
+        assert self._adapter_path is not None
         log: list[str] = []
         with _llama_log_to(log):  # llama.cpp's reasons, and not a warning per tensor on stderr
             adapter = llama_cpp.llama_adapter_lora_init(llama._model.model, self._adapter_path.encode())
@@ -169,7 +181,7 @@ class LlamaCppBackend(Backend):
         best.n_tokens = max(0, min(best_len, len(prompt) - 1))
         return LlamaSequence(self, best)
 
-    def _release(self, llama) -> None:  # noqa: ANN001
+    def _release(self, llama: Any) -> None:
         with self._lock:
             if len(self._idle) < self._max_idle or llama is self._tokenizer:
                 self._idle.append(llama)
@@ -182,7 +194,7 @@ def _llama_log_to(lines: list[str]) -> Iterator[None]:
     import llama_cpp
     from llama_cpp import _logger
 
-    @llama_cpp.llama_log_callback
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:  # noqa: ARG001
         lines.append(text.decode("utf-8", "replace"))
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from engine.backends.base import Backend, BackendError, RemoteSequence, StreamEnd, Submission
+from engine.backends.base import BackendError, RemoteBackend, RemoteSequence, StreamEnd, Submission
 from engine.backends.sglang_protocol import DONE, Chunk, ProtocolError, SseReader, StreamError, StreamState, parse_event
 from engine.catalog import ModelSpec
 
@@ -67,7 +67,7 @@ class SGLangSequence(RemoteSequence):
     def __init__(self, backend: SGLangBackend) -> None:
         self._backend = backend
         self._context: list[int] = []
-        self._items: queue.SimpleQueue = queue.SimpleQueue()
+        self._items: queue.SimpleQueue[tuple[int, str] | StreamEnd] = queue.SimpleQueue()
         self._stream: _Stream | None = None
         self._lock = threading.Lock()
         self._abort_sent_at: float | None = None
@@ -88,7 +88,7 @@ class SGLangSequence(RemoteSequence):
         self._context.extend(extra_ids)
         stream = _Stream(new_rid(), len(self._context))
         self._stream = stream
-        submission = Submission(stream.rid, reason, len(self._context), expected_cached)
+        submission = Submission(stream.rid, reason, expected_cached)
         self.submissions.append(submission)
         aborted_at, self._abort_sent_at = self._abort_sent_at, None
         body = {"rid": stream.rid, "input_ids": list(self._context), "stream": True, "sampling_params": params}
@@ -125,7 +125,7 @@ class SGLangSequence(RemoteSequence):
                             self._items.put(item)
                         self._backend.notify()
                         if event.finish is not None:
-                            end = StreamEnd(event.finish.type, event.finish.matched, event.finish.message)
+                            end = StreamEnd(event.finish.type, event.finish.message)
             if end is None:
                 end = StreamEnd("error", message="the stream ended without a finish reason (server restarted?)")
         except (httpx.HTTPError, ProtocolError, BackendError) as exc:
@@ -140,7 +140,7 @@ class SGLangSequence(RemoteSequence):
         self._backend.notify()
 
     def poll(self) -> list[tuple[int, str] | StreamEnd]:
-        out: list = []
+        out: list[tuple[int, str] | StreamEnd] = []
         while True:
             try:
                 out.append(self._items.get_nowait())
@@ -171,8 +171,7 @@ class SGLangSequence(RemoteSequence):
         self.abort()
 
 
-class SGLangBackend(Backend):
-    remote = True
+class SGLangBackend(RemoteBackend):
 
     def __init__(self, spec: ModelSpec, url: str, *, notify: Callable[[], None] = lambda: None,
                  timeout_s: float = 10.0, stream_timeout_s: float = 300.0) -> None:
@@ -215,7 +214,8 @@ class SGLangBackend(Backend):
             raise BackendError(_describe(exc, self.url)) from exc
         if response.status_code != 200:
             raise BackendError(f"/tokenize answered HTTP {response.status_code}: {response.text[:200]}")
-        return response.json()
+        body: dict[str, Any] = response.json()
+        return body
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """The server's own token ids. Its tokenizer always parses template markers, so for text

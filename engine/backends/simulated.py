@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import Backend, BackendError, Sequence
+from engine.backends.base import BackendError, LocalBackend, Sequence
 from engine.catalog import ModelSpec
 
 EOS = 0
@@ -91,6 +91,7 @@ class SimulatedSequence(Sequence):
         return out
 
     def _next_piece(self) -> str:
+        assert self.plan is not None
         calls = self.plan["calls"]
         ready = [c for c in calls if c["id"] not in self.written and (c.get("after") in self.injected or
                                                                       c.get("after") is None)]
@@ -101,7 +102,7 @@ class SimulatedSequence(Sequence):
         if any(c["id"] not in self.injected for c in calls):
             return "" if self.plan.get("wait") == "eos" else "[TRAP][END] "  # "" is written as EOS
         self.answering = True
-        return self.plan.get("final", "Done.")
+        return str(self.plan.get("final", "Done."))
 
     def truncate(self, n_tokens: int) -> None:
         del self.ids[n_tokens:]
@@ -110,7 +111,7 @@ class SimulatedSequence(Sequence):
         pass
 
 
-class SimulatedBackend(Backend):
+class SimulatedBackend(LocalBackend):
     def __init__(self, spec: ModelSpec, n_ctx: int = 32768) -> None:
         self.spec = spec
         self.n_vocab = VOCAB

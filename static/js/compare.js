@@ -7,8 +7,6 @@
   const runs = Array.from(document.querySelectorAll("svg.timeline[data-task]")).map(function (svg) {
     return {id: svg.dataset.task, svg: svg, trace: new T.Trace(), row: document.querySelector('#summary tr[data-task="' + svg.dataset.task + '"]'), anchor: null};
   });
-  let frame = null;
-  let tick = null;
 
   function nowT(run) {
     return run.anchor && !run.trace.finish ? run.anchor.t + (performance.now() - run.anchor.at) : 0;
@@ -20,11 +18,9 @@
   }
 
   function draw() {
-    frame = null;
     const maxT = Math.max.apply(null, runs.map(r => r.trace.endT(nowT(r))).concat([1]));
     const sync = runs.find(r => r.row.dataset.mode === "sync");
     const syncLatency = sync && sync.trace.finish ? sync.trace.metrics().latency_ms : null;
-    let running = false;
     runs.forEach(function (run) {
       T.drawTimeline(run.svg, run.trace, {maxT: maxT, nowT: nowT(run), onSelect: function (tr, inj) {
         detail.hidden = false;
@@ -40,12 +36,12 @@
       cell(run, "c-calls", String(m.calls));
       cell(run, "c-overlap", T.fmt(m.overlap_ms));
       cell(run, "c-speedup", run.trace.finish && syncLatency && m.latency_ms ? (syncLatency / m.latency_ms).toFixed(2) + "×" : "–");
-      running = running || (run.trace.status === "running" && !run.trace.finish);
     });
-    if (running && !tick) tick = setTimeout(function () { tick = null; schedule(); }, 250);
   }
 
-  function schedule() { if (!frame) frame = requestAnimationFrame(draw); }
+  const schedule = T.redrawer(draw, function () {
+    return runs.some(run => run.trace.status === "running" && !run.trace.finish);
+  });
 
   runs.forEach(function (run) {
     const live = document.getElementById("live-" + run.id);
@@ -60,6 +56,5 @@
     });
   });
   window.addEventListener("resize", schedule);
-  window.asynclmRuns = runs;
   schedule();
 })();

@@ -14,8 +14,6 @@
   const detail = document.getElementById("marker-detail");
   const syncLatency = parseFloat(root.dataset.syncLatency || "");
   let anchor = null;  // {t, at}: maps the engine's task clock onto performance.now() while live
-  let frame = null;
-  let tick = null;
   let dirty = false;  // new events since the last draw (the timeline alone also grows with time)
 
   function nowT() {
@@ -71,7 +69,6 @@
   }
 
   function draw() {
-    frame = null;
     if (dirty) {
       T.drawStream(output, trace);
       drawCalls();
@@ -79,13 +76,9 @@
     }
     T.drawTimeline(svg, trace, {nowT: nowT(), onSelect: select});
     showMetrics(trace.metrics(nowT()));
-    // While the task runs its timeline grows with the clock, a few times a second.
-    if (!trace.finish && anchor && trace.status === "running" && !tick) {
-      tick = setTimeout(function () { tick = null; schedule(); }, 250);
-    }
   }
 
-  function schedule() { if (!frame) frame = requestAnimationFrame(draw); }
+  const schedule = T.redrawer(draw, function () { return !trace.finish && anchor && trace.status === "running"; });
 
   function onEvents(events) {
     dirty = true;
@@ -129,9 +122,9 @@
   showMetrics(initial);
   T.follow(root.dataset.wsPath, trace, {
     onEvents: onEvents,
+    onCall: function () { dirty = true; schedule(); },
     onState: function (state) { if (!trace.finish) liveEl.textContent = state; },
-    onSocket: function (ws) { window.asynclmSocket = ws; },
   });
   window.addEventListener("resize", function () { dirty = true; schedule(); });
-  window.asynclmTrace = trace;
+  if (document.body.dataset.testHooks !== undefined) window.asynclmTrace = trace;
 })();

@@ -44,6 +44,16 @@
       if (this.state) this.segments.push(this.state);
     }
 
+    // A worker's notice, straight from the worker (ahead of the engine's trace event): a call
+    // that is queued shows as running on that worker. Returns whether anything changed.
+    report(r) {
+      const c = this.calls.get(r.call_id);
+      if (!c || r.phase !== "started" || c.status !== "queued") return false;
+      c.status = "running";
+      c.worker = r.worker;
+      return true;
+    }
+
     call(id) {
       if (!this.calls.has(id)) this.calls.set(id, {id: id, name: "", args: null, status: "decoded"});
       return this.calls.get(id);
@@ -265,38 +275,93 @@
   // ---- token stream with CML highlighted ------------------------------------------------------
   const CML = /(\[CALL\][\s\S]*?\[END\]|\[TRAP\]\s*\[END\]|\[CALL\][\s\S]*$|\[TRAP\][\s\S]*$)/g;
 
+  // What follows a model chunk's last settled part can only turn into CML if it ends in the start
+  // of a marker: `[`, `[C`, ... `[TRAP`.
+  const OPENING = /\[(C(A(L(L)?)?)?|T(R(A(P)?)?)?)?$/;
+
+  function partSpan(trace, part, st) {
+    const span = document.createElement("span");
+    if (part.startsWith("[CALL]")) {
+      const id = (part.match(/^\[CALL\]\s*([A-Za-z_][\w]*)\s*\[HEAD\]/) || [])[1];
+      span.dataset.open = part.endsWith("[END]") ? "" : "1";
+      callClass(span, id && trace.calls.get(id));
+      if (id) st.callSpans.push({span: span, id: id});
+    } else if (part.startsWith("[TRAP]")) {
+      span.className = "cml-trap";
+    }
+    span.textContent = part;
+    return span;
+  }
+
+  function callClass(span, call) {
+    const cls = "cml-call" + (call && call.status === "error" ? " cml-error" : "") + (span.dataset.open ? " cml-open" : "");
+    if (span.className !== cls) span.className = cls;
+    const title = call && call.error ? call.error : "";
+    if (span.title !== title) span.title = title;
+  }
+
+  function otherSpan(chunk) {
+    const span = document.createElement("span");
+    if (chunk.kind === "malformed") {
+      span.className = "malformed";
+      span.title = chunk.reason;  // the mark itself is drawn by CSS: the text stays the model's
+    } else {
+      span.className = chunk.kind === "message" ? "cml-message" : "intr" + (chunk.error ? " intr-error" : "");
+      span.textContent = chunk.text;
+    }
+    return span;
+  }
+
+  // Incremental: what is settled stays in the DOM; each frame adds the new text and redraws only
+  // the part that may still change (an open call block, or a possible marker's first letters), so
+  // a frame costs what is new, not the whole output. Calls' spans follow their status (an error
+  // arrives after the block was written).
   function drawStream(container, trace) {
-    const frag = document.createDocumentFragment();
-    trace.chunks.forEach(chunk => {
-      if (chunk.kind === "model") {
-        chunk.text.split(CML).forEach(part => {
-          if (!part) return;
-          const span = document.createElement("span");
-          if (part.startsWith("[CALL]")) {
-            const id = (part.match(/^\[CALL\]\s*([A-Za-z_][\w]*)\s*\[HEAD\]/) || [])[1];
-            const call = id && trace.calls.get(id);
-            span.className = "cml-call" + (call && call.status === "error" ? " cml-error" : "") + (part.endsWith("[END]") ? "" : " cml-open");
-            if (call && call.error) span.title = call.error;
-          } else if (part.startsWith("[TRAP]")) {
-            span.className = "cml-trap";
-          }
-          span.textContent = part;
-          frag.appendChild(span);
-        });
-      } else if (chunk.kind === "malformed") {
-        const span = document.createElement("span");
-        span.className = "malformed";
-        span.title = chunk.reason;  // the mark itself is drawn by CSS: the text stays the model's
-        frag.appendChild(span);
-      } else {
-        const span = document.createElement("span");
-        span.className = chunk.kind === "message" ? "cml-message" : "intr" + (chunk.error ? " intr-error" : "");
-        span.textContent = chunk.text;
-        frag.appendChild(span);
+    let st = container.asynclmStream;
+    if (!st || st.trace !== trace) {
+      while (container.firstChild) container.removeChild(container.firstChild);
+      st = container.asynclmStream = {trace: trace, done: 0, settled: 0, live: [], callSpans: []};
+    }
+    st.live.forEach(node => node.remove());
+    st.live = [];
+    st.callSpans = st.callSpans.filter(c => c.span.isConnected);
+    const chunks = trace.chunks;
+    for (let i = st.done; i < chunks.length; i++) {
+      const chunk = chunks[i], last = i === chunks.length - 1;
+      if (chunk.kind !== "model") {
+        container.appendChild(otherSpan(chunk));
+        st.done = i + 1;
+        st.settled = 0;
+        continue;
       }
-    });
-    while (container.firstChild) container.removeChild(container.firstChild);
-    container.appendChild(frag);
+      const parts = chunk.text.slice(st.settled).split(CML).filter(Boolean);
+      const settle = last ? parts.length - 1 : parts.length;
+      parts.slice(0, settle).forEach(part => {
+        container.appendChild(partSpan(trace, part, st));
+        st.settled += part.length;
+      });
+      if (last && parts.length) {
+        let tail = parts[parts.length - 1];
+        if (!tail.startsWith("[CALL]") && !tail.startsWith("[TRAP]")) {
+          const open = tail.match(OPENING);
+          const fixed = open ? tail.slice(0, open.index) : tail;
+          if (fixed) {
+            container.appendChild(partSpan(trace, fixed, st));
+            st.settled += fixed.length;
+            tail = tail.slice(fixed.length);
+          }
+        }
+        if (tail) {
+          const span = partSpan(trace, tail, st);
+          container.appendChild(span);
+          st.live.push(span);
+        }
+      } else if (!last) {
+        st.done = i + 1;
+        st.settled = 0;
+      }
+    }
+    st.callSpans.forEach(c => callClass(c.span, trace.calls.get(c.id)));
   }
 
   // ---- websocket --------------------------------------------------------------------------------
@@ -310,6 +375,10 @@
       ws.onopen = () => { retry = 0; if (handlers.onState) handlers.onState(trace.finish ? "finished" : "live"); };
       ws.onmessage = msg => {
         const data = JSON.parse(msg.data);
+        if (data.type === "call") {
+          if (trace.report(data.report) && handlers.onCall) handlers.onCall(data.report);
+          return;
+        }
         if (data.type !== "events") return;
         const fresh = data.events.filter(ev => trace.apply(ev));
         if (fresh.length) handlers.onEvents(fresh);
@@ -322,11 +391,26 @@
         retry = Math.min(retry + 1, 5);
         setTimeout(connect, 500 * Math.pow(2, retry - 1));
       };
-      if (handlers.onSocket) handlers.onSocket(ws);
     }
     connect();
   }
 
+  // ---- drawing schedule ----------------------------------------------------------------------
+  // One draw per animation frame however many events arrived, and while `running()` another one a
+  // few times a second (a live timeline grows with the clock). Returns the function that asks
+  // for a draw.
+  function redrawer(draw, running) {
+    let frame = null, tick = null;
+    function frameDraw() {
+      frame = null;
+      draw();
+      if (running() && !tick) tick = setTimeout(function () { tick = null; schedule(); }, 250);
+    }
+    function schedule() { if (!frame) frame = requestAnimationFrame(frameDraw); }
+    return schedule;
+  }
+
   window.AsyncLMTrace = {Trace: Trace, drawTimeline: drawTimeline, drawStream: drawStream, follow: follow,
-    describeInjection: describeInjection, fmt: fmt};
+    describeInjection: describeInjection, fmt: fmt, redrawer: redrawer, union: union, overlap: overlap,
+    handledKinds: function () { return Object.keys(HANDLERS); }};
 })();

@@ -10,7 +10,7 @@ import pytest
 
 from engine.intake import Intake
 from engine.messages import Budgets, TaskSubmission
-from tests.integration.test_engine_process import wait_for
+from tests.helpers import wait_for
 from tests.integration.test_tool_execution import call
 from webapp.runs.models import Task, TraceEvent
 from webapp.tools.bfcl import import_bfcl, instance_specs
@@ -20,6 +20,14 @@ from workers.instances import instance_key
 pytestmark = pytest.mark.django_db(transaction=True)
 
 FILLER = " and the model keeps writing while the calls run" * 40
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def pid_of(report) -> int:
@@ -33,7 +41,7 @@ def test_state_survives_between_calls_run_by_two_worker_processes(celery_worker_
     first = call(redis_client, mkdir, {"dir_name": "alpha"}, call_id="k1")["finished"]
     assert first.ok, first.error
     os.kill(pid_of(first), signal.SIGKILL)  # that process is gone: the next call runs in another one
-    time.sleep(0.5)
+    wait_for(lambda: not _exists(pid_of(first)), 10, "the killed process to be reaped")
     second = call(redis_client, ls, {}, call_id="k2", order=1)["finished"]
     assert pid_of(second) != pid_of(first)
     assert second.ok and second.result == {"current_directory_content": ["alpha"]}

@@ -5,7 +5,7 @@ running the calls, results delivered through Redis and injected into the live KV
 import pytest
 
 from engine.tools import ToolSpec
-from tests.integration.test_engine_process import wait_for
+from tests.helpers import wait_for
 from webapp.runs.models import Task, ToolCall, TraceEvent
 from webapp.runs.submit import submit_task
 from webapp.tools.demo import DEMO_TOOLS

@@ -3,27 +3,17 @@
 import asyncio
 import os
 import shutil
-import time
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from tests.helpers import wait_for
 from tests.unit.test_consumer import connect
 from webapp.runs.models import Task, TraceEvent
 from webapp.runs.submit import submit_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def submit(user, model: str, prompt: str = "Count from one to twenty in words.", max_tokens: int = 40) -> Task:

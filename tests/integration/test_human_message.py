@@ -3,7 +3,7 @@ the model's context at the recorded position, framed as a chat turn."""
 
 import pytest
 
-from tests.integration.test_engine_process import wait_for
+from tests.helpers import wait_for
 from webapp.runs.models import Task, TraceEvent
 from webapp.runs.submit import send_message, submit_task
 

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from engine.intake import Intake
-from engine.keys import results_stream
+from engine.keys import inbox_stream
 from engine.messages import Budgets, CallReport, TaskSubmission
 from engine.tools import ToolSpec
-from tests.integration.test_engine_process import wait_for
+from tests.helpers import wait_for
 from webapp.runs.models import Task, TraceEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,7 +56,7 @@ def test_a_duplicate_report_gives_one_interrupt(start_engine, celery_worker_proc
     wait_for(lambda: kinds(task, "interrupt_injected"), 60, "the first injection")
     finished = kinds(task, "call_finished")[0].payload
     duplicate = CallReport(task.pk, "s1", "finished", finished["worker"], time.time(), ok=True, result={"again": 1})
-    redis_client.xadd(results_stream("engine-duplicates"), {"r": duplicate.to_json()})
+    redis_client.xadd(inbox_stream("engine-duplicates"), {"r": duplicate.to_json()})
     wait_for(lambda: Task.objects.get(pk=task.pk).is_final, 90, "the task to end")
     assert len(kinds(task, "late_result")) == 1
     assert len(kinds(task, "interrupt_injected")) == 1
@@ -73,6 +73,8 @@ def test_cancelling_a_running_task_stops_it_and_revokes_its_queued_calls(start_e
               "[CALL] s3 [HEAD] sleep(seconds=0.1) [END]" + FILLER * 4)
     task = forced_task(alice, redis_client, script)
     wait_for(lambda: kinds(task, "call_dispatched", "s3"), 60, "the third call to be dispatched")
+    worker_log = celery_worker_proc.log_path
+    finished_before = worker_log.read_text(errors="replace").count("succeeded in")
     client.force_login(alice)
     response = client.post(reverse("task_cancel", args=[task.pk]), follow=True)
     assert "cancel requested" in response.content.decode()
@@ -81,7 +83,12 @@ def test_cancelling_a_running_task_stops_it_and_revokes_its_queued_calls(start_e
     assert task.status == "cancelled" and task.status_reason == "cancelled by the user"
     finish = TraceEvent.objects.get(task=task, kind="finish").payload
     assert "s3" in finish["pending_calls"]
-    time.sleep(6)  # s1 and s2 finish on the worker; s3 was revoked and never starts
+    # s1 and s2 finish on the worker (its log says so; their reports are dropped: the task is over).
+    # Had s3 not been revoked, one of the two freed processes would have taken it by then.
+    wait_for(lambda: worker_log.read_text(errors="replace").count("succeeded in") >= finished_before + 2, 30,
+             "s1 and s2 to finish on the worker")
+    wait_for(lambda: "Discarding revoked task" in worker_log.read_text(errors="replace"), 10,
+             "the worker to discard s3")
     assert not kinds(task, "call_started", "s3")
     assert TraceEvent.objects.filter(task=task).order_by("-seq").first().kind == "finish"  # late results dropped
 

@@ -12,7 +12,7 @@ import pytest
 from engine.backends.sglang import RID_PREFIX, SGLangBackend
 from engine.catalog import get_model
 from tests.conftest import start_sglang_imitation
-from tests.integration.test_engine_process import wait_for
+from tests.helpers import wait_for
 from webapp.runs.models import Task, TraceEvent
 from webapp.runs.submit import send_message, submit_task
 
@@ -140,6 +140,6 @@ def test_an_abort_before_the_first_chunk_waits_for_it(server):
     while not (items and isinstance(items[-1], StreamEnd)) and time.monotonic() < deadline:
         items += seq.poll()
         time.sleep(0.01)
-    assert items[-1] == StreamEnd("abort", None, "Aborted")
+    assert items[-1] == StreamEnd("abort", "Aborted")
     assert len(items) - 1 <= 4  # the first chunk, then one or two more tokens
     assert seq.n_tokens == len(prompt) + len(items) - 1 and not seq.streaming

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from engine.keys import results_stream
+from engine.keys import inbox_stream
 from engine.messages import CallReport, CallRequest
 from engine.tools import ToolSpec
 from webapp.runs.dispatch import CeleryDispatcher
@@ -31,7 +31,7 @@ def call(redis_client, tool: ToolSpec, args: dict, call_id="c1", timeout=30, ord
     deadline = time.monotonic() + timeout
     last = "0"
     while "finished" not in reports and time.monotonic() < deadline:
-        for _, entries in redis_client.xread({results_stream(ENGINE): last}, block=500) or []:
+        for _, entries in redis_client.xread({inbox_stream(ENGINE): last}, block=500) or []:
             for entry_id, fields in entries:
                 last = entry_id
                 rep = CallReport.from_json(fields[b"r"])

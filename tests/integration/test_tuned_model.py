@@ -4,7 +4,7 @@ adapter, a real Celery worker runs the demo pack's tools, results are injected m
 import pytest
 
 from engine.catalog import get_model
-from tests.integration.test_engine_process import wait_for
+from tests.helpers import wait_for
 from webapp.runs.models import Task, TraceEvent
 from webapp.runs.submit import submit_task
 from webapp.tools.demo import DEMO_TOOLS

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.integration.test_calls_with_model import MODEL, WEATHER, events_of, weather
-from tests.integration.test_engine_process import wait_for
 from webapp.runs.models import Task, TraceEvent
 from webapp.runs.submit import submit_task
 

@@ -9,7 +9,7 @@ from django.urls import reverse
 from openapi_spec_validator import validate
 
 from engine.intake import Intake
-from engine.keys import results_stream
+from engine.keys import inbox_stream
 from engine.messages import Control
 from webapp.api.models import ApiToken
 from webapp.runs.models import Task, ToolCall, TraceEvent
@@ -128,7 +128,7 @@ def test_a_message_goes_to_the_engine_running_the_task(api, alice, redis_client)
     task = Task.objects.create(owner=alice, prompt="p", model="m", status="running", engine_id="engine-x")
     response = post(api, f"/api/tasks/{task.pk}/messages", {"text": "Also Paris, please."})
     assert response.status_code == 202
-    ((_, fields),) = redis_client.xrange(results_stream("engine-x"))
+    ((_, fields),) = redis_client.xrange(inbox_stream("engine-x"))
     assert Control.from_json(fields[b"c"]) == Control(task.pk, "message", text="Also Paris, please.")
 
 

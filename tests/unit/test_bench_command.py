@@ -53,13 +53,14 @@ def test_it_refuses_a_redis_database_where_another_benchmark_is_running(tmp_path
     from django.conf import settings
 
     from engine import health
+    from webapp.bench import runner
     from webapp.bench.runner import BenchError, Services
 
     db = int(settings.REDIS_URL.rsplit("/", 1)[1])
     health.beat(redis_client, "engine", "bench-engine-other", ttl=30)
     redis_client.set("asynclm:keep", "1")
     services = Services(tmp_path, redis_db=db)
-    monkeypatch.setattr(services, "_spawn", lambda *a: pytest.fail("started processes"))
+    monkeypatch.setattr(runner, "start_engine", lambda *a, **k: pytest.fail("started processes"))
     with pytest.raises(BenchError, match=f"another benchmark is running on Redis database {db} .*bench-engine-other"):
         services.start(lambda text: None)
     assert redis_client.get("asynclm:keep") == b"1"  # nothing was flushed

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.keys import results_stream, trace_stream
+from engine.keys import inbox_stream, trace_stream
 from engine.messages import Control
 from finetune.plans import CITIES, HELDOUT_CITIES, HELDOUT_SYMBOLS, SYMBOLS
 from webapp.bench import embedded
@@ -89,7 +89,7 @@ def _trace(client, task_id, kinds):
 
 
 def _sent(client):
-    return [Control.from_json(fields[b"c"]) for _, fields in client.xrange(results_stream(_Services.engine_id))]
+    return [Control.from_json(fields[b"c"]) for _, fields in client.xrange(inbox_stream(_Services.engine_id))]
 
 
 @pytest.mark.django_db

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from django.conf import settings
 
+from engine.backends.base import LocalBackend, Sequence
+from engine.callbody import CallBody, CallGrammar
 from engine.cml import CallComplete, Monitor
 from engine.constrain import (
-    CallBody,
-    CallGrammar,
     CallGuard,
     TokenTable,
     call_guard,
@@ -21,8 +21,9 @@ from engine.constrain import (
 from engine.messages import Sampling, TaskSubmission
 from engine.scheduler import Scheduler
 from engine.tools import ToolSpec
+from tests.helpers import Clock, run_until_idle
 from tests.scripted import PROMPT_BASE, STOP, VOCAB, ScriptedBackend, ScriptedSequence
-from tests.unit.test_scheduler_calls import Clock, F, G, make, run_until_idle
+from tests.unit.test_scheduler_calls import F, G, make
 
 CD = ToolSpec("e1.cd", "changes directory", {"type": "object", "properties": {"folder": {"type": "string"},
                                                                              "class": {"type": "string"}}})
@@ -225,12 +226,12 @@ def test_it_leaves_backends_without_the_flag_and_teacher_forced_runs_unconstrain
     backend = PreferringBackend(["[CALL]"])
     scheduler = Scheduler(lambda name: backend, clock=Clock())
     scheduler.submit(TaskSubmission(1, "scripted", "go", 20, 0.0, tools=[F.to_dict()], forced_text="[CALL] zz"))
-    assert scheduler.run(1).guard is None
+    assert scheduler.task(1).guard is None
 
 
 def test_it_does_not_change_the_scripted_backend():
     scheduler, events, *_ = make(["[CALL] a [HEAD] f(a=1) [END]", " x"])
-    assert scheduler.run(1).guard is None
+    assert scheduler.task(1).guard is None
     run_until_idle(scheduler)
     assert [r.call_id for r in scheduler.take_dispatches()] == ["a"]
 
@@ -252,29 +253,53 @@ def load(name: str):
     return LlamaCppBackend(spec, verified_path(spec, settings.ASYNCLM_MODEL_DIR), n_ctx=2048)
 
 
-class Eager:
+class Eager(LocalBackend):
     """The real model, pushed to open a call block whenever it is outside one (the fast test
     model never calls on its own). What follows `[CALL]` is the engine's id and the model's body."""
 
     def __init__(self, backend):
         self._backend = backend
+        self.spec, self.n_vocab, self.constrained_calls = backend.spec, backend.n_vocab, backend.constrained_calls
         self.opener = backend.tokenize("[CALL]")
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
+    @property
+    def n_ctx(self):
+        return self._backend.n_ctx
+
+    def tokenize(self, text, *, special=False):
+        return self._backend.tokenize(text, special=special)
+
+    def token_bytes(self, token_id):
+        return self._backend.token_bytes(token_id)
+
+    def stop_ids(self):
+        return self._backend.stop_ids()
+
+    def vocab_texts(self):
+        return self._backend.vocab_texts()
+
     def open_sequence(self, prompt_ids=()):
         return EagerSequence(self, self._backend.open_sequence(prompt_ids))
 
 
-class EagerSequence:
+class EagerSequence(Sequence):
     def __init__(self, eager, seq):
         self._eager, self._seq = eager, seq
         self._ids: list[int] = []
         self._monitor = Monitor()
 
-    def __getattr__(self, name):
-        return getattr(self._seq, name)
+    @property
+    def n_tokens(self):
+        return self._seq.n_tokens
+
+    def truncate(self, n_tokens):
+        self._seq.truncate(n_tokens)
+
+    def close(self):
+        self._seq.close()
 
     def append(self, ids):
         self._seq.append(ids)
@@ -303,7 +328,7 @@ def calls_of_real_model(backend, runs, max_tokens=120):
             events += scheduler.step()
             for request in scheduler.take_dispatches():
                 events += scheduler.deliver(seed, request.call_id, ok=True, value={"ok": 1})
-        assert scheduler.run(seed) is None  # finished: no call left waiting
+        assert scheduler.task(seed) is None  # finished: no call left waiting
         out.append(events)
     return out
 

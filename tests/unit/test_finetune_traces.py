@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from django.conf import settings
 
-from engine.backends.base import Backend, Sequence
+from engine.backends.base import LocalBackend, Sequence
 from engine.backends.llamacpp import LlamaCppBackend
 from engine.catalog import AdapterSpec, get_model
 from engine.messages import TaskSubmission
 from engine.modelfiles import verified_path
-from engine.scheduler import Scheduler, Status
+from engine.scheduler import Scheduler
+from engine.state import Status
 from engine.tools import ToolSpec
 from finetune import split
 from finetune.build import build
@@ -182,7 +183,7 @@ class ReplaySequence(Sequence):
         self.backend.final = list(self.ids)
 
 
-class ReplayBackend(Backend):
+class ReplayBackend(LocalBackend):
     constrained_calls = True
 
     def __init__(self, real: LlamaCppBackend, expected: list[int]) -> None:
@@ -219,7 +220,7 @@ def replay(plan: Plan, mode: str, qwen: LlamaCppBackend, vocab: list[str]) -> tu
     scheduler = Scheduler(lambda _: backend)
     sub = TaskSubmission(1, "replay", plan.question, 400, 0.0, mode=mode, tools=[t.to_dict() for t in plan.tools])
     scheduler.submit(sub)
-    run = scheduler.run(1)
+    run = scheduler.task(1)
     frames, position = [], rendered.prompt_tokens
     for seg in trace.segments:
         if seg.kind == FRAME:

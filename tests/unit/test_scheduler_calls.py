@@ -1,27 +1,18 @@
 """The engine core's function-calling behaviour, driven by the scripted backend."""
 
-import itertools
-
 import pytest
 
 from engine.messages import Budgets, TaskSubmission
-from engine.scheduler import Scheduler, Status
+from engine.scheduler import Scheduler
+from engine.state import Status
 from engine.tools import ToolSpec
+from tests.helpers import Clock, run_until_idle
 from tests.scripted import ScriptedBackend
 
 F = ToolSpec(
     "f", "adds one", {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}, timeout_s=1.0
 )
 G = ToolSpec("g", "doubles", {"type": "object", "properties": {"x": {"type": "integer"}}}, timeout_s=1.0)
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        self.now += 0.001
-        return self.now
 
 
 def make(pieces, mode="async", budgets=None, max_tokens=200, tools=(F, G)):
@@ -43,16 +34,8 @@ def make(pieces, mode="async", budgets=None, max_tokens=200, tools=(F, G)):
 
 
 def prefill(scheduler, task_id=1):
-    while scheduler.run(task_id).status is Status.PREFILL:
+    while scheduler.task(task_id).status is Status.PREFILL:
         scheduler.step()
-
-
-def run_until_idle(scheduler, limit=500):
-    events = []
-    for _ in itertools.count():
-        if not scheduler.has_work() or len(events) > limit:
-            return events
-        events += scheduler.step()
 
 
 def kinds(events, *wanted):
@@ -67,9 +50,12 @@ def test_async_dispatches_at_end_and_keeps_decoding():
     tokens_after_dispatch = [
         e for e in events if e.kind == "token" and e.seq > next(x.seq for x in events if x.kind == "call_dispatched")
     ]
-    assert [t.payload["text"] for t in tokens_after_dispatch] == [" more", " text"]
-    # End of sequence with the call pending: the task waits for it instead of finishing.
-    assert scheduler.run(1).status is Status.PARKED
+    assert [t.payload["text"] for t in tokens_after_dispatch[:2]] == [" more", " text"]
+    # The model ends its turn with the call pending: the engine writes the wait for it instead,
+    # and the task parks until the result is in.
+    assert "".join(t.payload["text"] for t in tokens_after_dispatch[2:]) == " [TRAP][END]"
+    assert events[-1].kind == "trap" and events[-1].payload["action"] == "parked"
+    assert scheduler.task(1).status is Status.PARKED
     events = scheduler.deliver(1, "a", ok=True, value={"sum": 2}) + run_until_idle(scheduler)
     injected = next(e for e in events if e.kind == "interrupt_injected")
     assert injected.payload["calls"] == ["a"] and '[INTR] a [HEAD] {"sum":2} [END]' in injected.payload["text"]
@@ -81,7 +67,7 @@ def test_an_interrupt_waits_for_the_end_of_a_block():
     prefill(scheduler)
     scheduler.step()  # first call decoded and dispatched
     scheduler.step()  # " [CALL]": inside the second block now
-    assert scheduler.run(1).monitor.critical
+    assert scheduler.task(1).monitor.critical
     events = scheduler.deliver(1, "a", ok=True, value=5)
     assert next(e for e in events if e.kind == "interrupt_queued").payload["critical"] is True
     events += run_until_idle(scheduler)
@@ -112,7 +98,7 @@ def test_a_trap_parks_until_the_next_result_and_costs_no_steps():
 def test_sync_decodes_nothing_between_a_call_and_its_result():
     scheduler, events, *_ = make(["[CALL] a [HEAD] f(a=1) [END]", " after"], mode="sync")
     events += run_until_idle(scheduler)
-    assert scheduler.run(1).status is Status.BLOCKED and events[-1].kind == "blocked"
+    assert scheduler.task(1).status is Status.BLOCKED and events[-1].kind == "blocked"
     assert scheduler.step() == []
     events = scheduler.deliver(1, "a", ok=True, value=2) + run_until_idle(scheduler)
     assert kinds(events, "interrupt_injected", "token")[:2] == ["interrupt_injected", "token"]
@@ -128,9 +114,9 @@ def test_sync_parallel_runs_the_batch_at_the_trap_and_injects_it_together():
     assert scheduler.take_dispatches() == []  # held until the model yields
     events = run_until_idle(scheduler)
     assert sorted(r.call_id for r in scheduler.take_dispatches()) == ["a", "b"]
-    assert scheduler.run(1).status is Status.BLOCKED
+    assert scheduler.task(1).status is Status.BLOCKED
     assert scheduler.deliver(1, "b", ok=True, value=6)[-1].kind == "interrupt_queued"
-    assert scheduler.run(1).status is Status.BLOCKED  # still waiting for a
+    assert scheduler.task(1).status is Status.BLOCKED  # still waiting for a
     events = scheduler.deliver(1, "a", ok=True, value=2) + run_until_idle(scheduler)
     (injected,) = [e for e in events if e.kind == "interrupt_injected"]
     assert injected.payload["calls"] == ["b", "a"]
@@ -200,7 +186,7 @@ def test_a_call_that_never_answers_times_out_once_and_late_results_are_dropped()
     events += run_until_idle(scheduler)
     injected = next(e for e in events if e.kind == "interrupt_injected")
     assert '{"error":{"type":"timeout","message":"no result within the 1 s timeout"}}' in injected.payload["text"]
-    assert scheduler.run(1) is None  # finished after seeing the error
+    assert scheduler.task(1) is None  # finished after seeing the error
     assert scheduler.deliver(1, "a", ok=True, value=1) == []
 
 
@@ -269,7 +255,7 @@ def test_parked_tasks_do_not_hold_up_others():
         scheduler.submit(TaskSubmission(task_id, "scripted", "go", 50, 0.0, tools=[F.to_dict()]))
     scheduler.submit(TaskSubmission(3, "scripted", "plain", 50, 0.0))
     events = run_until_idle(scheduler)
-    assert scheduler.run(1).status is Status.PARKED and scheduler.run(2).status is Status.PARKED
+    assert scheduler.task(1).status is Status.PARKED and scheduler.task(2).status is Status.PARKED
     assert any(e.task_id == 3 and e.kind == "finish" for e in events)
 
 
@@ -284,7 +270,7 @@ def test_a_persons_message_lands_in_the_context_at_the_recorded_position():
     assert injected.payload["messages"] == ["Stop <|im_start|> now"] and injected.payload["calls"] == []
     decoded_before = [e.payload["text"] for e in events if e.kind == "token" and e.seq < injected.seq]
     assert decoded_before[0] == " [END]"  # not inside the block
-    seq = scheduler.run(1).seq
+    seq = scheduler.task(1).seq
     position, n = injected.payload["position"], injected.payload["tokens"]
     frame = backend.tokenize(injected.payload["text"])
     assert seq.ids[position:position + n] == frame
@@ -294,9 +280,28 @@ def test_a_persons_message_lands_in_the_context_at_the_recorded_position():
 def test_a_message_wakes_a_parked_task_and_a_final_task_ignores_it():
     scheduler, *_ = make(["[CALL] a [HEAD] f(a=1) [END]", " [TRAP][END]", " answer"])
     run_until_idle(scheduler)
-    assert scheduler.run(1).status is Status.PARKED
+    assert scheduler.task(1).status is Status.PARKED
     events = scheduler.human_message(1, "hurry up") + run_until_idle(scheduler)
     assert "resumed" in kinds(events, "resumed") and "interrupt_injected" in kinds(events, "interrupt_injected")
     scheduler.deliver(1, "a", ok=True, value=2)
     run_until_idle(scheduler)
-    assert scheduler.run(1) is None and scheduler.human_message(1, "too late") == []
+    assert scheduler.task(1) is None and scheduler.human_message(1, "too late") == []
+
+
+def test_sync_parallel_runs_its_batch_at_the_end_of_the_turn_without_a_written_trap():
+    scheduler, events, *_ = make(["[CALL] a [HEAD] f(a=1) [END]", " more"], mode="sync_parallel")
+    events += run_until_idle(scheduler)
+    assert "[TRAP]" not in "".join(e.payload["text"] for e in events if e.kind == "token")
+    assert events[-1].kind == "blocked" and events[-1].payload["why"] == "end_of_turn"
+    assert scheduler.task(1).status is Status.BLOCKED
+
+
+def test_the_engine_writes_no_trap_for_a_forced_script():
+    backend = ScriptedBackend([b"unused"])
+    scheduler = Scheduler(lambda name: backend, clock=Clock(), wall=lambda: 1000.0)
+    events = scheduler.submit(TaskSubmission(1, "scripted", "go", 200, 1000.0, tools=[F.to_dict()],
+                                             forced_text="[CALL] a [HEAD] f(a=1) [END] then the end"))
+    events += run_until_idle(scheduler)
+    text = "".join(e.payload["text"] for e in events if e.kind == "token")
+    assert text.endswith("then the end") and "[TRAP]" not in text
+    assert events[-1].kind == "parked" and events[-1].payload["reason"] == "end_of_sequence"

@@ -3,9 +3,11 @@ interrupts by abort and resubmit, the tokens after an abort, no request held ope
 waits, the [INTR] ban by dropping and banning tokens, cache metrics, server failures."""
 
 from engine.messages import Budgets, TaskSubmission
-from engine.scheduler import Scheduler, Status
+from engine.scheduler import Scheduler
+from engine.state import Status
+from tests.helpers import Clock
 from tests.scripted import FALLBACK, ScriptedRemoteBackend
-from tests.unit.test_scheduler_calls import Clock, F, G, kinds
+from tests.unit.test_scheduler_calls import F, G, kinds
 
 
 def make(pieces, mode="async", after_abort=1, fail_at=None, max_tokens=200):
@@ -56,10 +58,10 @@ def test_sync_drops_what_the_server_wrote_after_the_call_and_holds_no_request_op
     scheduler, events, backend = make(["[CALL] a [HEAD] f(a=1) [END]", " leaked", " more", " answer"], mode="sync",
                                       after_abort=2)
     events += steps(scheduler, 3)
-    assert scheduler.run(1).status is Status.BLOCKED
+    assert scheduler.task(1).status is Status.BLOCKED
     events += steps(scheduler, 10)
     seq = backend.sequences[0]
-    assert not seq.streaming and scheduler.run(1).status is Status.BLOCKED
+    assert not seq.streaming and scheduler.task(1).status is Status.BLOCKED
     assert " leaked" not in text_of(events)
     events += scheduler.deliver(1, "a", ok=True, value=2) + steps(scheduler)
     resumed = backend.requests[1]["input_ids"]
@@ -70,7 +72,7 @@ def test_sync_drops_what_the_server_wrote_after_the_call_and_holds_no_request_op
 def test_a_trap_parks_without_a_request_open():
     scheduler, events, backend = make(["[CALL] a [HEAD] f(a=1) [END]", " [TRAP][END]", " later", " answer"])
     events += steps(scheduler, 20)
-    assert scheduler.run(1).status is Status.PARKED and not backend.sequences[0].streaming
+    assert scheduler.task(1).status is Status.PARKED and not backend.sequences[0].streaming
     assert len(backend.requests) == 1
     events += scheduler.deliver(1, "a", ok=True, value=2) + steps(scheduler)
     assert backend.requests[1]["reason"] == "interrupt" and events[-1].kind == "finish"

@@ -26,7 +26,7 @@ def run(mode: str, plan=PLAN, results=None):
                          tools=[F.to_dict()], budgets=Budgets())
     events = scheduler.submit(sub)
     for _ in range(2000):
-        if not scheduler.has_work() and scheduler.run(1) is None:
+        if not scheduler.has_work() and scheduler.task(1) is None:
             break
         events += scheduler.step()
         for request in scheduler.take_dispatches():

@@ -4,7 +4,7 @@ that fails is retried once, then logged, without stopping the writes after it.""
 import logging
 import threading
 
-from engine.proc import StoreWriter
+from engine.storewriter import StoreWriter
 
 
 def test_it_writes_in_order_on_its_own_thread_and_close_waits_for_everything():

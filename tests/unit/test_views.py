@@ -204,12 +204,12 @@ def test_the_trace_downloads_as_json_for_its_owner_only(alice_client, alice, bob
 
 
 def test_the_message_box_sends_to_the_engine_and_explains_refusals(alice_client, alice, redis_client):
-    from engine.keys import results_stream
+    from engine.keys import inbox_stream
 
     running = Task.objects.create(owner=alice, prompt="p", model="m", status="running", engine_id="engine-x")
     response = alice_client.post(reverse("task_message", args=[running.pk]), {"text": "Also Paris."}, follow=True)
     assert "message sent" in response.content.decode()
-    assert len(redis_client.xrange(results_stream("engine-x"))) == 1
+    assert len(redis_client.xrange(inbox_stream("engine-x"))) == 1
     done = Task.objects.create(owner=alice, prompt="p", model="m", status="finished")
     response = alice_client.post(reverse("task_message", args=[done.pk]), {"text": "hi"}, follow=True)
     assert "Not sent: the task is finished" in response.content.decode()
@@ -231,12 +231,13 @@ def test_a_comparison_from_the_form_opens_the_compare_view(alice_client, alice, 
 
 def test_the_next_run_of_a_comparison_starts_when_the_previous_one_ends(alice, redis_client):
     from webapp.runs.store import DjangoTaskStore
-    from webapp.runs.submit import submit_comparison
+    from webapp.runs.submit import on_task_final, submit_comparison
 
     first, second, third = submit_comparison(alice, prompt="p", model="smollm2-135m", tools=[])
     intake = Intake(redis_client)
     assert [c.submission.task_id for c in intake.claim("e")] == [first.pk]
-    DjangoTaskStore().finish(first.pk, "finished", "", "text", {})
+    assert DjangoTaskStore().finish(first.pk, "finished", "", "text", {})
+    on_task_final(first.pk)  # what the engine calls once the end is stored
     assert [c.submission.task_id for c in intake.claim("e")] == [second.pk]
     from webapp.runs.submit import cancel_task
 

@@ -33,7 +33,7 @@ from webapp.runs.submit import TaskNotRunning, cancel_task, send_message, submit
 
 
 class TokenAuth(HttpBearer):
-    def authenticate(self, request, token):  # noqa: ANN001, ANN201
+    def authenticate(self, request, token):
         user = ApiToken.authenticate(token)
         if user is not None:
             request.user = user
@@ -53,14 +53,14 @@ api = NinjaAPI(
 tasks = Router(tags=["tasks"])
 
 
-def _own(request, pk: int) -> Task:  # noqa: ANN001
+def _own(request, pk: int) -> Task:
     return get_object_or_404(Task, pk=pk, owner=request.auth)
 
 
 @tasks.post("/tasks", response={201: TaskOut | ComparisonOut, 422: ValidationErrorOut, 503: ErrorOut},
             throttle=[AuthRateThrottle(settings.ASYNCLM_API_TASK_RATE)],
             summary="Create a task (or, with compare, one per mode run one after the other)")
-def create_task(request, payload: TaskIn):  # noqa: ANN001, ANN201
+def create_task(request, payload: TaskIn):
     form = TaskForm(payload.form_data())
     if not form.is_valid():
         errors = {field: [str(m) for m in messages] for field, messages in form.errors.items()}
@@ -77,7 +77,7 @@ def create_task(request, payload: TaskIn):  # noqa: ANN001, ANN201
 
 @tasks.get("/tasks", response=list[TaskSummary], summary="Your tasks, newest first")
 @paginate(PageNumberPagination, page_size=25)
-def list_tasks(request, filters: Query[TaskFilters]):  # noqa: ANN001, ANN201
+def list_tasks(request, filters: Query[TaskFilters]):
     rows = Task.objects.filter(owner=request.auth)
     if filters.status:
         rows = rows.filter(status=filters.status)
@@ -89,13 +89,13 @@ def list_tasks(request, filters: Query[TaskFilters]):  # noqa: ANN001, ANN201
 
 
 @tasks.get("/tasks/{pk}", response={200: TaskOut, 404: ErrorOut}, summary="A task: status, output, calls, metrics")
-def get_task(request, pk: int):  # noqa: ANN001, ANN201
+def get_task(request, pk: int):
     return task_document(_own(request, pk))
 
 
 @tasks.get("/tasks/{pk}/events", response={200: EventsOut, 404: ErrorOut},
            summary="Trace events after a sequence number (poll with the returned `last_seq`)")
-def get_events(request, pk: int, after: int = 0, limit: int = 1000):  # noqa: ANN001, ANN201
+def get_events(request, pk: int, after: int = 0, limit: int = 1000):
     task = _own(request, pk)
     events = events_after(task, after, max(1, min(limit, 5000)))
     return {"task_id": task.pk, "status": task.status, "events": events,
@@ -104,13 +104,13 @@ def get_events(request, pk: int, after: int = 0, limit: int = 1000):  # noqa: AN
 
 @tasks.get("/tasks/{pk}/trace", response={200: dict, 404: ErrorOut},
            summary="The whole trace as one JSON document (task, calls, every event)")
-def export_trace(request, pk: int):  # noqa: ANN001, ANN201
+def export_trace(request, pk: int):
     return trace_document(_own(request, pk))
 
 
 @tasks.post("/tasks/{pk}/messages", response={202: ActionOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut},
             summary="Send a person's message into a running task (a human interrupt)")
-def post_message(request, pk: int, payload: MessageIn):  # noqa: ANN001, ANN201
+def post_message(request, pk: int, payload: MessageIn):
     task = _own(request, pk)
     try:
         return Status(202, {"detail": send_message(task, payload.text)})
@@ -121,7 +121,7 @@ def post_message(request, pk: int, payload: MessageIn):  # noqa: ANN001, ANN201
 
 
 @tasks.post("/tasks/{pk}/cancel", response={202: ActionOut, 404: ErrorOut, 503: ErrorOut}, summary="Cancel a task")
-def cancel(request, pk: int):  # noqa: ANN001, ANN201
+def cancel(request, pk: int):
     try:
         return Status(202, {"detail": cancel_task(_own(request, pk))})
     except ServiceUnavailable as exc:

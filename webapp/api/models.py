@@ -29,12 +29,12 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.hint}…)"
 
     @classmethod
-    def issue(cls, user, name: str) -> tuple["ApiToken", str]:  # noqa: ANN001
+    def issue(cls, user, name: str) -> tuple["ApiToken", str]:
         raw = PREFIX + secrets.token_urlsafe(32)
         return cls.objects.create(user=user, name=name, hint=raw[:10], digest=_digest(raw)), raw
 
     @classmethod
-    def authenticate(cls, raw: str):  # noqa: ANN206 - a user or None
+    def authenticate(cls, raw: str):  # a user or None
         token = cls.objects.select_related("user").filter(digest=_digest(raw)).first()
         if token is None or not token.user.is_active:
             return None

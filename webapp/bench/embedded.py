@@ -27,6 +27,7 @@ import json
 import statistics
 from typing import Any
 
+from engine.timeline import Timeline
 from webapp.bench.bounds import BoundCall, bound_ms
 from webapp.bench.plan import call_text
 from webapp.bench.scenarios import MULTISTEP, Scenario, latency_profile
@@ -106,8 +107,7 @@ def bound(scenario: Scenario, mode: str, events: list[Any],
         return None, None, None
     per_injected = inject_ms(events)
     drawn = drawn_latencies(scenario)
-    started = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_started"}
-    finished = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_finished"}
+    ran = Timeline.of(events).calls
     frame = {cid: e.payload["tokens"] / len(e.payload["calls"]) for e in events if e.kind == "interrupt_injected"
              for cid in e.payload["calls"]}
     calls: list[BoundCall] = []
@@ -129,7 +129,9 @@ def bound(scenario: Scenario, mode: str, events: list[Any],
             cid, name = e.payload.get("call_id", "error"), e.payload.get("name", "")
             e_ms = drawn.get((name, args_key(e.payload["args"]))) if e.kind == "call_decoded" else 0.0
             if e_ms is None:
-                e_ms = (finished[cid] - started[cid]) if cid in started and cid in finished else 0.0
+                times = ran.get(cid)
+                e_ms = (times.finished_ms - times.started_ms) if times and times.started_ms is not None \
+                    and times.finished_ms is not None else 0.0
             entry = name.split(".", 1)[0] if scenario.dataset == MULTISTEP else ""
             calls.append(BoundCall(g_ms=segment * per_token, e_ms=e_ms, i_ms=frame.get(cid, 0.0) * per_injected,
                                    after=last_on_entry.get(entry) if entry else None))

@@ -6,30 +6,35 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from engine import health
 from engine.intake import Intake
-from engine.keys import results_stream, trace_stream
+from engine.keys import inbox_stream, trace_stream
 from engine.messages import Budgets, Control, Sampling, TaskSubmission
+from engine.timeline import EventKind, Timeline
 from webapp.bench import checker, embedded, plan
 from webapp.bench.scenarios import DEFAULT_PROFILE, HUMAN_MESSAGE, Scenario, latency_profile
+from webapp.core.processes import (
+    PrivateRedis,
+    Proc,
+    ProcessError,
+    redis_url,
+    service_env,
+    start_engine,
+    start_worker,
+)
+from webapp.core.redis_dbs import BENCH_DB
 from webapp.runs.models import Task, TraceEvent
 
-BENCH_REDIS_DB = 11  # its own database: a running service's engines never take bench tasks
+BENCH_REDIS_DB = BENCH_DB  # its own database: a running service's engines never take bench tasks
 
 
 class BenchError(Exception):
@@ -71,24 +76,20 @@ class Services:
     redis_db: int = BENCH_REDIS_DB
     redis_url: str = ""
     engine_id: str = ""
-    procs: list[subprocess.Popen] = field(default_factory=list)
-    redis_pid_file: Path | None = None
+    procs: list[Proc] = field(default_factory=list)
+    redis: PrivateRedis | None = None
 
     def start(self, say: Callable[[str], None]) -> None:
-        base = urllib.parse.urlparse(settings.REDIS_URL)
-        host, port = base.hostname or "127.0.0.1", base.port or 6379
-        if not _answers(host, port):
-            if not shutil.which("redis-server"):
-                raise BenchError(f"no Redis answers at {host}:{port} and redis-server is not installed")
-            say(f"no Redis answers at {host}:{port}: starting a private one")
-            self.redis_pid_file = self.log_dir / f"redis-{port}.pid"
-            subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                            "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(self.redis_pid_file)],
-                           check=True, stdout=subprocess.DEVNULL)
-            _wait(lambda: _answers(host, port), 10, "the private Redis")
         if self.redis_db == 0:
             raise BenchError("the benchmark empties its Redis database: it never uses database 0")
-        self.redis_url = f"redis://{host}:{port}/{self.redis_db}"
+        self.redis_url = redis_url(self.redis_db)
+        self.redis = PrivateRedis(self.redis_url, self.log_dir)
+        try:
+            self.redis.ensure()
+        except ProcessError as exc:
+            raise BenchError(str(exc)) from None
+        if self.redis.started:
+            say(f"no Redis answered at {self.redis.host}:{self.redis.port}: started a private one")
         client = redis.Redis.from_url(self.redis_url)
         # Another bench run on the same database would lose its intake and results to the flush.
         running = [b["id"] for kind in ("engine", "worker") for b in health.alive(client, kind)]
@@ -96,64 +97,30 @@ class Services:
             raise BenchError(f"another benchmark is running on Redis database {self.redis_db} ({', '.join(running)}): "
                              "wait for it to end, or pass --redis-db with a free database")
         client.flushdb()
-        env = {**os.environ, "REDIS_URL": self.redis_url, "CELERY_BROKER_URL": self.redis_url,
-               "CELERY_RESULT_BACKEND": self.redis_url, "ASYNCLM_TEST_REDIS_DB": str(self.redis_db),
-               "DJANGO_SETTINGS_MODULE": os.environ.get(
-                   "DJANGO_SETTINGS_MODULE", "webapp.settings.local"), "LOG_LEVEL": "WARNING"}
-        engine_id, worker_id = f"bench-engine-{os.getpid()}", f"bench-worker-{os.getpid()}@localhost"
-        self.engine_id = engine_id
-        self._spawn("engine", [sys.executable, "manage.py", "run_engine", "--preload", self.model, "--id",
-                               engine_id, "--max-active", "8"], env)
-        self._spawn("worker", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "default,tools",
-                               "--pool", "prefork", "--concurrency", str(self.worker_concurrency), "-n", worker_id,
-                               "--loglevel", "WARNING"], env)
-        say(f"started an engine and a Celery worker ({self.worker_concurrency} processes) on {self.redis_url}")
-        _wait(lambda: any(b["id"] == engine_id for b in health.alive(client, "engine")), 60, "the engine", self)
-        _wait(lambda: any(b["id"] == worker_id for b in health.alive(client, "worker")), 60, "the worker", self)
-
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        log = (self.log_dir / f"bench-{name}.log").open("w")
-        self.procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                           cwd=settings.BASE_DIR))
+        env = service_env(self.redis_url, ASYNCLM_TEST_REDIS_DB=str(self.redis_db), LOG_LEVEL="WARNING")
+        self.engine_id = f"bench-engine-{os.getpid()}"
+        say(f"starting an engine and a Celery worker ({self.worker_concurrency} processes) on {self.redis_url}")
+        try:
+            self.procs.append(start_engine(self.engine_id, self.model, env, self.log_dir, client, "--max-active", "8"))
+            self.procs.append(start_worker(f"bench-worker-{os.getpid()}@localhost", env, self.log_dir, client,
+                                           concurrency=self.worker_concurrency, loglevel="WARNING"))
+        except ProcessError as exc:
+            raise BenchError(str(exc)) from None
 
     def dead(self) -> str:
         for proc in self.procs:
-            if proc.poll() is not None:
-                name = proc.args[2] if len(proc.args) > 2 else proc.args
-                return f"{name} exited ({proc.returncode}); see the logs in {self.log_dir}"
+            if not proc.alive:
+                return f"{proc.name} exited ({proc.popen.returncode}); see its log, {proc.log_path}"
         return ""
 
     def stop(self) -> None:
         for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if self.redis_pid_file and self.redis_pid_file.exists():
-            subprocess.run(["kill", self.redis_pid_file.read_text().strip()], check=False)
+            proc.kill(timeout=30)
+        if self.redis is not None:
+            self.redis.stop()
 
 
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.3):
-            return redis.Redis(host=host, port=port, socket_timeout=1).ping()
-    except (OSError, redis.RedisError):
-        return False
-
-
-def _wait(predicate: Callable[[], bool], seconds: float, what: str, services: Services | None = None) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if services and services.dead():
-            raise BenchError(services.dead())
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not start within {seconds:g} s")
-        time.sleep(0.2)
-
-
-def bench_user():  # noqa: ANN201
+def bench_user():
     user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_active": False})
     return user
 
@@ -217,7 +184,7 @@ def send_message_when_due(services: Services, client: redis.Redis, task_id: int,
                 why = "first call dispatched" if kind == "call_dispatched" else \
                     f"{after_tokens} tokens" if tokens >= after_tokens else ""
                 if why:
-                    client.xadd(results_stream(services.engine_id),
+                    client.xadd(inbox_stream(services.engine_id),
                                 {"c": Control(task_id, "message", text=text).to_json()})
                     return why
         if Task.objects.filter(pk=task_id, status__in=Task.FINAL).exists():
@@ -242,10 +209,11 @@ def _calls(scenario: Scenario, setup: Setup, events: list[TraceEvent], started: 
 
 def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str, Any]:
     events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
-    tokens = [e.t_ms for e in events if e.kind == "token"]
-    injected = {e.payload["call_id"]: e.payload["injected"] for e in events if e.kind == "call_result"}
-    started = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_started"}
-    finished = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_finished"}
+    timeline = Timeline.of(events)
+    tokens = timeline.tokens
+    injected = {e.payload["call_id"]: e.payload["injected"] for e in events if e.kind == EventKind.CALL_RESULT}
+    started = {c.call_id: c.started_ms for c in timeline.calls.values() if c.started_ms is not None}
+    finished = {c.call_id: c.finished_ms for c in timeline.calls.values() if c.finished_ms is not None}
     # The model's mistakes (a malformed block, an unknown function, bad arguments) are part of what
     # is measured; a failed tool, a lost call or a task that did not finish is a failure of the run.
     model_errors = [f"{e.payload['call_id']}: {e.payload['error']}" for e in events if e.kind == "call_error"]
@@ -267,8 +235,8 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
     # What the system adds: the decoding rate as measured (the simulated decoder's charge plus the
     # engine's own work per token) and the time from a call's [END] to its start on a worker.
     per_token = embedded.token_ms(events)
-    dispatched = {e.payload["call_id"]: e.t_ms for e in events if e.kind == "call_dispatched"}
-    dispatch = [started[c] - t for c, t in dispatched.items() if c in started]
+    dispatch = [c.started_ms - c.dispatched_ms for c in timeline.calls.values()
+                if c.started_ms is not None and c.dispatched_ms is not None]
     executed = [(c.tool, c.arguments) for c in task.calls.exclude(started_ms=None).order_by("started_ms", "id")]
     if scenario.dataset == HUMAN_MESSAGE:
         verdict = checker.check_calls([(c.name, c.args) for c in scenario.calls], executed)
@@ -286,7 +254,8 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
         "g_ms_per_call": g_per_call,
         "measured_over_bound": round(latency / bound, 4) if latency and bound else None,
         "tokens": len(tokens), "finish_reason": finish.get("finish_reason", ""),
-        "injected_tokens": sum(e.payload["tokens"] for e in events if e.kind == "interrupt_injected"),
+        "injected_tokens": timeline.injected_tokens,
+        "overlap_ms": timeline.overlap_ms(),
         "calls": _calls(scenario, setup, events, started, finished),
         "checker": verdict.to_dict(), "executed": [{"name": n, "args": a} for n, a in executed],
         "errors": errors, "model_errors": model_errors, "sources": scenario.sources,

@@ -21,7 +21,7 @@ from webapp.runs.models import Task, TraceEvent
 
 
 @database_sync_to_async
-def owned_task(user, pk: int) -> Task | None:  # noqa: ANN001
+def owned_task(user, pk: int) -> Task | None:
     return Task.objects.filter(pk=pk, owner=user).first()
 
 

@@ -93,7 +93,7 @@ class TaskFilterForm(forms.Form):
     model = forms.ChoiceField(choices=lambda: [("", "any model"), *model_choices()], required=False)
     q = forms.CharField(required=False, label="Prompt contains", max_length=200)
 
-    def apply(self, rows):  # noqa: ANN001, ANN201
+    def apply(self, rows):
         if not self.is_valid():
             return rows
         data = self.cleaned_data

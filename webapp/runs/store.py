@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from engine.messages import TraceEvent
+from engine.timeline import EventKind, apply_call_event, call_ids
 from webapp.runs.models import Task, ToolCall
 from webapp.runs.models import TraceEvent as TraceEventRow
-from webapp.runs.submit import queue_next_of_group
-
-CALL_EVENTS = {"call_decoded", "call_error", "call_waiting", "call_dispatched", "call_started", "call_finished",
-               "call_result", "interrupt_injected"}
 
 
 class DjangoTaskStore:
@@ -40,9 +35,9 @@ class DjangoTaskStore:
         # A task deleted mid-run loses its events, not the engine.
         existing = set(Task.objects.filter(pk__in={e.task_id for e in events}).values_list("pk", flat=True))
         TraceEventRow.objects.bulk_create([r for r in rows if r.task_id in existing], ignore_conflicts=True)
-        self._record_calls([e for e in events if e.kind in CALL_EVENTS and e.task_id in existing])
+        self._record_calls([e for e in events if call_ids(e.kind, e.payload) and e.task_id in existing])
         for e in events:  # the engine's first event says which LoRA adapter (if any) the model runs with
-            if e.kind == "status" and e.payload.get("status") == "running" and "adapter" in e.payload:
+            if e.kind == EventKind.STATUS and e.payload.get("status") == "running" and "adapter" in e.payload:
                 Task.objects.filter(pk=e.task_id).update(adapter=e.payload["adapter"])
 
     def _record_calls(self, events: list[TraceEvent]) -> None:
@@ -54,24 +49,22 @@ class DjangoTaskStore:
             rows[(call.task_id, call.call_id)] = call
         for e in events:
             p = e.payload
-            ids = p["calls"] if e.kind == "interrupt_injected" else [p["call_id"]]
-            for call_id in ids:
+            for call_id in call_ids(e.kind, p):
                 row = rows.get((e.task_id, call_id))
                 if row is None:
-                    if e.kind == "interrupt_injected":
-                        continue  # a protocol error frame (id "error"), not a call
+                    if e.kind == EventKind.INTERRUPT_INJECTED:
+                        continue  # a frame of a call this store never saw decoded
                     row = rows[(e.task_id, call_id)] = ToolCall(task_id=e.task_id, call_id=call_id,
                                                                 tool=p.get("name", ""), decoded_ms=e.t_ms)
-                apply_call_event(row, e)
+                apply_call_event(row, e.kind, e.t_ms, p)
         for row in rows.values():
             row.save()
 
-    def finish(self, task_id: int, status: str, reason: str, text: str, metrics: dict) -> None:
-        if Task.objects.filter(pk=task_id).exclude(status__in=Task.FINAL).update(
+    def finish(self, task_id: int, status: str, reason: str, text: str, metrics: dict) -> bool:
+        return bool(Task.objects.filter(pk=task_id).exclude(status__in=Task.FINAL).update(
             status=status, status_reason=reason, final_text=text, metrics=metrics,
             finished_at=timezone.now(),
-        ):
-            queue_next_of_group(task_id)
+        ))
 
     def fail_abandoned(self, task_id: int, reason: str) -> TraceEvent | None:
         with transaction.atomic():
@@ -94,37 +87,4 @@ class DjangoTaskStore:
             task.final_text = text
             task.finished_at = timezone.now()
             task.save(update_fields=["status", "status_reason", "final_text", "finished_at"])
-        queue_next_of_group(task_id)
         return event
-
-
-def apply_call_event(row: ToolCall, e: TraceEvent) -> None:
-    p = e.payload
-    if e.kind == "call_decoded":
-        row.tool, row.arguments, row.decoded_ms = p["name"], p["args"], e.t_ms
-        row.status = ToolCall.Status.DECODED
-    elif e.kind == "call_error":
-        row.status, row.error = ToolCall.Status.ERROR, p["error"]
-    elif e.kind == "call_waiting":
-        row.status = ToolCall.Status.WAITING
-    elif e.kind == "call_dispatched":
-        row.status, row.arguments, row.dispatched_ms = ToolCall.Status.DISPATCHED, p["args"], e.t_ms
-    elif e.kind == "call_started":
-        row.worker, row.started_ms = p["worker"], p["at_ms"]
-        if row.status == ToolCall.Status.DISPATCHED:
-            row.status = ToolCall.Status.RUNNING
-    elif e.kind == "call_finished":
-        row.worker, row.finished_ms = p["worker"], p["at_ms"]
-    elif e.kind == "call_result":
-        row.status = ToolCall.Status.DONE if p["ok"] else ToolCall.Status.ERROR
-        row.error = p.get("error", "")
-        row.result = _json_or_text(p.get("injected", ""))
-    elif e.kind == "interrupt_injected":
-        row.injected_ms = e.t_ms
-
-
-def _json_or_text(text: str):  # noqa: ANN202
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text  # truncated results are no longer valid JSON

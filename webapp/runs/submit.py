@@ -10,7 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from engine.intake import Intake
-from engine.keys import results_stream
+from engine.keys import inbox_stream
 from engine.messages import Budgets, Control, Sampling, TaskSubmission
 from webapp.core.redis import ServiceUnavailable, client
 from webapp.runs.models import Task
@@ -38,7 +38,7 @@ def task_fields(cleaned: dict) -> dict:
     return {**{k: cleaned[k] for k in TASK_FIELDS}, "tools": cleaned["tool_specs"]}
 
 
-def submit_task(owner, **fields) -> Task:  # noqa: ANN001
+def submit_task(owner, **fields) -> Task:
     """Store the task, then queue it. If the queue is unreachable the task is kept, marked failed
     with the reason, and ServiceUnavailable tells the caller."""
     task = Task.objects.create(owner=owner, **fields)
@@ -59,10 +59,10 @@ def _queue(task: Task) -> None:
 COMPARE_MODES = (Task.Mode.SYNC, Task.Mode.SYNC_PARALLEL, Task.Mode.ASYNC)
 
 
-def submit_comparison(owner, **fields) -> list[Task]:  # noqa: ANN001
+def submit_comparison(owner, **fields) -> list[Task]:
     """The same prompt, tools, sampling seed and tool latencies under each mode. The tasks run
     one after the other (concurrent runs on 2 cores would distort each other's latencies): the
-    first is queued now, each next one when its predecessor ends (queue_next_of_group)."""
+    first is queued now, each next one when its predecessor ends (on_task_final)."""
     group = uuid.uuid4()
     # Simulated tools draw their latencies from (group, call): every mode faces the same ones.
     tools = [{**t, "config": {**t.get("config", {}), "latency_scope": str(group)}} for t in fields.pop("tools", [])]
@@ -77,8 +77,9 @@ def submit_comparison(owner, **fields) -> list[Task]:  # noqa: ANN001
     return tasks
 
 
-def queue_next_of_group(task_id: int) -> Task | None:
-    """After a task of a comparison ended: queue the group's next task, if any."""
+def on_task_final(task_id: int) -> Task | None:
+    """What follows a task's end (the engine calls it once the end is stored): the next run of its
+    comparison, if any, is queued. Returns that task."""
     task = Task.objects.filter(pk=task_id).only("compare_group").first()
     if task is None or task.compare_group is None:
         return None
@@ -106,7 +107,7 @@ class TaskNotRunning(Exception):
 
 def _control(task: Task, message: Control) -> None:
     try:
-        client().xadd(results_stream(task.engine_id), {"c": message.to_json()})
+        client().xadd(inbox_stream(task.engine_id), {"c": message.to_json()})
     except redis.RedisError as exc:
         raise ServiceUnavailable(f"Could not reach the engine: Redis at {settings.REDIS_URL} is not reachable "
                                  f"({exc}).") from exc

@@ -54,6 +54,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "webapp.core.context_processors.health",
+                "webapp.core.context_processors.test_hooks",
             ],
         },
     },

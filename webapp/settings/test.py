@@ -1,5 +1,6 @@
 """Settings for pytest: the same services as local, a file test database so subprocesses see it."""
 
+from webapp.core.redis_dbs import TEST_DB
 from webapp.settings.base import *  # noqa: F403
 from webapp.settings.base import DATABASES, VAR_DIR, env
 
@@ -16,7 +17,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
 ASYNCLM_TEST_MODEL = env.str("ASYNCLM_TEST_MODEL", "smollm2-135m")
 
 # Tests get their own Redis database number, so flushing it never touches a running service.
-_test_db = env.int("ASYNCLM_TEST_REDIS_DB", 13, min=1, max=15)
+_test_db = env.int("ASYNCLM_TEST_REDIS_DB", TEST_DB, min=1, max=15)
 REDIS_URL = f"{REDIS_URL.rsplit('/', 1)[0] if REDIS_URL.count('/') > 2 else REDIS_URL}/{_test_db}"  # noqa: F405
 CHANNEL_LAYERS = {
     "default": {
@@ -29,6 +30,9 @@ CACHES = {"default": {**CACHES["default"], "LOCATION": REDIS_URL}}  # noqa: F405
 
 # Persistent connections held by channels' worker threads would keep the test database open.
 DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# Pages expose their live trace model to the browser tests (window.asynclmTrace).
+ASYNCLM_TEST_HOOKS = True
 
 # Low, so the rate-limit test needs few requests (the redis_client fixture resets the counters).
 ASYNCLM_API_TASK_RATE = env.str("ASYNCLM_API_TASK_RATE", "5/m")

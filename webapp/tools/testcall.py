@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from engine.keys import results_stream
+from engine.keys import inbox_stream
 from engine.messages import CallReport, CallRequest
 from engine.tools import ToolSpec
 from webapp.core.redis import client
@@ -35,7 +35,7 @@ def run_test_call(tool: ToolSpec, args: dict[str, Any], wait_s: float | None = N
     if tool.instance:
         # A stateful tool's test call starts from a fresh instance of its own.
         tool = replace(tool, config={**tool.config, "instance": f"test_{trial}"})
-    key = results_stream(engine_id)
+    key = inbox_stream(engine_id)
     r = client()
     sent = time.time()
     CeleryDispatcher().dispatch(CallRequest(0, f"test-{trial}", engine_id, tool.to_dict(), args, sent))

@@ -26,7 +26,7 @@ def checked_url(url: str) -> str:
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     # A redirect could lead off the allow-list; treat it as the endpoint's answer instead.
-    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    def redirect_request(self, *args, **kwargs):
         return None
 
 

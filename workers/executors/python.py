@@ -11,7 +11,7 @@ from engine.tools import ToolSpec
 from workers.executors.base import CallContext, Executor, ToolError
 
 
-def resolve(entry_point: str):  # noqa: ANN201
+def resolve(entry_point: str):
     module_name, _, attr = entry_point.partition(":")
     allowed = settings.ASYNCLM_PYTHON_TOOL_MODULES
     if not attr or not any(module_name == m or module_name.startswith(m + ".") for m in allowed):

@@ -25,6 +25,7 @@ from engine.publish import TracePublisher
 from engine.scheduler import Scheduler
 from webapp.runs.dispatch import CeleryDispatcher
 from webapp.runs.store import DjangoTaskStore
+from webapp.runs.submit import on_task_final
 
 
 class BackendCache:
@@ -100,6 +101,7 @@ class Command(BaseCommand):
         engine = EngineProcess(
             config, Scheduler(backends, engine_id=config.engine_id), Intake(client), DjangoTaskStore(),
             TracePublisher(settings.REDIS_URL, get_channel_layer()), client, CeleryDispatcher(), wake=wake,
+            on_final=on_task_final,
         )
 
         def stop(signum, frame):  # noqa: ARG001

@@ -14,8 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,14 +23,24 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from engine import health
+from engine.backends.base import LocalBackend, Sequence
 from engine.backends.llamacpp import LlamaCppBackend
 from engine.catalog import get_model
 from engine.messages import Budgets, TaskSubmission
 from engine.modelfiles import verified_adapter_path, verified_path
 from engine.profiles import profile_for
 from engine.scheduler import Scheduler
+from engine.timeline import EventKind, Timeline
 from engine.tools import ToolSpec
+from webapp.core.processes import (
+    Proc,
+    ProcessError,
+    redis_url,
+    service_env,
+    start_engine,
+    start_worker,
+)
+from webapp.core.redis_dbs import BENCH_ENGINE_DB
 from webapp.runs.models import Task, TraceEvent
 
 FRAME = ' [INTR] c12 [HEAD] {"temp_c":18,"sky":"sunny","city":"Paris"} [END] '
@@ -56,6 +64,64 @@ def forced_script(calls: int, start: int) -> str:
         parts.append(f"Now looking up item {i}. [CALL] c{i} [HEAD] lookup(q={i}) [END] That call runs while I keep "
                      "writing a few more words about the item.")
     return " ".join(parts) + " Done."
+
+
+class TimedBackend(LocalBackend):
+    """The backend as the engine sees it, with the time spent in its forward passes (append and
+    logits) added up, so the engine's own cost per token is the rest."""
+
+    def __init__(self, inner: LlamaCppBackend) -> None:
+        self.inner, self.spec, self.n_vocab = inner, inner.spec, inner.n_vocab
+        self.constrained_calls = inner.constrained_calls
+        self.forward_s = 0.0
+
+    @property
+    def n_ctx(self) -> int:
+        return self.inner.n_ctx
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return self.inner.tokenize(text, special=special)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.inner.token_bytes(token_id)
+
+    def vocab_texts(self) -> list[str]:
+        return self.inner.vocab_texts()
+
+    def stop_ids(self) -> frozenset[int]:
+        return self.inner.stop_ids()
+
+    def open_sequence(self, prompt_ids=()) -> Sequence:
+        return TimedSequence(self, self.inner.open_sequence(prompt_ids))
+
+
+class TimedSequence(Sequence):
+    def __init__(self, backend: TimedBackend, inner: Sequence) -> None:
+        self.backend, self.inner = backend, inner
+
+    @property
+    def n_tokens(self) -> int:
+        return self.inner.n_tokens
+
+    def append(self, ids) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.inner.append(ids)
+        finally:
+            self.backend.forward_s += time.perf_counter() - t0
+
+    def logits(self) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.logits()
+        finally:
+            self.backend.forward_s += time.perf_counter() - t0
+
+    def truncate(self, n_tokens: int) -> None:
+        self.inner.truncate(n_tokens)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class Command(BaseCommand):
@@ -190,56 +256,36 @@ class Command(BaseCommand):
         # Raw: a bare llama-cpp-python loop, greedy, on the same prompt as the engine's. Run before and
         # after the engine and keep the faster, so machine noise cannot flatter the engine.
         def raw_tok_s() -> float:
-            llama = backend.open_sequence()._llama
+            seq = backend.open_sequence()
+            llama = seq.llama
             llama.reset()
             llama.eval(prompt)
-            token = int(np.argmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(backend.n_vocab,))))
+            token = int(np.argmax(seq.logits_view()))
             t = time.perf_counter()
             for _ in range(tokens):
                 llama.eval([token])
-                token = int(np.argmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(backend.n_vocab,))))
+                token = int(np.argmax(seq.logits_view()))
             elapsed = time.perf_counter() - t
-            backend._release(llama)
+            seq.close()
             return tokens / elapsed
 
         raw_before = raw_tok_s()
         # Engine: the same decode through the scheduler, with a tool list so the CML monitor and the
         # [INTR] ban run on every token; forward passes timed separately.
-        forward = [0.0]
-
-        class Timed:
-            def __init__(self, inner):
-                self.inner = inner
-
-            def __getattr__(self, name):
-                attr = getattr(self.inner, name)
-                if name not in ("append", "logits"):
-                    return attr
-
-                def timed(*a, **k):
-                    t0 = time.perf_counter()
-                    try:
-                        return attr(*a, **k)
-                    finally:
-                        forward[0] += time.perf_counter() - t0
-                return timed
-
-        original = backend.open_sequence
-        backend.open_sequence = lambda ids=(): Timed(original(ids))  # type: ignore[method-assign]
-        scheduler = Scheduler(lambda name: backend)
+        timed = TimedBackend(backend)
+        scheduler = Scheduler(lambda name: timed)
         scheduler.submit(sub)
-        while scheduler.run(1).status.value == "prefill":
+        while scheduler.task(1).status.value == "prefill":
             scheduler.step()
-        scheduler._ban(backend)  # build the ban tables outside the timed loop
-        forward[0] = 0.0
+        scheduler.local.warm(timed)  # build the ban tables outside the timed loop
+        timed.forward_s = 0.0
         t = time.perf_counter()
         steps = 0
         while scheduler.has_work():
             scheduler.step()
             steps += 1
         engine_s = time.perf_counter() - t
-        backend.open_sequence = original  # type: ignore[method-assign]
-        overhead = (engine_s - forward[0]) / steps * 1000
+        overhead = (engine_s - timed.forward_s) / steps * 1000
         raw = max(raw_before, raw_tok_s())
         out = {"engine_tok_s": round(steps / engine_s, 2), "raw_tok_s": round(raw, 2),
                "overhead_ms_per_token": round(overhead, 3)}
@@ -250,7 +296,7 @@ class Command(BaseCommand):
     # -- through the running system ---------------------------------------------------------
     def system(self, model: str, calls: int, per_task: int) -> dict:
         # A Redis database of its own, so a running service's engines never take these tasks.
-        url = settings.REDIS_URL.rsplit("/", 1)[0] + "/12"
+        url = redis_url(BENCH_ENGINE_DB)
         client = redis.Redis.from_url(url)
         try:
             client.ping()
@@ -258,31 +304,18 @@ class Command(BaseCommand):
             raise CommandError(f"Redis is not reachable at {url}: {exc}") from exc
         for key in client.scan_iter(match="asynclm:*"):
             client.delete(key)
-        env = {**os.environ, "REDIS_URL": url, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url,
-               "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "webapp.settings.local"),
-               "PYTHONUNBUFFERED": "1"}
-        log_dir = settings.VAR_DIR / "bench"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", "tools,default",
-                              "--concurrency", "2", "-n", f"bench-{os.getpid()}@%h", "--loglevel", "WARNING"],
-                             env=env, stdout=(log_dir / "worker.log").open("w"), stderr=subprocess.STDOUT),
-            subprocess.Popen([sys.executable, "manage.py", "run_engine", "--id", f"bench-engine-{os.getpid()}",
-                              "--preload", model], env=env, stdout=(log_dir / "engine.log").open("w"),
-                             stderr=subprocess.STDOUT),
-        ]
+        env, log_dir = service_env(url), settings.VAR_DIR / "bench"
+        procs: list[Proc] = []
         try:
-            deadline = time.monotonic() + 90
-            while not (health.alive(client, "engine") and health.alive(client, "worker")):
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise CommandError(f"engine or worker did not start; see {log_dir}/engine.log and worker.log")
-                time.sleep(0.2)
+            procs.append(start_worker(f"bench-{os.getpid()}@localhost", env, log_dir, client, loglevel="WARNING",
+                                      timeout=90))
+            procs.append(start_engine(f"bench-engine-{os.getpid()}", model, env, log_dir, client, timeout=90))
             return self.measure_calls(client, model, calls, per_task)
+        except ProcessError as exc:
+            raise CommandError(str(exc)) from None
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(30)
+            for proc in procs:
+                proc.kill(timeout=30)
 
     def measure_calls(self, client, model: str, calls: int, per_task: int) -> dict:
         from engine.intake import Intake
@@ -314,12 +347,13 @@ class Command(BaseCommand):
     @staticmethod
     def latencies(task: Task) -> tuple[list[float], list[float]]:
         events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
-        decoded = {e.payload["call_id"]: e.t_ms for e in events if e.kind == "call_decoded"}
-        started = {e.payload["call_id"]: e.payload["at_ms"] for e in events if e.kind == "call_started"}
-        finished = {e.payload["call_id"]: e.payload for e in events if e.kind == "call_finished"}
+        calls = Timeline.of(events).calls
+        # The worker's report carries more than the reducer keeps: when it was received and picked up.
+        finished = {e.payload["call_id"]: e.payload for e in events if e.kind == EventKind.CALL_FINISHED}
         queued_outside = {e.payload["call_id"] for e in events
                           if e.kind == "interrupt_queued" and not e.payload["critical"]}
-        dispatch = [started[c] - decoded[c] for c in decoded if c in started]
+        dispatch = [c.started_ms - c.decoded_ms for c in calls.values()
+                    if c.started_ms is not None and c.decoded_ms is not None]
         interrupt = []
         for e in events:
             if e.kind != "interrupt_injected" or len(e.payload["calls"]) != 1:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,11 +15,17 @@ import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from engine import health
-from engine.keys import results_stream
+from engine.keys import inbox_stream
 from engine.messages import CallReport, CallRequest
 from engine.tools import ToolSpec
 from webapp.celery import app
+from webapp.core.processes import (
+    ProcessError,
+    redis_url,
+    service_env,
+    start_worker,
+)
+from webapp.core.redis_dbs import BENCH_ENGINE_DB
 
 ZERO = ToolSpec(
     "noop",
@@ -45,49 +49,24 @@ class Command(BaseCommand):
         parser.add_argument("--out", default=str(settings.VAR_DIR / "bench" / "tools.json"))
 
     def handle(self, *args, calls, workers, paced_rate, out, **options):
-        url = settings.REDIS_URL.rsplit("/", 1)[0] + "/12"  # its own database: no service sees these
+        url = redis_url(BENCH_ENGINE_DB)  # its own database: no service sees these
         r = redis.Redis.from_url(url)
         try:
             r.ping()
         except redis.RedisError as exc:
             raise CommandError(f"Redis is not reachable at {url}: {exc}") from exc
         r.flushdb()
-        env = {**os.environ, "REDIS_URL": url, "CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}
-        log = settings.VAR_DIR / "bench" / "tools-worker.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "webapp",
-                "worker",
-                "-Q",
-                "tools",
-                "--concurrency",
-                str(workers),
-                "-n",
-                f"bench-tools-{os.getpid()}@%h",
-                "--loglevel",
-                "WARNING",
-            ],
-            env=env,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
         try:
-            deadline = time.monotonic() + 60
-            while not health.alive(r, "worker"):
-                if time.monotonic() > deadline or worker.poll() is not None:
-                    raise CommandError(f"the worker did not start; see {log}")
-                time.sleep(0.2)
+            worker = start_worker(f"bench-tools-{os.getpid()}@localhost", service_env(url), settings.VAR_DIR / "bench",
+                                  r, concurrency=workers, loglevel="WARNING")
+        except ProcessError as exc:
+            raise CommandError(str(exc)) from None
+        try:
             result = self.run_calls(r, url, calls, "burst")
             if paced_rate > 0:
                 result["paced"] = self.run_calls(r, url, min(calls, int(paced_rate * 10)), "paced", paced_rate)
         finally:
-            worker.terminate()
-            worker.wait(30)
+            worker.kill(timeout=30)
         result["workers"] = workers
         result["params"] = {
             "machine": platform.node(),
@@ -109,7 +88,7 @@ class Command(BaseCommand):
         def read() -> None:
             last = "0"
             while not done.is_set():
-                for _, entries in r.xread({results_stream(engine_id): last}, count=500, block=200) or []:
+                for _, entries in r.xread({inbox_stream(engine_id): last}, count=500, block=200) or []:
                     now = time.time()
                     for entry_id, fields in entries:
                         last = entry_id

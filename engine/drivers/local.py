@@ -1,0 +1,107 @@
+"""Local backends (llama.cpp, the simulated decoder): the engine holds the KV cache and samples.
+
+One step is one unit of work: a prefill chunk, one interrupt frame appended on top of the live
+cache (no re-prefill), or one sampled token (after the bans and the call guard have shaped the
+logits).
+"""
+
+from __future__ import annotations
+
+from engine.backends.base import LocalBackend, Sequence
+from engine.ban import IntrBan
+from engine.calltable import CallTable
+from engine.interrupts import injected, no_room, take_frame
+from engine.messages import TraceEvent
+from engine.modes import MODES
+from engine.output import end_of_turn, on_token
+from engine.sampling import sample
+from engine.state import FINAL, Status, TaskRun
+
+
+class LocalDriver:
+    silent_steps_work = True  # a prefill chunk is work without events
+
+    def __init__(self, table: CallTable, prefill_chunk: int) -> None:
+        self._table = table
+        self._prefill_chunk = prefill_chunk
+        self._bans: dict[int, IntrBan] = {}
+
+    def open(self, run: TaskRun) -> None:
+        assert isinstance(run.backend, LocalBackend)
+        run.seq = run.backend.open_sequence(run.prompt_ids)
+        run.prefilled = run.reused_tokens = run.seq.n_tokens
+
+    def warm(self, backend: LocalBackend) -> IntrBan:
+        """The backend's [INTR] ban tables (built once per backend, on first use)."""
+        ban = self._bans.get(id(backend))
+        if ban is None:
+            ban = self._bans[id(backend)] = IntrBan(backend.vocab_texts())
+        return ban
+
+    def step(self, run: TaskRun) -> list[TraceEvent]:
+        if run.status is Status.PREFILL:
+            return self._prefill(run)
+        if run.interrupts and not run.monitor.critical:
+            return self._inject(run)
+        return self._decode(run)
+
+    def _seq(self, run: TaskRun) -> Sequence:
+        assert isinstance(run.seq, Sequence)
+        return run.seq
+
+    def _prefill(self, run: TaskRun) -> list[TraceEvent]:
+        seq = self._seq(run)
+        start = run.clock()
+        chunk = run.prompt_ids[run.prefilled : run.prefilled + self._prefill_chunk]
+        seq.append(chunk)
+        run.prefilled += len(chunk)
+        run.prefill_ms += (run.clock() - start) * 1000
+        if run.prefilled < len(run.prompt_ids):
+            return []
+        run.status = Status.DECODING
+        payload = {"prompt_tokens": len(run.prompt_ids), "reused_tokens": run.reused_tokens,
+                   "ms": round(run.prefill_ms, 2)}
+        return [run.event("prefill", payload)]
+
+    def _inject(self, run: TaskRun) -> list[TraceEvent]:
+        assert run.backend is not None
+        seq = self._seq(run)
+        frame = take_frame(run)
+        ended = no_room(run, frame, run.backend.n_ctx - seq.n_tokens - len(run.unevaluated) - 1)
+        if ended:
+            return ended
+        # The last sampled token and the frame go in one evaluation: the frame reaches the backend
+        # at once instead of after a separate forward pass for that token.
+        position = seq.n_tokens + len(run.unevaluated)
+        began_ms = run.ms
+        start = run.clock()
+        seq.append(run.unevaluated + frame.ids)
+        run.unevaluated = []
+        ms = (run.clock() - start) * 1000
+        return [injected(run, frame, position=position, began_ms=began_ms, ms=ms)]
+
+    def _decode(self, run: TaskRun) -> list[TraceEvent]:
+        backend = run.backend
+        assert isinstance(backend, LocalBackend)
+        seq = self._seq(run)
+        if run.unevaluated:
+            seq.append(run.unevaluated)
+            run.unevaluated = []
+        logits = seq.logits()
+        if run.tools and not run.monitor.in_block:
+            logits = self.warm(backend).apply(logits, run.tail, trap=bool(run.pending() or run.interrupts))
+        if run.guard is not None:
+            logits = run.guard.mask(logits, run.tail, run.sub.sampling.temperature)
+        token = sample(logits, run.sub.sampling, run.rng)
+        if run.forced:
+            token = run.forced.popleft()
+        if token in backend.stop_ids():
+            instead = MODES[run.mode].instead_of_end(run) if run.tools else ""
+            if not instead:
+                return end_of_turn(self._table, run)
+            run.forced.extend(backend.tokenize(instead))
+            token = run.forced.popleft()
+        events = on_token(self._table, run, token, run.utf8.decode(backend.token_bytes(token)))
+        if run.status not in FINAL:
+            run.unevaluated = [token]
+        return events

@@ -1,0 +1,45 @@
+"""The engine's database writes, off the decode loop's thread."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class StoreWriter:
+    """Writes trace batches and task ends on a thread of its own, in the order they were handed
+    over, so the decode loop never waits for the database (a batch cost 5-25 ms of the loop on
+    SQLite, about 4% of a 10 ms token). A write that fails is retried once, then logged."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], None], str] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: Callable[[], None], what: str) -> None:
+        self._queue.put((write, what))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything handed over, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the store writer did not finish within %s s: trace events may be lost", timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            write, what = item
+            for attempt in (1, 2):
+                try:
+                    write()
+                    break
+                except Exception:
+                    if attempt == 2:
+                        log.exception("could not store %s", what)
+                    else:
+                        time.sleep(1.0)

@@ -1,0 +1,174 @@
+"""The engine process's own logic (engine/proc.py) with its collaborators injected: the real Redis
+intake and heartbeats, the pure scheduler on a scripted backend, and recording stand-ins for the
+store, the publisher, the dispatcher and the inbox."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine import health
+from engine.intake import Intake
+from engine.messages import Control, TaskSubmission, TraceEvent
+from engine.proc import EngineConfig, EngineProcess
+from engine.scheduler import Scheduler
+from tests.scripted import ScriptedBackend
+from tests.unit.test_scheduler_calls import F
+
+ENGINE = "engine-unit"
+
+
+class Store:
+    def __init__(self) -> None:
+        self.status: dict[int, str] = {}
+        self.batches: list[list[TraceEvent]] = []
+        self.finished: list[tuple[int, str]] = []
+        self.abandoned: list[int] = []
+
+    def start(self, task_id, engine_id):
+        before = self.status.get(task_id)
+        if before == "queued":
+            self.status[task_id] = "running"
+        return before
+
+    def save_events(self, events):
+        self.batches.append(list(events))
+
+    def finish(self, task_id, status, reason, text, metrics):
+        if self.status.get(task_id) in ("finished", "failed", "cancelled"):
+            return False
+        self.status[task_id] = status
+        self.finished.append((task_id, status))
+        return True
+
+    def status_of(self, task_id):
+        return self.status.get(task_id)
+
+    def fail_abandoned(self, task_id, reason):
+        self.status[task_id] = "failed"
+        self.abandoned.append(task_id)
+        return TraceEvent(task_id, 99, 0.0, "finish", {"status": "failed", "reason": reason})
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self.events: list[TraceEvent] = []
+
+    def publish(self, event):
+        self.events.append(event)
+
+    def close(self):
+        pass
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        self.dispatched, self.revoked = [], []
+
+    def dispatch(self, request):
+        self.dispatched.append(request)
+
+    def revoke(self, task_id, call_ids):
+        self.revoked.append((task_id, sorted(call_ids)))
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: list = []
+
+    def drain(self):
+        out, self.items = self.items, []
+        return [(item, time.time()) for item in out]
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def engine(redis_client):
+    backend = ScriptedBackend([b"[CALL] a [HEAD] f(a=1) [END]", b" and", b" more", b"[TRAP][END]", b" done"])
+    finals: list[int] = []
+    proc = EngineProcess(
+        EngineConfig(ENGINE, flush_interval_s=60.0, flush_max_events=5, recover_interval_s=0.0, reclaim_idle_ms=0),
+        Scheduler(lambda name: backend, engine_id=ENGINE), Intake(redis_client), Store(), Publisher(), redis_client,
+        Dispatcher(), on_final=finals.append, inbox=Inbox(),
+    )
+    proc.finals = finals
+    yield proc
+    proc.writer.close()
+
+
+def submit(proc: EngineProcess, task_id: int, status: str = "queued") -> None:
+    proc.store.status[task_id] = status
+    proc.intake.submit(TaskSubmission(task_id, "scripted", "go", 50, time.time(), tools=[F.to_dict()]))
+
+
+def run(proc: EngineProcess, ticks: int = 200) -> None:
+    for _ in range(ticks):
+        proc.tick()
+
+
+def test_it_takes_a_task_dispatches_its_call_and_stores_its_end_before_announcing_it(engine):
+    submit(engine, 1)
+    run(engine)
+    (request,) = engine.dispatcher.dispatched
+    assert (request.task_id, request.call_id, request.engine_id) == (1, "a", ENGINE)
+    assert engine.store.status[1] == "running"  # parked on the trap: the result has not come
+    engine.inbox.items.append(_report(engine, 1, "a"))
+    run(engine)
+    engine.writer.close()
+    assert engine.store.finished == [(1, "finished")]
+    assert engine.publisher.events[-1].kind == "finish"
+    assert engine.finals == [1]  # what follows a task's end runs once it is stored
+    stored = [e.seq for batch in engine.store.batches for e in batch]
+    assert stored == list(range(1, len(stored) + 1))  # every event stored, in order, once
+    assert not engine.intake.r.xpending(engine.intake.stream, engine.intake.group)["pending"]
+
+
+def test_it_writes_events_in_batches_of_the_configured_size_and_all_at_the_end(engine):
+    submit(engine, 1)
+    run(engine, 30)
+    engine.writer.close()
+    sizes = [len(batch) for batch in engine.store.batches]
+    assert sizes and all(size >= 5 for size in sizes)  # no batch before 5 events (the interval is 60 s)
+
+
+def test_a_cancel_revokes_the_calls_no_worker_has_finished(engine):
+    submit(engine, 1)
+    run(engine)
+    engine.inbox.items.append(Control(1, "cancel", reason="by the user"))
+    run(engine, 5)
+    engine.writer.close()
+    assert engine.dispatcher.revoked == [(1, ["a"])]
+    assert engine.store.finished == [(1, "cancelled")] and engine.finals == [1]
+
+
+def test_a_task_finished_elsewhere_meanwhile_has_no_follow_up(engine):
+    submit(engine, 1)
+    run(engine)
+    engine.store.status[1] = "cancelled"  # the web cancelled it while it ran
+    engine.inbox.items.append(_report(engine, 1, "a"))
+    run(engine)
+    engine.writer.close()
+    assert engine.store.finished == [] and engine.finals == []
+
+
+def test_it_recovers_the_entries_of_a_dead_engine(engine, redis_client):
+    # A dead engine claimed two tasks: one it had started (its KV state is gone: failed, with the
+    # reason) and one still queued (runs here).
+    submit(engine, 1)
+    submit(engine, 2)
+    engine.intake.claim("engine-dead", count=2)
+    engine.store.status[1] = "running"
+    assert "engine-dead" not in {b["id"] for b in health.alive(redis_client, "engine")}  # no heartbeat
+    engine.recover(force=True)
+    assert engine.store.abandoned == [1] and engine.finals == [1]
+    assert engine.publisher.events[0].kind == "finish" and "engine-dead" in engine.publisher.events[0].payload["reason"]
+    assert engine.scheduler.task(2) is not None  # the queued one runs on this engine
+
+
+def _report(proc: EngineProcess, task_id: int, call_id: str):
+    from engine.messages import CallReport
+
+    return CallReport(task_id, call_id, "finished", "w/1", time.time(), ok=True, result=2)
