@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable
 
-from engine.cml import END, MARKERS
+from engine.cml import END, MARKERS, MAX_INT
 from engine.tools import ToolSpec
 
 MAX_SPACES = 2  # where a space is optional; more would let a model loop on blanks
@@ -24,7 +24,8 @@ _IDENT_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
 _IDENT_CHARS = _IDENT_START | frozenset("0123456789")
 _DIGITS = frozenset("0123456789")
 _HEX = frozenset("0123456789abcdefABCDEF")
-_ESCAPES = {**{c: 0 for c in "\\'\"nrtbfva0"}, "x": 2, "u": 4}  # escape letter -> hex digits that follow
+# escape letter -> hex digits that follow (no \0: a NUL is no argument value)
+_ESCAPES = {**{c: 0 for c in "\\'\"nrtbfva"}, "x": 2, "u": 4}
 _CLOSER = {"[": "]", "(": ")", "{": "}"}
 _CONSTANTS = ("True", "False", "None")
 _NUMBER_ENDS = frozenset({"zero", "int", "dot", "frac", "exp"})
@@ -259,6 +260,8 @@ class CallBody:
             return True
         if self.num not in _NUMBER_ENDS or (self.num not in ("zero", "int") and not math.isfinite(float(self.buf))):
             return False  # 1e999 would be inf, which no JSON result can carry
+        if self.num in ("zero", "int") and abs(int(self.buf)) >= MAX_INT:
+            return False  # out of the range arguments may have (engine/cml.py)
         self.mode = "after"
         return self._after(c)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,9 +84,49 @@ def _value(node: ast.expr) -> Any:
     if isinstance(node, ast.Name):
         return Future(node.id)
     try:
-        return ast.literal_eval(node)
-    except ValueError:
-        raise CallSyntaxError(f"argument {ast.unparse(node)!r} is not a literal or an earlier call id") from None
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: {[1]: 2}
+        raise CallSyntaxError(f"argument {_shown(node)} is not a literal or an earlier call id") from None
+    return _json(value, node)
+
+
+MAX_INT = 2**63  # beyond this a number loses precision in JSON readers and does not fit a database
+
+
+def _json(value: Any, node: ast.expr) -> Any:
+    """The value as JSON has it (tuples become lists), or a CallSyntaxError saying why it is not
+    one: arguments travel as JSON, and one task's odd value must not break another's storage."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise CallSyntaxError(f"argument {_shown(node)} contains a NUL character")
+        return value
+    if isinstance(value, int):
+        if abs(value) >= MAX_INT:
+            raise CallSyntaxError(f"argument {_shown(node)} is out of range (at most 2**63 in magnitude)")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CallSyntaxError(f"argument {_shown(node)} is not a finite number")
+        return value
+    if isinstance(value, list | tuple):
+        return [_json(v, node) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise CallSyntaxError(f"argument {_shown(node)} has a key that is not a string")
+        return {k: _json(v, node) for k, v in value.items()}
+    kind = type(value).__name__
+    raise CallSyntaxError(f"argument {_shown(node)} is of type {kind}: only JSON values are allowed (strings, numbers, "
+                          "True/False/None, lists, dicts with string keys)")
+
+
+def _shown(node: ast.expr) -> str:
+    try:
+        text = ast.unparse(node)
+    except (RecursionError, ValueError):
+        text = "(too deeply nested to show)"
+    return repr(text[:80] + ("…" if len(text) > 80 else ""))
 
 
 def parse_call(body: str) -> tuple[str, list[Any], dict[str, Any]]:
@@ -94,6 +135,8 @@ def parse_call(body: str) -> tuple[str, list[Any], dict[str, Any]]:
         tree = ast.parse(body.strip(), mode="eval")
     except SyntaxError as exc:
         raise CallSyntaxError(f"syntax error in call: {exc.msg}") from None
+    except (RecursionError, MemoryError, ValueError):  # ValueError: a NUL byte in the source
+        raise CallSyntaxError("the call is too deeply nested or not valid source text") from None
     node = tree.body
     if not isinstance(node, ast.Call):
         raise CallSyntaxError("expected a function call like name(arg=value)")

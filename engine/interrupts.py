@@ -9,6 +9,7 @@ records it (`injected`): one framing and one record for every backend.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,16 @@ class Frame:
     messages: list[str]  # people's messages
 
 
+# A CML marker, however spaced or cased: text from outside (a tool's result, an error, a person's
+# message) must not be able to close the frame it is in or open another.
+_MARKER = re.compile(r"\[(\s*(?:CALL|HEAD|END|TRAP|INTR)\s*)\]", re.IGNORECASE)
+
+
+def neutralise(text: str) -> str:
+    """`[END]` becomes `(END)` and so on for every marker; text without markers is unchanged."""
+    return _MARKER.sub(r"(\1)", text)
+
+
 def error_payload(kind: str, message: str) -> str:
     """What the model sees for a failed call: short and structured, never a traceback."""
     return compact({"error": {"type": kind, "message": message[:500]}})
@@ -32,7 +43,7 @@ def error_payload(kind: str, message: str) -> str:
 
 def result_payload(run: TaskRun, call: Call, ok: bool, value: Any, error: str, error_type: str) -> list[TraceEvent]:
     """Record a call's outcome and queue exactly what the model will see (after truncation)."""
-    payload = compact(value) if ok else error_payload(error_type, error)
+    payload = neutralise(compact(value) if ok else error_payload(error_type, error))
     limit = run.sub.budgets.max_result_chars
     events: list[TraceEvent] = []
     if len(payload) > limit:
@@ -71,7 +82,7 @@ def take_frame(run: TaskRun) -> Frame:
     text = profile.frame_results(results) if results else ""
     ids = run.backend.tokenize(text) if text else []
     for message in messages:
-        framed, framed_ids = profile.frame_user_message(run.backend, message)
+        framed, framed_ids = profile.frame_user_message(run.backend, neutralise(message))
         text, ids = text + framed, ids + framed_ids
     return Frame(text, ids, [cid for cid, _ in results], messages)
 

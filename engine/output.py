@@ -16,6 +16,8 @@ from engine.state import FINAL, Status, TaskRun
 def on_token(table: CallTable, run: TaskRun, token: int, piece: str) -> list[TraceEvent]:
     """A generated token: text, CML, budgets."""
     assert run.backend is not None
+    if "\x00" in piece:
+        piece = piece.replace("\x00", "\ufffd")  # no database stores a NUL; the token id stays exact
     now = run.clock()
     run.generated.append(token)
     if run.first_token_at is None:

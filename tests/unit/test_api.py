@@ -184,3 +184,28 @@ def test_a_token_name_is_required_and_others_tokens_cannot_be_revoked(client, al
     assert "Name the token" in client.post(reverse("api_tokens"), {"name": ""}).content.decode()
     assert client.post(reverse("api_token_revoke", args=[other.pk])).status_code == 404
     assert ApiToken.objects.filter(pk=other.pk).exists()
+
+
+def test_only_staff_may_pick_a_benchmark_decoder(api, alice, settings):
+    response = post(api, "/api/tasks", {**NEW, "model": "simulated"})
+    assert response.status_code == 422 and "Select a valid choice" in response.json()["errors"]["model"][0]
+    alice.is_staff = True
+    alice.save()
+    assert post(api, "/api/tasks", {**NEW, "model": "simulated"}).status_code == 201
+    alice.is_staff = False
+    alice.save()
+    settings.ASYNCLM_OFFER_BENCHMARK_DECODERS = True  # an operator's choice, for a benchmark setup
+    assert post(api, "/api/tasks", {**NEW, "model": "simulated"}).status_code == 201
+
+
+def test_text_a_database_cannot_store_is_refused_where_it_enters(api, alice, redis_client, client):
+    task = Task.objects.create(owner=alice, prompt="p", model="m", status="running", engine_id="engine-x")
+    response = post(api, f"/api/tasks/{task.pk}/messages", {"text": "Also\x00 Paris"})
+    assert response.status_code == 422 and "NUL character" in json.dumps(response.json())
+    response = post(api, "/api/tasks", {**NEW, "prompt": "Say \x00 hi"})
+    assert response.status_code == 422 and "NUL character" in " ".join(response.json()["errors"]["prompt"])
+    client.force_login(alice)
+    page = client.post(reverse("task_message", args=[task.pk]), {"text": "x\x00"}, follow=True).content.decode()
+    assert "NUL character" in page and "Nothing was sent" in page
+    assert not redis_client.exists(inbox_stream("engine-x"))  # nothing reached the engine
+    assert Task.objects.count() == 1

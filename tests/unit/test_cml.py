@@ -1,8 +1,10 @@
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cml import CallComplete, CallOpened, Future, Malformed, Monitor, Text, Trap, parse_call
+from engine.cml import CallComplete, CallOpened, CallSyntaxError, Future, Malformed, Monitor, Text, Trap, parse_call
 
 
 def feed_all(chunks) -> list:
@@ -117,3 +119,18 @@ def test_any_chunking_gives_the_same_events_as_the_whole_text(text, sizes):
         rest = rest[size:]
     chunks.append(rest)
     assert feed_all(chunks) == feed_all([text])
+
+
+@pytest.mark.parametrize("argument, why", [
+    ("{1, 2}", "of type set"), ('b"x"', "of type bytes"), ("1e999", "not a finite number"), ("-1e999", "finite"),
+    ("1j", "of type complex"), ("...", "of type ellipsis"), ("{[1]: 2}", "not a literal"),
+    ("{1: 2}", "key that is not a string"), ("10**30", "not a literal"), ("2**70", "not a literal"),
+    ("123456789012345678901234567890", "out of range"), ('"a\\x00b"', "NUL"), ("[" * 300 + "]" * 300, "nested"),
+])
+def test_it_refuses_arguments_that_are_not_json_values(argument, why):
+    with pytest.raises(CallSyntaxError, match=re.escape(why)):
+        parse_call(f"f(a={argument})")
+
+
+def test_it_reads_tuples_as_lists_and_keeps_json_values():
+    assert parse_call('f((1, 2.5), b={"k": [None, True, "s"]})') == ("f", [[1, 2.5]], {"b": {"k": [None, True, "s"]}})

@@ -57,3 +57,13 @@ def test_an_abandoned_task_fails_keeping_its_streamed_text(task):
     assert task.final_text == "Hello"
     assert final.seq == 4 and final.kind == "finish"
     assert store.fail_abandoned(task.pk, "again") is None
+
+
+@pytest.mark.django_db(transaction=True)  # the engine's writer thread runs in autocommit, as here
+def test_one_tasks_bad_value_costs_only_that_event(alice, task, caplog):
+    other = Task.objects.create(owner=alice, prompt="q", model="smollm2-135m")
+    bad = TraceEvent(task.pk, 2, 2.0, "warning", {"message": {1, 2}})  # a set: not JSON
+    DjangoTaskStore().save_events([ev(task, 1), ev(other, 1), bad, ev(other, 2), ev(task, 3)])
+    assert list(Row.objects.filter(task=other).values_list("seq", flat=True)) == [1, 2]
+    assert list(Row.objects.filter(task=task).values_list("seq", flat=True)) == [1, 3]
+    assert "could not store its warning event 2" in caplog.text

@@ -61,7 +61,7 @@ def _own(request, pk: int) -> Task:
             throttle=[AuthRateThrottle(settings.ASYNCLM_API_TASK_RATE)],
             summary="Create a task (or, with compare, one per mode run one after the other)")
 def create_task(request, payload: TaskIn):
-    form = TaskForm(payload.form_data())
+    form = TaskForm(payload.form_data(), user=request.auth)
     if not form.is_valid():
         errors = {field: [str(m) for m in messages] for field, messages in form.errors.items()}
         return Status(422, {"detail": "invalid task", "errors": errors})

@@ -9,7 +9,9 @@ from uuid import UUID
 
 from django.conf import settings
 from ninja import Field, Schema
+from pydantic import field_validator
 
+from webapp.core.validators import unstorable
 from webapp.tools.models import Tool
 
 Mode = Literal["async", "sync", "sync_parallel"]
@@ -55,6 +57,14 @@ def _tool_ids(names: list[str]) -> list[int | str]:
 
 class MessageIn(Schema):
     text: str = Field(min_length=1, max_length=settings.ASYNCLM_MAX_MESSAGE_CHARS)
+
+    @field_validator("text")
+    @classmethod
+    def _storable(cls, value: str) -> str:
+        problem = unstorable(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class CallOut(Schema):

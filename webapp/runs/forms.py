@@ -2,13 +2,17 @@ from django import forms
 from django.conf import settings
 
 from engine.catalog import MODELS
+from webapp.core.validators import validate_storable
 from webapp.runs.models import Task
 from webapp.tools.bfcl import instance_specs
 from webapp.tools.models import Tool, ToolPack
 
 
-def model_choices() -> list[tuple[str, str]]:
-    return [(spec.name, spec.label) for spec in MODELS.values()]
+def model_choices(user=None) -> list[tuple[str, str]]:
+    """The models a user may pick. Benchmark-only decoders (the simulated one follows a plan in the
+    prompt at a token time it asks for) are for staff, or for everyone where a setting says so."""
+    benchmarks = settings.ASYNCLM_OFFER_BENCHMARK_DECODERS or bool(user and user.is_staff)
+    return [(spec.name, spec.label) for spec in MODELS.values() if spec.backend != "simulated" or benchmarks]
 
 
 def tool_choices() -> list[tuple[str, list[tuple[int, str]]]]:
@@ -24,6 +28,7 @@ class TaskForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 5, "placeholder": "Ask the model something"}),
         strip=True,
         error_messages={"required": "Write a prompt for the model."},
+        validators=[validate_storable],
     )
     model = forms.ChoiceField(choices=model_choices)
     max_tokens = forms.IntegerField(min_value=1, initial=256)
@@ -49,8 +54,9 @@ class TaskForm(forms.Form):
     max_calls = forms.IntegerField(min_value=0, max_value=100, initial=16)
     max_wall_s = forms.FloatField(min_value=1, max_value=3600, initial=300, label="Max wall time (s)")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fields["model"].choices = model_choices(user)
         self.fields["model"].initial = settings.ASYNCLM_DEFAULT_MODEL
         self.fields["max_tokens"].max_value = settings.ASYNCLM_MAX_TOKENS_LIMIT
         self.fields["max_tokens"].validators.append(

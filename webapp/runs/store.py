@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+import logging
+
+from django.db import DatabaseError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -10,6 +12,8 @@ from engine.messages import TraceEvent
 from engine.timeline import EventKind, apply_call_event, call_ids
 from webapp.runs.models import Task, ToolCall
 from webapp.runs.models import TraceEvent as TraceEventRow
+
+log = logging.getLogger(__name__)
 
 
 class DjangoTaskStore:
@@ -30,12 +34,33 @@ class DjangoTaskStore:
         return Task.objects.filter(pk=task_id).values_list("status", flat=True).first()
 
     def save_events(self, events: list[TraceEvent]) -> None:
+        """Store a batch, task by task: a value one task's events carry that the database refuses
+        costs that event (logged), never another task's events or the rest of the batch."""
+        by_task: dict[int, list[TraceEvent]] = {}
+        for e in events:
+            by_task.setdefault(e.task_id, []).append(e)
+        # A task deleted mid-run loses its events, not the engine.
+        existing = set(Task.objects.filter(pk__in=by_task).values_list("pk", flat=True))
+        for task_id, task_events in by_task.items():
+            if task_id in existing:
+                self._save_task_events(task_events)
+
+    def _save_task_events(self, events: list[TraceEvent]) -> None:
         rows = [TraceEventRow(task_id=e.task_id, seq=e.seq, t_ms=e.t_ms, kind=e.kind, payload=e.payload)
                 for e in events]
-        # A task deleted mid-run loses its events, not the engine.
-        existing = set(Task.objects.filter(pk__in={e.task_id for e in events}).values_list("pk", flat=True))
-        TraceEventRow.objects.bulk_create([r for r in rows if r.task_id in existing], ignore_conflicts=True)
-        self._record_calls([e for e in events if call_ids(e.kind, e.payload) and e.task_id in existing])
+        # The writer thread runs in autocommit: a statement that fails leaves nothing behind.
+        try:
+            TraceEventRow.objects.bulk_create(rows, ignore_conflicts=True)
+        except (DatabaseError, TypeError, ValueError):
+            for row in rows:  # one by one: keep every row the database takes
+                try:
+                    TraceEventRow.objects.bulk_create([row], ignore_conflicts=True)
+                except (DatabaseError, TypeError, ValueError) as exc:
+                    log.error("task %s: could not store its %s event %s: %s", row.task_id, row.kind, row.seq, exc)
+        try:
+            self._record_calls([e for e in events if call_ids(e.kind, e.payload)])
+        except (DatabaseError, TypeError, ValueError) as exc:
+            log.error("task %s: could not update its calls: %s", events[0].task_id, exc)
         for e in events:  # the engine's first event says which LoRA adapter (if any) the model runs with
             if e.kind == EventKind.STATUS and e.payload.get("status") == "running" and "adapter" in e.payload:
                 Task.objects.filter(pk=e.task_id).update(adapter=e.payload["adapter"])

@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from webapp.core.redis import ServiceUnavailable, read_health
+from webapp.core.validators import unstorable
 from webapp.runs.export import trace_document
 from webapp.runs.forms import TaskFilterForm, TaskForm
 from webapp.runs.models import Task
@@ -18,7 +19,7 @@ from webapp.runs.submit import TaskNotRunning, cancel_task, send_message, submit
 
 @login_required
 def dashboard(request):
-    form = TaskForm(request.POST or None)
+    form = TaskForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
             if form.cleaned_data["compare"]:
@@ -67,6 +68,8 @@ def task_message(request, pk: int):
         detail = "Write a message first."
     elif len(text) > limit:
         detail = f"The message is {len(text)} characters; the limit is {limit}. Nothing was sent."
+    elif unstorable(text):
+        detail = f"The message cannot be sent: {unstorable(text)}. Nothing was sent."
     else:
         try:
             ok, detail = True, f"Task {task.pk}: {send_message(task, text)}."

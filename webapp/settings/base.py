@@ -126,6 +126,8 @@ ASYNCLM_N_CTX = env.int("ASYNCLM_N_CTX", 4096, min=256)
 ASYNCLM_MAX_PROMPT_CHARS = env.int("ASYNCLM_MAX_PROMPT_CHARS", 8000, min=1)
 ASYNCLM_MAX_TOKENS_LIMIT = env.int("ASYNCLM_MAX_TOKENS_LIMIT", 2048, min=1)
 ASYNCLM_HEARTBEAT_TTL = env.int("ASYNCLM_HEARTBEAT_TTL", 15, min=3)
+# Offer benchmark-only decoders (the simulated one) to every user, not only to staff.
+ASYNCLM_OFFER_BENCHMARK_DECODERS = env.bool("ASYNCLM_OFFER_BENCHMARK_DECODERS", False)
 # An SGLang server (e.g. http://sglang:30000) serving these catalog models; empty: all embedded.
 ASYNCLM_SGLANG_URL = env.str("ASYNCLM_SGLANG_URL", "")
 ASYNCLM_SGLANG_MODELS = env.list("ASYNCLM_SGLANG_MODELS", [ASYNCLM_DEFAULT_MODEL])

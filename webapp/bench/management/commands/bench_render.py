@@ -1,8 +1,9 @@
 """Measure what drawing the token stream costs the task page per frame, as a task grows.
 
 Runs static/js/trace.js (or `--script`, e.g. an older version for a before/after) in headless
-Chromium: a synthetic task of `--tokens` tokens (a call every 50 tokens, its result injected 10
-tokens later) is applied one token per frame, and each `drawStream` call is timed. Prints and
+Chromium: a synthetic task of `--tokens` tokens (a call every `--call-every` tokens, its result injected 10
+tokens later) is applied one token per frame, and each `drawStream` call is timed with the layout
+it causes. Prints and
 saves the numbers (var/bench/render.json); nothing else runs, so the machine should be idle.
 """
 
@@ -21,9 +22,10 @@ from django.core.management.base import BaseCommand, CommandError
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 
-# In the page: a trace fed token by token, with a call block every 50 tokens and its result 10
-# tokens later; returns each drawStream's duration (ms) and the stream's final text.
-DRIVE = """(n) => {
+# In the page: a trace fed token by token, with a call block every `every` tokens (0: none) and its
+# result 10 tokens later; returns each drawStream's duration (ms) and the stream's final text.
+DRIVE = """(arg) => {
+  const n = typeof arg === "number" ? arg : arg.n, every = typeof arg === "number" ? 50 : arg.every;
   const T = window.AsyncLMTrace, out = document.getElementById("out"), trace = new T.Trace();
   window.benchTrace = trace;
   const times = [];
@@ -33,7 +35,7 @@ DRIVE = """(n) => {
   apply("prefill", {prompt_tokens: 100, reused_tokens: 0, ms: 5});
   let call = 0;
   for (let i = 1; i <= n; i++) {
-    const k = i % 50;
+    const k = every ? i % every : 0;
     let text = " word" + i;
     if (k === 1) text = " [CALL] c" + (++call) + " [HEAD] f(";
     else if (k === 2) text = "x=" + i + ")";
@@ -49,6 +51,7 @@ DRIVE = """(n) => {
     if (text !== null) apply("token", {i: i, id: 1, text: text});
     const start = performance.now();
     T.drawStream(out, trace);
+    void out.offsetHeight;  // the layout the new spans cost, as the next frame would pay it
     times.push(performance.now() - start);
   }
   return {times: times, text: out.textContent};
@@ -60,6 +63,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--tokens", type=int, default=5000)
+        parser.add_argument("--call-every", type=int, default=50,
+                            help="a call block every this many tokens (0: none, one long run of text)")
         parser.add_argument("--script", default=str(Path(settings.BASE_DIR) / "static" / "js" / "trace.js"),
                             help="the trace.js to measure (default: this checkout's)")
         parser.add_argument("--out", default=str(Path(settings.ASYNCLM_BENCH_DIR) / "render.json"))
@@ -78,13 +83,14 @@ class Command(BaseCommand):
             page.set_content('<div id="out"></div>')
             page.add_script_tag(content=script.read_text())
             started = time.time()
-            result = page.evaluate(DRIVE, opts["tokens"])
+            result = page.evaluate(DRIVE, {"n": opts["tokens"], "every": opts["call_every"]})
             wall = time.time() - started
             browser.close()
         times = result["times"]
         tail = times[-500:]
         summary = {
-            "script": str(script), "tokens": opts["tokens"], "wall_s": round(wall, 2),
+            "script": str(script), "tokens": opts["tokens"], "call_every": opts["call_every"],
+            "wall_s": round(wall, 2),
             "frame_ms": _stats(times), "last_500_frames_ms": _stats(tail),
             "output_chars": len(result["text"]), "machine": platform.node(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
