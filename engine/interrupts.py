@@ -80,6 +80,10 @@ def take_frame(run: TaskRun) -> Frame:
     results = [(cid, payload) for cid, payload in batch if cid is not None]
     messages = [payload for cid, payload in batch if cid is None]
     text = profile.frame_results(results) if results else ""
+    if run.after_frame and text.startswith(" "):
+        # Right after another frame, which ended with its blank: the two read as one frame would
+        # (the form fine-tuning traces give results that arrive together), not with a double blank.
+        text = text[1:]
     ids = run.backend.tokenize(text) if text else []
     for message in messages:
         framed, framed_ids = profile.frame_user_message(run.backend, neutralise(message))
@@ -98,6 +102,7 @@ def injected(run: TaskRun, frame: Frame, *, position: int, began_ms: float, ms: 
     """Account for a frame now in the context."""
     run.injected_tokens += len(frame.ids)
     run.injections += 1
+    run.after_frame = bool(frame.calls) and not frame.messages
     run.text.append(frame.text)
     run.tail = (run.tail + frame.text)[-32:]
     return run.event(

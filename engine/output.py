@@ -25,6 +25,7 @@ def on_token(table: CallTable, run: TaskRun, token: int, piece: str) -> list[Tra
     run.last_token_at = now
     run.text.append(piece)
     run.tail = (run.tail + piece)[-32:]
+    run.after_frame = False
     events = [run.event("token", {"i": len(run.generated), "id": token, "text": piece})]
     if run.tools:
         cml = run.monitor.feed(piece)

@@ -98,6 +98,7 @@ class TaskRun:
     unevaluated: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)  # generated and injected text, in context order
     tail: str = ""  # the last characters of the context's text, for the [INTR] ban
+    after_frame: bool = False  # the context ends with an injected frame (no token written since)
     first_token_at: float | None = None
     last_token_at: float | None = None
     next_seq: int = 1

@@ -322,6 +322,7 @@
       while (container.firstChild) container.removeChild(container.firstChild);
       st = container.asynclmStream = {trace: trace, done: 0, settled: 0, live: [], callSpans: []};
     }
+    const settle = (part) => container.appendChild(partSpan(trace, part, st));
     st.live.forEach(node => node.remove());
     st.live = [];
     st.callSpans = st.callSpans.filter(c => c.span.isConnected);
@@ -335,18 +336,20 @@
         continue;
       }
       const parts = chunk.text.slice(st.settled).split(CML).filter(Boolean);
-      const settle = last ? parts.length - 1 : parts.length;
-      parts.slice(0, settle).forEach(part => {
-        container.appendChild(partSpan(trace, part, st));
+      const settled = last ? parts.length - 1 : parts.length;
+      parts.slice(0, settled).forEach(part => {
+        settle(part);
         st.settled += part.length;
       });
       if (last && parts.length) {
         let tail = parts[parts.length - 1];
         if (!tail.startsWith("[CALL]") && !tail.startsWith("[TRAP]")) {
+          // Plain text is settled a line at a time (a span per line, not per token), up to what
+          // might still begin a marker.
           const open = tail.match(OPENING);
-          const fixed = open ? tail.slice(0, open.index) : tail;
+          const fixed = tail.slice(0, tail.lastIndexOf("\n", open ? open.index - 1 : tail.length) + 1);
           if (fixed) {
-            container.appendChild(partSpan(trace, fixed, st));
+            settle(fixed);
             st.settled += fixed.length;
             tail = tail.slice(fixed.length);
           }
@@ -354,7 +357,7 @@
         if (tail) {
           const span = partSpan(trace, tail, st);
           container.appendChild(span);
-          st.live.push(span);
+          st.live.push(span);  // removed before the next frame
         }
       } else if (!last) {
         st.done = i + 1;

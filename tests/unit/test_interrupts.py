@@ -40,3 +40,16 @@ def test_a_nul_the_model_writes_reaches_the_trace_as_a_replacement_character():
     events += run_until_idle(scheduler)
     (token,) = [e for e in events if e.kind == "token"]
     assert token.payload["text"] == "Hi\ufffdthere" and events[-1].payload["text"] == "Hi\ufffdthere"
+
+
+def test_results_injected_back_to_back_read_as_one_frame():
+    scheduler, events, *_ = make(["[CALL] a [HEAD] f(a=1) [END]", " [CALL] b [HEAD] g(x=2) [END]", "[TRAP][END]",
+                                  " done"])
+    events += run_until_idle(scheduler)  # parked on the trap
+    events += scheduler.deliver(1, "a", ok=True, value=1)
+    events += scheduler.step()  # a's frame goes in
+    events += scheduler.deliver(1, "b", ok=True, value=2) + run_until_idle(scheduler)  # b's, with no token between
+    frames = [e.payload["text"] for e in events if e.kind == "interrupt_injected"]
+    assert frames == [" [INTR] a [HEAD] 1 [END] ", "[INTR] b [HEAD] 2 [END] "]
+    together = "".join(frames)
+    assert together == " [INTR] a [HEAD] 1 [END] [INTR] b [HEAD] 2 [END] "  # as one frame with both would read

@@ -26,6 +26,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"
 # result 10 tokens later; returns each drawStream's duration (ms) and the stream's final text.
 DRIVE = """(arg) => {
   const n = typeof arg === "number" ? arg : arg.n, every = typeof arg === "number" ? 50 : arg.every;
+  const lines = typeof arg === "number" ? 0 : arg.lines;
   const T = window.AsyncLMTrace, out = document.getElementById("out"), trace = new T.Trace();
   window.benchTrace = trace;
   const times = [];
@@ -36,7 +37,7 @@ DRIVE = """(arg) => {
   let call = 0;
   for (let i = 1; i <= n; i++) {
     const k = every ? i % every : 0;
-    let text = " word" + i;
+    let text = (lines && i % lines === 0 ? "\\n" : " ") + "word" + i;
     if (k === 1) text = " [CALL] c" + (++call) + " [HEAD] f(";
     else if (k === 2) text = "x=" + i + ")";
     else if (k === 3) {
@@ -65,6 +66,8 @@ class Command(BaseCommand):
         parser.add_argument("--tokens", type=int, default=5000)
         parser.add_argument("--call-every", type=int, default=50,
                             help="a call block every this many tokens (0: none, one long run of text)")
+        parser.add_argument("--line-every", type=int, default=0,
+                            help="a line break every this many tokens (0: none)")
         parser.add_argument("--script", default=str(Path(settings.BASE_DIR) / "static" / "js" / "trace.js"),
                             help="the trace.js to measure (default: this checkout's)")
         parser.add_argument("--out", default=str(Path(settings.ASYNCLM_BENCH_DIR) / "render.json"))
@@ -83,13 +86,15 @@ class Command(BaseCommand):
             page.set_content('<div id="out"></div>')
             page.add_script_tag(content=script.read_text())
             started = time.time()
-            result = page.evaluate(DRIVE, {"n": opts["tokens"], "every": opts["call_every"]})
+            result = page.evaluate(DRIVE, {"n": opts["tokens"], "every": opts["call_every"],
+                                           "lines": opts["line_every"]})
             wall = time.time() - started
             browser.close()
         times = result["times"]
         tail = times[-500:]
         summary = {
             "script": str(script), "tokens": opts["tokens"], "call_every": opts["call_every"],
+            "line_every": opts["line_every"],
             "wall_s": round(wall, 2),
             "frame_ms": _stats(times), "last_500_frames_ms": _stats(tail),
             "output_chars": len(result["text"]), "machine": platform.node(),
