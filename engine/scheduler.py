@@ -28,7 +28,6 @@ from engine.drivers.local import LocalDriver
 from engine.drivers.remote import RemoteDriver
 from engine.interrupts import queue
 from engine.messages import CallRequest, TaskSubmission, TraceEvent
-from engine.metrics import task_metrics
 from engine.profiles import profile_for
 from engine.state import FINAL, RESOLVED, RUNNABLE, Status, TaskRun
 from engine.tools import ToolSpec
@@ -68,9 +67,6 @@ class Scheduler:
 
     def take_dispatches(self) -> list[CallRequest]:
         return self.calls.take_dispatches()
-
-    def metrics(self, run: TaskRun) -> dict[str, Any]:
-        return task_metrics(run)
 
     # -- commands --------------------------------------------------------------------------
     def submit(self, sub: TaskSubmission) -> list[TraceEvent]:
