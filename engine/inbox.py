@@ -50,7 +50,10 @@ class Inbox:
                             self.inbox.put((CallReport.from_json(fields[b"r"]), time.time()))
                     except (MessageError, KeyError) as exc:
                         log.error("dropping undecodable message %s: %s", entry_id, exc)
-                    self.r.xdel(self.key, entry_id)
+                    try:
+                        self.r.xdel(self.key, entry_id)
+                    except redis.RedisError as exc:  # handed over already: it only stays in the stream
+                        log.warning("could not delete %s from %s: %s", entry_id, self.key, exc)
                 self.wake.set()
 
     def drain(self) -> list[tuple[CallReport | Control, float]]:

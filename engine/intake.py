@@ -58,9 +58,20 @@ class Intake:
             return Claimed(_s(entry_id), None, previous_owner, str(exc))
         return Claimed(_s(entry_id), sub, previous_owner)
 
+    def _regroup(self, exc: redis.ResponseError) -> None:
+        """A Redis that restarted without its data has no group: make it again (or re-raise)."""
+        if "NOGROUP" not in str(exc):
+            raise exc
+        self._group_ready = False
+        self.ensure_group()
+
     def claim(self, consumer: str, count: int = 1, block_ms: int | None = None) -> list[Claimed]:
         self.ensure_group()
-        reply: Any = self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        try:
+            reply: Any = self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        except redis.ResponseError as exc:
+            self._regroup(exc)
+            return []
         return [self._decode(eid, fields) for _, entries in (reply or []) for eid, fields in entries]
 
     def done(self, entry_id: str) -> None:
@@ -74,7 +85,11 @@ class Intake:
         """Take over entries held by consumers that are no longer alive."""
         self.ensure_group()
         claimed: list[Claimed] = []
-        pending: Any = self.r.xpending_range(self.stream, self.group, min="-", max="+", count=100)
+        try:
+            pending: Any = self.r.xpending_range(self.stream, self.group, min="-", max="+", count=100)
+        except redis.ResponseError as exc:
+            self._regroup(exc)
+            return []
         for item in pending:
             owner = _s(item["consumer"])
             if owner == consumer or owner in alive:

@@ -92,23 +92,35 @@ class EngineProcess:
         self._unsaved: list[TraceEvent] = []
         self.writer = StoreWriter()
         self._last_flush = time.monotonic()
-        self._last_poll = 0.0
-        self._last_beat = 0.0
-        self._last_recover = 0.0
+        self._last_poll = self._last_beat = self._last_recover = float("-inf")  # all due at the first tick
+        self._redis_failures = 0  # ticks in a row that Redis failed
         self.stopping = threading.Event()
 
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> None:
         log.info("engine %s started (models: %s)", self.config.engine_id, ", ".join(self.config.models))
-        self.heartbeat(force=True)
-        self.recover(force=True)
         try:
             while not self.stopping.is_set():
-                did_work = self.tick()
-                if not did_work:
+                if not self.weathered_tick():
                     self.idle_wait()
         finally:
             self.shutdown()
+
+    def weathered_tick(self) -> bool:
+        """A tick that survives Redis: on an error the engine pauses (its tasks wait; nothing is
+        lost, the scheduler keeps every task's state) and tries again with a capped backoff."""
+        try:
+            did = self.tick()
+        except redis.RedisError as exc:
+            self._redis_failures += 1
+            if self._redis_failures == 1:
+                log.warning("Redis failed (%s): the engine pauses its tasks and retries", exc)
+            self.stopping.wait(min(5.0, 0.25 * 2 ** min(self._redis_failures - 1, 5)))
+            return True
+        if self._redis_failures:
+            log.warning("Redis answers again (after %d failed ticks): the engine goes on", self._redis_failures)
+            self._redis_failures = 0
+        return did
 
     def tick(self) -> bool:
         self.heartbeat()

@@ -172,3 +172,40 @@ def _report(proc: EngineProcess, task_id: int, call_id: str):
     from engine.messages import CallReport
 
     return CallReport(task_id, call_id, "finished", "w/1", time.time(), ok=True, result=2)
+
+
+def test_a_redis_outage_pauses_the_engine_and_it_goes_on_after(tmp_path, caplog):
+    import socket
+
+    import redis
+
+    from tests.helpers import wait_for
+    from webapp.core.processes import PrivateRedis, redis_answers
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = PrivateRedis(f"redis://127.0.0.1:{port}/0", tmp_path)
+    server.ensure()
+    client = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=1)
+    backend = ScriptedBackend([b"[CALL] a [HEAD] f(a=1) [END]", b"[TRAP][END]", b" done"])
+    engine = EngineProcess(EngineConfig(ENGINE), Scheduler(lambda name: backend, engine_id=ENGINE), Intake(client),
+                           Store(), Publisher(), client, Dispatcher(), inbox=Inbox())
+    try:
+        submit(engine, 1)
+        for _ in range(50):
+            engine.weathered_tick()
+        assert engine.dispatcher.dispatched and engine.store.status[1] == "running"  # parked, waiting
+        server.stop()
+        wait_for(lambda: not redis_answers("127.0.0.1", port), 10, "the private Redis to stop")
+        for _ in range(3):
+            assert engine.weathered_tick()  # no exception: the engine stays up
+        assert "Redis failed" in caplog.text and engine.scheduler.task(1) is not None
+        server.ensure()  # back (empty: this one keeps no data)
+        engine.inbox.items.append(_report(engine, 1, "a"))
+        for _ in range(50):
+            engine.weathered_tick()
+        engine.writer.close()
+        assert engine.store.finished == [(1, "finished")] and "Redis answers again" in caplog.text
+    finally:
+        server.stop()
