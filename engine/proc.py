@@ -21,6 +21,8 @@ from engine.storewriter import StoreWriter
 
 log = logging.getLogger(__name__)
 
+FINISH_ATTEMPTS = 12  # 1 + 2 + 4 + ... capped at 30 s: about four minutes of retries
+
 
 class TaskStore(Protocol):
     """Where task state and trace events are kept (the Django models in the web app)."""
@@ -268,18 +270,27 @@ class EngineProcess:
         self.flush(force=True)
         entry = self._entries.pop(event.task_id, None)
 
+        steps_left = ["store", "ack", "follow"]  # a retry goes on from the step that failed
+
         def finish() -> None:
             # Stored before it is announced, and the intake entry kept until then: a crash in
             # between leaves the task to recovery rather than lost.
-            p = event.payload
-            stored = self.store.finish(event.task_id, p["status"], p["reason"], p["text"], p["metrics"])
-            self.publisher.publish(event)
-            if entry is not None:
-                self.intake.done(entry)
-            if stored:
+            if steps_left[0] == "store":
+                p = event.payload
+                stored = self.store.finish(event.task_id, p["status"], p["reason"], p["text"], p["metrics"])
+                self.publisher.publish(event)
+                steps_left[:] = ["ack", "follow"] if stored else ["ack"]
+            if steps_left and steps_left[0] == "ack":
+                if entry is not None:
+                    self.intake.done(entry)
+                steps_left.pop(0)
+            if steps_left:
                 self.on_final(event.task_id)
+                steps_left.clear()
 
-        self.writer.submit(finish, f"the end of task {event.task_id}")
+        # A task's end is retried for minutes (a database that is away comes back): until it is
+        # stored the task would show as running.
+        self.writer.submit(finish, f"the end of task {event.task_id}", attempts=FINISH_ATTEMPTS)
 
     def flush(self, force: bool = False) -> None:
         if not self._unsaved:

@@ -85,7 +85,7 @@
     const last = events[events.length - 1];
     anchor = {t: last.t_ms, at: performance.now()};
     if (trace.status) setStatus(trace.status);
-    const warning = events.find(e => e.kind === "warning");
+    const warning = events.find(e => e.kind === T.kinds.WARNING);
     if (warning) { reasonEl.hidden = false; reasonEl.textContent = warning.payload.message; }
     if (trace.finish) {
       setStatus(trace.finish.status);

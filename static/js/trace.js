@@ -100,25 +100,34 @@
     }
   }
 
+  // The trace's event kinds, as the engine names them (engine/timeline.py, written into the page
+  // by the server; the JavaScript tests pass the same list).
+  const K = (function () {
+    const el = typeof document !== "undefined" && document.getElementById("event-kinds");
+    const kinds = el ? JSON.parse(el.textContent) : window.AsyncLMEventKinds;
+    if (!kinds) throw new Error("trace.js needs the event kinds (#event-kinds)");
+    return kinds;
+  })();
+
   const HANDLERS = {
-    status(tr, t, p) { tr.status = p.status; tr.started = t; tr.enter("prefill", t); },
-    prefill(tr, t, p) {
+    [K.STATUS](tr, t, p) { tr.status = p.status; tr.started = t; tr.enter("prefill", t); },
+    [K.PREFILL](tr, t, p) {
       tr.enter("decoding", t);
       tr.prefill = {prompt_tokens: p.prompt_tokens, prefill_ms: p.ms, reused_prompt_tokens: p.reused_tokens};
     },
-    token(tr, t, p) {
+    [K.TOKEN](tr, t, p) {
       if (!tr.state || tr.state.state !== "decoding") tr.enter("decoding", t);
       tr.tokens += 1;
       if (tr.firstToken === null) tr.firstToken = t;
       tr.lastToken = t;
       tr.modelText(p.text);
     },
-    parked(tr, t) { tr.enter("parked", t); },
-    trap(tr, t, p) { if (p.action === "parked") tr.enter("parked", t); },
-    blocked(tr, t) { tr.enter("blocked", t); },
-    resumed(tr, t) { tr.enter("decoding", t); },
-    human_message(tr, t, p) { tr.messages.push({t: t, text: p.text}); },
-    interrupt_injected(tr, t, p) {
+    [K.PARKED](tr, t) { tr.enter("parked", t); },
+    [K.TRAP](tr, t, p) { if (p.action === "parked") tr.enter("parked", t); },
+    [K.BLOCKED](tr, t) { tr.enter("blocked", t); },
+    [K.RESUMED](tr, t) { tr.enter("decoding", t); },
+    [K.HUMAN_MESSAGE](tr, t, p) { tr.messages.push({t: t, text: p.text}); },
+    [K.INTERRUPT_INJECTED](tr, t, p) {
       const start = p.began_ms !== undefined ? p.began_ms : t;
       const inj = {t: start, ms: p.ms || 0, calls: p.calls || [], messages: p.messages || [],
         position: p.position, tokens: p.tokens || 0, text: p.text};
@@ -129,26 +138,26 @@
       tr.chunks.push({kind: inj.messages.length && !inj.calls.length ? "message" : "intr", text: p.text,
         calls: inj.calls, error: /"error":\{/.test(p.text || "")});
     },
-    malformed(tr, t, p) { tr.chunks.push({kind: "malformed", text: "", reason: p.reason}); },
-    call_decoded(tr, t, p) {
+    [K.MALFORMED](tr, t, p) { tr.chunks.push({kind: "malformed", text: "", reason: p.reason}); },
+    [K.CALL_DECODED](tr, t, p) {
       const c = tr.call(p.call_id);
       Object.assign(c, {name: p.name, args: p.args, decoded: t, at_position: p.position, status: "decoded"});
     },
-    call_error(tr, t, p) {
+    [K.CALL_ERROR](tr, t, p) {
       const c = tr.call(p.call_id);
       Object.assign(c, {name: p.name, decoded: t, result: t, ok: false, status: "error", error: p.error});
     },
-    call_waiting(tr, t, p) { const c = tr.call(p.call_id); c.status = "waiting"; c.waitingOn = p.on; },
-    call_dispatched(tr, t, p) { const c = tr.call(p.call_id); c.dispatched = t; c.args = p.args; c.status = "queued"; },
-    call_started(tr, t, p) { const c = tr.call(p.call_id); c.started = p.at_ms; c.worker = p.worker; c.status = "running"; },
-    call_finished(tr, t, p) { const c = tr.call(p.call_id); c.finished = p.at_ms; c.worker = p.worker; },
-    call_result(tr, t, p) {
+    [K.CALL_WAITING](tr, t, p) { const c = tr.call(p.call_id); c.status = "waiting"; c.waitingOn = p.on; },
+    [K.CALL_DISPATCHED](tr, t, p) { const c = tr.call(p.call_id); c.dispatched = t; c.args = p.args; c.status = "queued"; },
+    [K.CALL_STARTED](tr, t, p) { const c = tr.call(p.call_id); c.started = p.at_ms; c.worker = p.worker; c.status = "running"; },
+    [K.CALL_FINISHED](tr, t, p) { const c = tr.call(p.call_id); c.finished = p.at_ms; c.worker = p.worker; },
+    [K.CALL_RESULT](tr, t, p) {
       const c = tr.call(p.call_id);
       c.result = t; c.ok = p.ok; c.status = p.ok ? "done" : "error";
       c.injectedText = p.injected; c.error = p.error;
       if (c.finished === undefined) c.finished = t;  // a timeout or an error raised before running
     },
-    finish(tr, t, p) {
+    [K.FINISH](tr, t, p) {
       tr.finish = {t: t, status: p.status, reason: p.reason, finishReason: p.finish_reason, metrics: p.metrics};
       tr.status = p.status;
       tr.enter(null, t);
@@ -313,16 +322,34 @@
   }
 
   // Incremental: what is settled stays in the DOM; each frame adds the new text and redraws only
-  // the part that may still change (an open call block, or a possible marker's first letters), so
-  // a frame costs what is new, not the whole output. Calls' spans follow their status (an error
-  // arrives after the block was written).
+  // the part that may still change (an open call block, or a possible marker's first letters).
+  // The output is cut into one block per line of the model's plain text, so the browser keeps
+  // the layout of the lines above and a frame costs what is new, not the whole output. Calls'
+  // spans follow their status (an error arrives after the block was written).
   function drawStream(container, trace) {
     let st = container.asynclmStream;
     if (!st || st.trace !== trace) {
       while (container.firstChild) container.removeChild(container.firstChild);
-      st = container.asynclmStream = {trace: trace, done: 0, settled: 0, live: [], callSpans: []};
+      st = container.asynclmStream = {trace: trace, done: 0, settled: 0, live: [], callSpans: [], line: null};
     }
-    const settle = (part) => container.appendChild(partSpan(trace, part, st));
+    const newLine = () => {
+      st.line = document.createElement("span");
+      st.line.className = "stream-line";
+      container.appendChild(st.line);
+    };
+    if (!st.line) newLine();
+    const put = (node) => st.line.appendChild(node);
+    const settle = (part) => {
+      if (part.startsWith("[CALL]") || part.startsWith("[TRAP]") || part.indexOf("\n") < 0) {
+        put(partSpan(trace, part, st));
+        return;
+      }
+      const lines = part.split(/(?<=\n)/);  // each line keeps its line break
+      lines.forEach((line, k) => {
+        put(partSpan(trace, line, st));
+        if (k < lines.length - 1 || line.endsWith("\n")) newLine();
+      });
+    };
     st.live.forEach(node => node.remove());
     st.live = [];
     st.callSpans = st.callSpans.filter(c => c.span.isConnected);
@@ -330,7 +357,7 @@
     for (let i = st.done; i < chunks.length; i++) {
       const chunk = chunks[i], last = i === chunks.length - 1;
       if (chunk.kind !== "model") {
-        container.appendChild(otherSpan(chunk));
+        put(otherSpan(chunk));
         st.done = i + 1;
         st.settled = 0;
         continue;
@@ -356,7 +383,7 @@
         }
         if (tail) {
           const span = partSpan(trace, tail, st);
-          container.appendChild(span);
+          put(span);
           st.live.push(span);  // removed before the next frame
         }
       } else if (!last) {
@@ -415,5 +442,5 @@
 
   window.AsyncLMTrace = {Trace: Trace, drawTimeline: drawTimeline, drawStream: drawStream, follow: follow,
     describeInjection: describeInjection, fmt: fmt, redrawer: redrawer, union: union, overlap: overlap,
-    handledKinds: function () { return Object.keys(HANDLERS); }};
+    kinds: K, handledKinds: function () { return Object.keys(HANDLERS); }};
 })();

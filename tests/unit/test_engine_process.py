@@ -209,3 +209,24 @@ def test_a_redis_outage_pauses_the_engine_and_it_goes_on_after(tmp_path, caplog)
         assert engine.store.finished == [(1, "finished")] and "Redis answers again" in caplog.text
     finally:
         server.stop()
+
+
+def test_a_tasks_end_is_retried_from_the_step_that_failed(engine, monkeypatch):
+    submit(engine, 1)
+    run(engine)
+    failures = {"done": 1}
+    original = engine.intake.done
+
+    def flaky_done(entry_id):
+        if failures["done"]:
+            failures["done"] -= 1
+            raise ConnectionError("Redis went away")
+        original(entry_id)
+
+    monkeypatch.setattr(engine.intake, "done", flaky_done)
+    monkeypatch.setattr("engine.storewriter.time.sleep", lambda s: None)
+    engine.inbox.items.append(_report(engine, 1, "a"))
+    run(engine)
+    engine.writer.close()
+    # Stored once (not again on the retry, which would have said "already final") and followed up.
+    assert engine.store.finished == [(1, "finished")] and engine.finals == [1] and failures["done"] == 0

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_it_passes_the_javascript_unit_tests_with_the_engines_event_kinds():
     node = shutil.which("node") or shutil.which("nodejs")
     assert node, "node is missing: `make test` installs it (Debian package nodejs)"
-    env = {**os.environ, "ASYNCLM_EVENT_KINDS": json.dumps([k.value for k in EventKind])}
+    env = {**os.environ, "ASYNCLM_EVENT_KINDS": json.dumps({k.name: k.value for k in EventKind})}
     done = subprocess.run([node, "--test", str(ROOT / "tests" / "js")], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

@@ -1,5 +1,6 @@
 """The engine's dispatcher: calls go to Celery workers on the `tools` queue."""
 
+from engine.calltable import CALL_GRACE_S
 from engine.messages import CallRequest
 from webapp.celery import app
 
@@ -12,10 +13,12 @@ def celery_task_id(task_id: int, call_id: str) -> str:
 class CeleryDispatcher:
     def dispatch(self, request: CallRequest) -> None:
         timeout = float(request.tool.get("timeout_s", 10.0))
-        # Soft limit first so the tool's error is reported; the hard limit kills a stuck child.
+        # Soft limit first so the tool's error is reported; the hard limit kills a stuck child. A
+        # call no worker has started once the engine has given up on it (timeout + grace) expires:
+        # a dead worker's queued calls are not run minutes later for a task that moved on.
         app.send_task("workers.tasks.run_tool", args=[request.to_dict()], queue="tools",
                       task_id=celery_task_id(request.task_id, request.call_id),
-                      soft_time_limit=timeout, time_limit=timeout + 1)
+                      soft_time_limit=timeout, time_limit=timeout + 1, expires=timeout + CALL_GRACE_S)
 
     def revoke(self, task_id: int, call_ids: list[str]) -> None:
         # Queued calls are discarded by the workers; running ones finish and their late results

@@ -83,7 +83,10 @@ class Command(BaseCommand):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page()
-            page.set_content('<div id="out"></div>')
+            # The task page's stream element with its styles.
+            css = (Path(settings.BASE_DIR) / "static" / "css" / "app.css").read_text()
+            page.set_content(f'<style>{css}</style><pre id="out" class="output"></pre>')
+            page.add_script_tag(content=kinds_script())
             page.add_script_tag(content=script.read_text())
             started = time.time()
             result = page.evaluate(DRIVE, {"n": opts["tokens"], "every": opts["call_every"],
@@ -108,6 +111,13 @@ class Command(BaseCommand):
             f"p95 {summary['frame_ms']['p95']} ms; last 500 frames mean {summary['last_500_frames_ms']['mean']} ms "
             f"({len(result['text'])} characters drawn) -> {out}"
         )
+
+
+def kinds_script() -> str:
+    """What the task page gives trace.js: the engine's event kinds (older versions ignore it)."""
+    from engine.timeline import EventKind
+
+    return "window.AsyncLMEventKinds = " + json.dumps({kind.name: kind.value for kind in EventKind}) + ";"
 
 
 def _stats(values: list[float]) -> dict[str, float]:

@@ -1,3 +1,5 @@
+"""The simulated tool kind's latency draws (workers/executors/simulated.py): distributions, clamping, seeds."""
+
 import random
 import statistics
 
