@@ -30,18 +30,16 @@ redis_port() {
   python3 -c 'import sys, urllib.parse as u; print(u.urlparse(sys.argv[1]).port or 6379)' "$1"
 }
 
-# ensure_redis: when no Redis answers at REDIS_URL, start a private one (no persistence) on that
-# URL's port and stop it when the calling script exits. The one place a private Redis is started
-# from the shell (webapp/core/processes.py is the same for Python).
+# ensure_redis: when no Redis answers at REDIS_URL, start a private one (scripts/redis-private.sh,
+# no persistence) on that URL's port and stop it when the calling script exits.
 ensure_redis() {
   redis_answers "$REDIS_URL" && return 0
   local port
   port=$(redis_port "$REDIS_URL")
   say "no Redis answers at $REDIS_URL: starting a private one on port $port"
-  mkdir -p "$ROOT/var"
-  redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "${TMPDIR:-/tmp}" \
-    --daemonize yes --pidfile "$ROOT/var/redis-$port.pid" >/dev/null
-  trap 'kill $(cat "$ROOT/var/redis-'"$port"'.pid") 2>/dev/null || true' EXIT
+  "$ROOT/scripts/redis-private.sh" >/dev/null 2>&1 &
+  _private_redis=$!
+  trap 'kill "$_private_redis" 2>/dev/null || true' EXIT
   for _ in $(seq 50); do redis_answers "$REDIS_URL" && return 0; sleep 0.1; done
   die "the private Redis on port $port did not answer"
 }

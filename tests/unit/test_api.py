@@ -209,3 +209,20 @@ def test_text_a_database_cannot_store_is_refused_where_it_enters(api, alice, red
     assert "NUL character" in page and "Nothing was sent" in page
     assert not redis_client.exists(inbox_stream("engine-x"))  # nothing reached the engine
     assert Task.objects.count() == 1
+
+
+def test_a_user_has_at_most_the_configured_number_of_open_tasks(api, alice, bob, settings, client, redis_client):
+    settings.ASYNCLM_MAX_OPEN_TASKS_PER_USER = 2  # (five API requests: the tests' rate limit is 5/m)
+    assert post(api, "/api/tasks", NEW).status_code == 201
+    response = post(api, "/api/tasks", {**NEW, "compare": True})  # three more would make four
+    assert response.status_code == 409 and "limit is 2 per user" in response.json()["detail"]
+    assert post(api, "/api/tasks", NEW).status_code == 201
+    assert post(api, "/api/tasks", NEW).status_code == 409
+    Task.objects.filter(owner=alice).update(status="finished")  # finished tasks do not count
+    assert post(api, "/api/tasks", NEW).status_code == 201
+    client.force_login(bob)  # another user's backlog is their own
+    page = client.post(reverse("dashboard"), {"prompt": "hi", "model": "smollm2-135m", "max_tokens": 8,
+                                              "temperature": 0, "top_p": 1, "seed": 0, "mode": "async",
+                                              "max_calls": 4, "max_wall_s": 60})
+    assert page.status_code == 302
+    assert Task.objects.filter(owner=alice).count() == 3 and Task.objects.filter(owner=bob).count() == 1

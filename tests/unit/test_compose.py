@@ -70,4 +70,31 @@ def test_the_procfile_runs_the_same_commands():
         if name == "redis":
             assert (ROOT / command.strip()).exists()
             continue
-        check_exists(shlex.split(command.replace("${ASYNCLM_PORT:-8000}", "8000")))
+        args = shlex.split(command.replace("${ASYNCLM_PORT:-8000}", "8000"))
+        assert args[0] == "scripts/supervise.sh", f"{name} is not restarted after a crash"
+        check_exists(args[1:])
+
+
+def test_supervise_starts_a_crashed_command_again_and_stops_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    marker, second = tmp_path / "crashed-once", tmp_path / "second-run"
+    script = f"if [ -f {marker} ]; then touch {second}; exec sleep 300; else touch {marker}; exit 3; fi"
+    proc = subprocess.Popen([str(ROOT / "scripts" / "supervise.sh"), "bash", "-c", script],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 15
+    while not second.exists():
+        assert time.monotonic() < deadline, "the command was not started again"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)  # it stops, and does not start the command again (TimeoutExpired otherwise)
+    assert "exited with status 3; starting it again in 1 s" in proc.stderr.read()
+
+
+def test_every_service_comes_back_after_a_crash_and_only_the_web_port_is_published(compose):
+    services = compose["services"]
+    assert all(s.get("restart") == "unless-stopped" for s in services.values()), \
+        [name for name, s in services.items() if s.get("restart") != "unless-stopped"]
+    assert [name for name, s in services.items() if s.get("ports")] == ["web"]

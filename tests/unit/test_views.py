@@ -102,6 +102,16 @@ def test_ensure_admin_creates_one_admin_and_keeps_the_password(tmp_path, setting
     from django.contrib.auth import authenticate
 
     assert authenticate(username="admin", password=password).is_superuser
+    assert (tmp_path / "admin-password.txt").stat().st_mode & 0o777 == 0o600  # private from the start
+
+
+def test_a_private_file_is_created_0600_and_never_overwritten(tmp_path):
+    from webapp.core.files import write_private
+
+    path = tmp_path / "var" / "secret.txt"
+    assert write_private(path, "one") and path.read_text() == "one"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert not write_private(path, "two") and path.read_text() == "one"
 
 
 def test_a_task_keeps_a_snapshot_of_its_tools(alice_client, demo_pack, redis_client):
@@ -276,3 +286,36 @@ def test_purge_deletes_old_finished_tasks_and_their_events(alice, capsys):
     call_command("purge_tasks")
     assert set(Task.objects.values_list("pk", flat=True)) == {old_running.pk, new.pk}
     assert not TraceEvent.objects.exists()
+
+
+def test_the_trace_download_and_health_keep_configuration_and_hosts_for_staff(alice_client, alice, redis_client):
+    from engine import health
+
+    tools = [{"name": "fetch", "description": "", "parameters": {}, "kind": "http",
+              "config": {"url": "http://intranet.example:8080/secret"}}]
+    task = Task.objects.create(owner=alice, prompt="p", model="m", status="finished", tools=tools)
+    doc = alice_client.get(reverse("task_trace", args=[task.pk])).json()
+    assert doc["tool_specs"] == [{"name": "fetch", "description": "", "parameters": {}, "kind": "http"}]
+    health.beat(redis_client, "engine", "engine-v", 30, models=["m"], active=0, capacity=4)
+    (engine,) = [e for e in alice_client.get(reverse("health")).json()["engines"] if e["id"] == "engine-v"]
+    assert "host" not in engine and "pid" not in engine and engine["models"] == ["m"]
+    alice.is_staff = True
+    alice.save()
+    doc = alice_client.get(reverse("task_trace", args=[task.pk])).json()
+    assert doc["tool_specs"][0]["config"]["url"].startswith("http://intranet")
+    (engine,) = [e for e in alice_client.get(reverse("health")).json()["engines"] if e["id"] == "engine-v"]
+    assert engine["host"] and engine["pid"]
+
+
+def test_a_redis_outage_is_a_clear_503_not_a_server_error(alice_client, monkeypatch):
+    import redis
+
+    from webapp.runs import views
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(views, "submit_task", down)
+    response = alice_client.post(reverse("dashboard"), VALID)
+    assert response.status_code == 503 and "Redis unreachable" in response.content.decode()
+    assert response["Retry-After"] == "10"

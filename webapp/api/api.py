@@ -29,7 +29,15 @@ from webapp.core.redis import ServiceUnavailable
 from webapp.runs.export import events_after, task_document, trace_document
 from webapp.runs.forms import TaskForm
 from webapp.runs.models import Task
-from webapp.runs.submit import TaskNotRunning, cancel_task, send_message, submit_comparison, submit_task, task_fields
+from webapp.runs.submit import (
+    TaskNotRunning,
+    TooManyTasks,
+    cancel_task,
+    send_message,
+    submit_comparison,
+    submit_task,
+    task_fields,
+)
 
 
 class TokenAuth(HttpBearer):
@@ -57,7 +65,7 @@ def _own(request, pk: int) -> Task:
     return get_object_or_404(Task, pk=pk, owner=request.auth)
 
 
-@tasks.post("/tasks", response={201: TaskOut | ComparisonOut, 422: ValidationErrorOut, 503: ErrorOut},
+@tasks.post("/tasks", response={201: TaskOut | ComparisonOut, 409: ErrorOut, 422: ValidationErrorOut, 503: ErrorOut},
             throttle=[AuthRateThrottle(settings.ASYNCLM_API_TASK_RATE)],
             summary="Create a task (or, with compare, one per mode run one after the other)")
 def create_task(request, payload: TaskIn):
@@ -72,6 +80,8 @@ def create_task(request, payload: TaskIn):
         task = submit_task(request.auth, **task_fields(form.cleaned_data))
     except ServiceUnavailable as exc:
         return Status(503, {"detail": str(exc)})
+    except TooManyTasks as exc:
+        return Status(409, {"detail": str(exc)})
     return Status(201, task_document(task))
 
 
@@ -105,7 +115,7 @@ def get_events(request, pk: int, after: int = 0, limit: int = 1000):
 @tasks.get("/tasks/{pk}/trace", response={200: dict, 404: ErrorOut},
            summary="The whole trace as one JSON document (task, calls, every event)")
 def export_trace(request, pk: int):
-    return trace_document(_own(request, pk))
+    return trace_document(_own(request, pk), with_config=request.auth.is_staff)
 
 
 @tasks.post("/tasks/{pk}/messages", response={202: ActionOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut},

@@ -115,32 +115,41 @@ def redis_answers(host: str, port: int) -> bool:
 
 
 class PrivateRedis:
-    """A throw-away redis-server on the host and port of `url`, started only when none answers
-    there (scripts/with-redis.sh does the same for shell commands)."""
+    """A throw-away Redis on the host and port of `url` (scripts/redis-private.sh, the one private
+    Redis starter), started only when none answers there."""
 
     def __init__(self, url: str, log_dir: Path) -> None:
         parsed = urllib.parse.urlparse(url)
+        self.url = url
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 6379
-        self.pid_file = log_dir / f"redis-{self.port}.pid"
-        self.started = False
+        self.log_path = log_dir / f"redis-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.proc is not None
 
     def ensure(self) -> None:
         if redis_answers(self.host, self.port):
             return
         if not shutil.which("redis-server"):
             raise ProcessError(f"no Redis answers at {self.host}:{self.port} and redis-server is not installed")
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                        "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(self.pid_file)],
-                       check=True, stdout=subprocess.DEVNULL)
-        self.started = True
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([str(Path(settings.BASE_DIR) / "scripts" / "redis-private.sh")],
+                                         env={**os.environ, "REDIS_URL": self.url}, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 10
         while not redis_answers(self.host, self.port):
-            if time.monotonic() > deadline:
-                raise ProcessError(f"the private Redis on port {self.port} did not answer within 10 s")
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise ProcessError(f"the private Redis on port {self.port} did not answer; see {self.log_path}")
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.started and self.pid_file.exists():
-            subprocess.run(["kill", self.pid_file.read_text().strip()], check=False)
-            self.started = False
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None

@@ -45,10 +45,12 @@ def events_after(task: Task, after: int, limit: int) -> list[dict[str, Any]]:
     return [{"seq": e.seq, "t_ms": e.t_ms, "kind": e.kind, "payload": e.payload} for e in rows]
 
 
-def trace_document(task: Task) -> dict[str, Any]:
-    """Everything about one task: its settings and tool snapshot, calls and every trace event."""
+def trace_document(task: Task, *, with_config: bool = False) -> dict[str, Any]:
+    """Everything about one task: its settings and tool snapshot, calls and every trace event. A
+    tool's `config` (URLs, entry points, instance state) only for staff (`with_config`)."""
     doc = task_document(task)
-    doc["tool_specs"] = task.tools
+    doc["tool_specs"] = task.tools if with_config else [{k: v for k, v in t.items() if k != "config"}
+                                                       for t in task.tools]
     doc["events"] = [{"seq": e.seq, "t_ms": e.t_ms, "kind": e.kind, "payload": e.payload}
                      for e in task.events.order_by("seq").iterator(chunk_size=2000)]
     doc["exported_at"] = timezone.now()

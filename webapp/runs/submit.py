@@ -38,9 +38,23 @@ def task_fields(cleaned: dict) -> dict:
     return {**{k: cleaned[k] for k in TASK_FIELDS}, "tools": cleaned["tool_specs"]}
 
 
+class TooManyTasks(Exception):
+    """The user already has as many queued and running tasks as one user may."""
+
+
+def check_quota(owner, adding: int = 1) -> None:
+    """One user's backlog must not crowd out everyone else's: refuse beyond the per-user cap."""
+    limit = settings.ASYNCLM_MAX_OPEN_TASKS_PER_USER
+    open_tasks = Task.objects.filter(owner=owner, status__in=(Task.Status.QUEUED, Task.Status.RUNNING)).count()
+    if open_tasks + adding > limit:
+        raise TooManyTasks(f"you have {open_tasks} queued or running tasks and the limit is {limit} per user: "
+                           "wait for some to finish (or cancel them), then submit again")
+
+
 def submit_task(owner, **fields) -> Task:
     """Store the task, then queue it. If the queue is unreachable the task is kept, marked failed
-    with the reason, and ServiceUnavailable tells the caller."""
+    with the reason, and ServiceUnavailable tells the caller. TooManyTasks: nothing was stored."""
+    check_quota(owner)
     task = Task.objects.create(owner=owner, **fields)
     _queue(task)
     return task
@@ -63,6 +77,7 @@ def submit_comparison(owner, **fields) -> list[Task]:
     """The same prompt, tools, sampling seed and tool latencies under each mode. The tasks run
     one after the other (concurrent runs on 2 cores would distort each other's latencies): the
     first is queued now, each next one when its predecessor ends (on_task_final)."""
+    check_quota(owner, adding=len(COMPARE_MODES))
     group = uuid.uuid4()
     # Simulated tools draw their latencies from (group, call): every mode faces the same ones.
     tools = [{**t, "config": {**t.get("config", {}), "latency_scope": str(group)}} for t in fields.pop("tools", [])]

@@ -14,7 +14,15 @@ from webapp.core.validators import unstorable
 from webapp.runs.export import trace_document
 from webapp.runs.forms import TaskFilterForm, TaskForm
 from webapp.runs.models import Task
-from webapp.runs.submit import TaskNotRunning, cancel_task, send_message, submit_comparison, submit_task, task_fields
+from webapp.runs.submit import (
+    TaskNotRunning,
+    TooManyTasks,
+    cancel_task,
+    send_message,
+    submit_comparison,
+    submit_task,
+    task_fields,
+)
 
 
 @login_required
@@ -26,8 +34,8 @@ def dashboard(request):
                 runs = submit_comparison(request.user, **task_fields(form.cleaned_data))
                 return redirect("compare", group=runs[0].compare_group)
             task = submit_task(request.user, **task_fields(form.cleaned_data))
-        except ServiceUnavailable as exc:
-            form.add_error(None, str(exc))
+        except (ServiceUnavailable, TooManyTasks) as exc:
+            form.add_error(None, str(exc)[:1].upper() + str(exc)[1:] + ".")
         else:
             return redirect("task_detail", pk=task.pk)
     filters = TaskFilterForm(request.GET or None)
@@ -51,7 +59,7 @@ def compare(request, group):
 @login_required
 def task_trace(request, pk: int):
     task = get_object_or_404(Task, pk=pk, owner=request.user)
-    body = json.dumps(trace_document(task), cls=DjangoJSONEncoder, indent=1)
+    body = json.dumps(trace_document(task, with_config=request.user.is_staff), cls=DjangoJSONEncoder, indent=1)
     response = HttpResponse(body, content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="asynclm-task-{task.pk}-trace.json"'
     return response

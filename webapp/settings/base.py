@@ -38,6 +38,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "webapp.core.middleware.RedisUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -126,6 +127,8 @@ ASYNCLM_N_CTX = env.int("ASYNCLM_N_CTX", 4096, min=256)
 ASYNCLM_MAX_PROMPT_CHARS = env.int("ASYNCLM_MAX_PROMPT_CHARS", 8000, min=1)
 ASYNCLM_MAX_TOKENS_LIMIT = env.int("ASYNCLM_MAX_TOKENS_LIMIT", 2048, min=1)
 ASYNCLM_HEARTBEAT_TTL = env.int("ASYNCLM_HEARTBEAT_TTL", 15, min=3)
+# Queued + running tasks one user may have at once (a comparison counts three).
+ASYNCLM_MAX_OPEN_TASKS_PER_USER = env.int("ASYNCLM_MAX_OPEN_TASKS_PER_USER", 20, min=1)
 # Offer benchmark-only decoders (the simulated one) to every user, not only to staff.
 ASYNCLM_OFFER_BENCHMARK_DECODERS = env.bool("ASYNCLM_OFFER_BENCHMARK_DECODERS", False)
 # An SGLang server (e.g. http://sglang:30000) serving these catalog models; empty: all embedded.

@@ -13,16 +13,14 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 def _local_secret_key() -> str:
     # Generated once and kept in the git-ignored var/ folder, so sessions survive restarts.
-    path = VAR_DIR / "secret-key.txt"
-    if path.exists():
-        return path.read_text().strip()
     import secrets
 
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(50)
-    path.write_text(key)
-    path.chmod(0o600)
-    return key
+    from webapp.core.files import write_private
+
+    path = VAR_DIR / "secret-key.txt"
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(50))  # another process may have been first
+    return path.read_text().strip()
 
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", "") or _local_secret_key()

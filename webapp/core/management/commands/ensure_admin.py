@@ -7,6 +7,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from webapp.core.files import write_private
+
 
 class Command(BaseCommand):
     help = "Create the first admin user (username 'admin') when no superuser exists."
@@ -23,9 +25,8 @@ class Command(BaseCommand):
             return
         password = secrets.token_urlsafe(12)
         users.objects.create_superuser(username=username, email="", password=password)
-        settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
-        password_file.write_text(f"username: {username}\npassword: {password}\n")
-        password_file.chmod(0o600)
+        password_file.unlink(missing_ok=True)  # a stale one from an earlier database
+        write_private(password_file, f"username: {username}\npassword: {password}\n")
         self.stdout.write(self.style.SUCCESS(
             f"Created admin user '{username}' with password: {password}\n"
             f"(shown once; also kept in {password_file})"

@@ -1,0 +1,32 @@
+"""Redis is weather for the web too: a request that needs it while it is away gets a clear 503
+("Redis unreachable"), not a server error."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from django.http import HttpResponse, JsonResponse
+
+log = logging.getLogger(__name__)
+
+MESSAGE = "Redis unreachable: the service cannot take this request now. Try again in a moment."
+
+
+class RedisUnavailableMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, redis.RedisError):
+            return None
+        log.warning("%s %s: %s", request.method, request.path, exception)
+        if request.path.startswith("/api/"):
+            return JsonResponse({"detail": MESSAGE}, status=503)
+        response = HttpResponse(f"<!doctype html><title>Redis unreachable</title><h1>503</h1><p>{MESSAGE}</p>",
+                                status=503)
+        response["Retry-After"] = "10"
+        return response
