@@ -111,6 +111,19 @@ def test_the_list_pages_and_filters(api, alice):
     assert api.get("/api/tasks?mode=sync").json()["count"] == 10
 
 
+def test_the_list_builds_only_the_page_it_returns(api, alice, monkeypatch):
+    from webapp.api import api as api_module
+
+    for i in range(30):
+        Task.objects.create(owner=alice, prompt=f"p{i}", model="m")
+    built = []
+    original = api_module.task_document
+    monkeypatch.setattr(api_module, "task_document", lambda t, **kw: built.append(t.pk) or original(t, **kw))
+    page = api.get("/api/tasks?page=2").json()
+    assert page["count"] == 30 and len(built) == len(page["items"]) == 5
+    assert [t["id"] for t in page["items"]] == built  # newest first, the oldest five on page 2
+
+
 def test_events_after_a_sequence_number_and_the_whole_trace(api, alice):
     task = Task.objects.create(owner=alice, prompt="p", model="m", status="finished", final_text="hi")
     for seq in range(1, 6):
@@ -226,3 +239,17 @@ def test_a_user_has_at_most_the_configured_number_of_open_tasks(api, alice, bob,
                                               "max_calls": 4, "max_wall_s": 60})
     assert page.status_code == 302
     assert Task.objects.filter(owner=alice).count() == 3 and Task.objects.filter(owner=bob).count() == 1
+
+
+def test_the_form_and_the_api_share_one_task_creation_rate(api, alice, settings, client, redis_client):
+    settings.ASYNCLM_TASK_RATE = "3/h"
+    assert [post(api, "/api/tasks", NEW).status_code for _ in range(2)] == [201, 201]
+    client.force_login(alice)
+    form = {"prompt": "hi", "model": "smollm2-135m", "max_tokens": 8, "temperature": 0, "top_p": 1, "seed": 0,
+            "mode": "async", "max_calls": 4, "max_wall_s": 60}
+    assert client.post(reverse("dashboard"), form).status_code == 302  # the third, through the form
+    page = client.post(reverse("dashboard"), form)
+    assert page.status_code == 400 and "At most 3 tasks per hour may be created" in page.content.decode()
+    response = post(api, "/api/tasks", NEW)
+    assert response.status_code == 429 and "at most 3 tasks per hour" in response.json()["detail"]
+    assert Task.objects.filter(owner=alice).count() == 3

@@ -319,3 +319,28 @@ def test_a_redis_outage_is_a_clear_503_not_a_server_error(alice_client, monkeypa
     response = alice_client.post(reverse("dashboard"), VALID)
     assert response.status_code == 503 and "Redis unreachable" in response.content.decode()
     assert response["Retry-After"] == "10"
+
+
+def test_logins_are_throttled_per_user_name_and_the_message_says_for_how_long(client, alice, bob, settings,
+                                                                              redis_client):
+    settings.ASYNCLM_LOGIN_FAILURES = 3
+    login = reverse("login")
+    for _ in range(3):
+        page = client.post(login, {"username": "alice", "password": "wrong"}).content.decode()
+        assert "Please enter a correct username and password" in page
+    page = client.post(login, {"username": "alice", "password": "pw-for-tests-123"}).content.decode()
+    assert "Too many failed logins: try again in 15 minute(s)." in page  # the right password, refused
+    assert "_auth_user_id" not in client.session
+    response = client.post(login, {"username": "bob", "password": "pw-for-tests-123"})  # another user
+    assert response.status_code == 302 and client.session["_auth_user_id"] == str(bob.pk)
+    redis_client.flushdb()  # the window has passed
+    client.logout()
+    assert client.post(login, {"username": "alice", "password": "pw-for-tests-123"}).status_code == 302
+
+
+def test_the_admin_login_is_throttled_too(client, admin_user, settings, redis_client):
+    settings.ASYNCLM_LOGIN_FAILURES = 2
+    for _ in range(2):
+        client.post("/admin/login/", {"username": "admin", "password": "wrong"})
+    page = client.post("/admin/login/", {"username": "admin", "password": "password"}).content.decode()
+    assert "Too many failed logins" in page

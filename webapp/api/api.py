@@ -30,6 +30,7 @@ from webapp.runs.export import events_after, task_document, trace_document
 from webapp.runs.forms import TaskForm
 from webapp.runs.models import Task
 from webapp.runs.submit import (
+    RateLimited,
     TaskNotRunning,
     TooManyTasks,
     cancel_task,
@@ -65,7 +66,8 @@ def _own(request, pk: int) -> Task:
     return get_object_or_404(Task, pk=pk, owner=request.auth)
 
 
-@tasks.post("/tasks", response={201: TaskOut | ComparisonOut, 409: ErrorOut, 422: ValidationErrorOut, 503: ErrorOut},
+@tasks.post("/tasks", response={201: TaskOut | ComparisonOut, 409: ErrorOut, 422: ValidationErrorOut, 429: ErrorOut,
+                                         503: ErrorOut},
             throttle=[AuthRateThrottle(settings.ASYNCLM_API_TASK_RATE)],
             summary="Create a task (or, with compare, one per mode run one after the other)")
 def create_task(request, payload: TaskIn):
@@ -80,6 +82,8 @@ def create_task(request, payload: TaskIn):
         task = submit_task(request.auth, **task_fields(form.cleaned_data))
     except ServiceUnavailable as exc:
         return Status(503, {"detail": str(exc)})
+    except RateLimited as exc:
+        return Status(429, {"detail": str(exc)})
     except TooManyTasks as exc:
         return Status(409, {"detail": str(exc)})
     return Status(201, task_document(task))
@@ -95,7 +99,21 @@ def list_tasks(request, filters: Query[TaskFilters]):
         rows = rows.filter(mode=filters.mode)
     if filters.compare_group:
         rows = rows.filter(compare_group=filters.compare_group)
-    return [task_document(t, calls=False) for t in rows]
+    return PageOfDocuments(rows)
+
+
+class PageOfDocuments:
+    """The task list as the paginator sees it: counted and sliced in the database, and documents
+    built only for the page asked for (a user with 20,000 tasks costs one page, not all)."""
+
+    def __init__(self, rows) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows.count()
+
+    def __getitem__(self, page: slice) -> list[dict]:
+        return [task_document(t, calls=False) for t in self.rows[page]]
 
 
 @tasks.get("/tasks/{pk}", response={200: TaskOut, 404: ErrorOut}, summary="A task: status, output, calls, metrics")

@@ -3,10 +3,12 @@ mode comparisons (three tasks run one after the other)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import redis
 from django.conf import settings
+from django.core.cache import cache
 from django.utils import timezone
 
 from engine.intake import Intake
@@ -42,13 +44,40 @@ class TooManyTasks(Exception):
     """The user already has as many queued and running tasks as one user may."""
 
 
+class RateLimited(TooManyTasks):
+    """The user created tasks faster than the task-creation rate allows."""
+
+
+def check_rate(owner, adding: int = 1) -> None:
+    """One task-creation rate per user for the form and the API together (ASYNCLM_TASK_RATE, "N/s",
+    "N/m", "N/h" or "N/d"), counted in fixed windows in the cache. (The API also throttles its
+    requests, valid or not: ASYNCLM_API_TASK_RATE.)"""
+    count, _, unit = settings.ASYNCLM_TASK_RATE.partition("/")
+    limit, seconds = int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit[:1]]
+    key = f"task-rate:{owner.pk}:{int(time.time() // seconds)}"
+    cache.add(key, 0, timeout=seconds + 1)
+    try:
+        used = cache.incr(key, adding)
+    except ValueError:  # the window ended in between
+        cache.set(key, adding, timeout=seconds + 1)
+        used = adding
+    if used > limit:
+        cache.decr(key, adding)
+        raise RateLimited(f"at most {limit} tasks per {_UNIT_NAMES[unit[:1]]} may be created: try again shortly")
+
+
+_UNIT_NAMES = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+
+
 def check_quota(owner, adding: int = 1) -> None:
-    """One user's backlog must not crowd out everyone else's: refuse beyond the per-user cap."""
+    """One user's backlog must not crowd out everyone else's: refuse beyond the per-user cap, or
+    beyond the task-creation rate."""
     limit = settings.ASYNCLM_MAX_OPEN_TASKS_PER_USER
     open_tasks = Task.objects.filter(owner=owner, status__in=(Task.Status.QUEUED, Task.Status.RUNNING)).count()
     if open_tasks + adding > limit:
         raise TooManyTasks(f"you have {open_tasks} queued or running tasks and the limit is {limit} per user: "
                            "wait for some to finish (or cancel them), then submit again")
+    check_rate(owner, adding)
 
 
 def submit_task(owner, **fields) -> Task:

@@ -1,4 +1,7 @@
+import re
 from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
 
 from webapp.settings.env import Env
 
@@ -127,6 +130,10 @@ ASYNCLM_N_CTX = env.int("ASYNCLM_N_CTX", 4096, min=256)
 ASYNCLM_MAX_PROMPT_CHARS = env.int("ASYNCLM_MAX_PROMPT_CHARS", 8000, min=1)
 ASYNCLM_MAX_TOKENS_LIMIT = env.int("ASYNCLM_MAX_TOKENS_LIMIT", 2048, min=1)
 ASYNCLM_HEARTBEAT_TTL = env.int("ASYNCLM_HEARTBEAT_TTL", 15, min=3)
+# Failed logins allowed per user name in the window before it is locked until the window ends (an
+# address may fail five times as often).
+ASYNCLM_LOGIN_FAILURES = env.int("ASYNCLM_LOGIN_FAILURES", 10, min=1)
+ASYNCLM_LOGIN_WINDOW_S = env.int("ASYNCLM_LOGIN_WINDOW_S", 900, min=1)
 # Queued + running tasks one user may have at once (a comparison counts three).
 ASYNCLM_MAX_OPEN_TASKS_PER_USER = env.int("ASYNCLM_MAX_OPEN_TASKS_PER_USER", 20, min=1)
 # Offer benchmark-only decoders (the simulated one) to every user, not only to staff.
@@ -137,6 +144,10 @@ ASYNCLM_SGLANG_MODELS = env.list("ASYNCLM_SGLANG_MODELS", [ASYNCLM_DEFAULT_MODEL
 ASYNCLM_MAX_MESSAGE_CHARS = env.int("ASYNCLM_MAX_MESSAGE_CHARS", 2000, min=1)
 # Task creation through the API, per user ("N/s", "N/m", "N/h" or "N/d").
 ASYNCLM_API_TASK_RATE = env.str("ASYNCLM_API_TASK_RATE", "30/m")
+# Tasks one user may create through the form and the API together ("N/s", "N/m", "N/h", "N/d").
+ASYNCLM_TASK_RATE = env.str("ASYNCLM_TASK_RATE", "30/m")
+if not re.fullmatch(r"[1-9][0-9]*/[smhd][a-z]*", ASYNCLM_TASK_RATE):
+    raise ImproperlyConfigured(f"ASYNCLM_TASK_RATE={ASYNCLM_TASK_RATE!r}: expected N/s, N/m, N/h or N/d (e.g. 30/m)")
 # `python manage.py purge_tasks` deletes tasks (and their events) older than this.
 ASYNCLM_TASK_RETENTION_DAYS = env.int("ASYNCLM_TASK_RETENTION_DAYS", 30, min=1)
 # Where `manage.py bench` writes by default; the dashboard lists the runs kept in its runs/ folder.
