@@ -35,6 +35,9 @@ VOCAB = 1 << 16
 CHUNK = 4
 PLAN = re.compile(r"\[plan\] (\{.*\})\s*(?:\n|<\|im_end\|>)")  # complete once its line ends
 INJECTED = re.compile(r"\[INTR\]\s*([A-Za-z_][A-Za-z0-9_]*)\s*\[HEAD\]")
+# The plan comes from a prompt: its charges are capped, so no step holds the engine loop long.
+LIMITS_MS = {"token_ms": 200.0, "inject_ms": 50.0}
+MAX_STEP_MS = 2000.0
 
 
 class SimulatedSequence(Sequence):
@@ -66,7 +69,7 @@ class SimulatedSequence(Sequence):
             match = PLAN.search(self.prompt_text)
             if match:
                 try:
-                    self.plan = json.loads(match.group(1))
+                    self.plan = _checked(json.loads(match.group(1)))
                 except json.JSONDecodeError as exc:
                     raise BackendError(f"the [plan] line is not valid JSON: {exc}") from None
         else:
@@ -75,7 +78,7 @@ class SimulatedSequence(Sequence):
         plan = self.plan or {}
         cost_ms = own * plan.get("token_ms", 0) + (len(foreign) * plan.get("inject_ms", 0) if self.written else 0)
         if cost_ms:
-            time.sleep(cost_ms / 1000)
+            time.sleep(min(cost_ms, MAX_STEP_MS) / 1000)
 
     def logits(self) -> np.ndarray:
         if self.plan is None:
@@ -150,3 +153,15 @@ class SimulatedBackend(LocalBackend):
 
     def open_sequence(self, prompt_ids: Seq[int] = ()) -> SimulatedSequence:
         return SimulatedSequence(self)
+
+
+def _checked(plan: Any) -> dict[str, Any]:
+    """The plan, if its shape and charges are within bounds; BackendError says what is not."""
+    if not isinstance(plan, dict) or not isinstance(plan.get("calls", []), list):
+        raise BackendError("the [plan] must be an object with a list of calls")
+    for key, limit in LIMITS_MS.items():
+        value = plan.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= limit:
+            raise BackendError(f"the [plan]'s {key} must be a number from 0 to {limit:g}")
+    return plan
+

@@ -81,3 +81,12 @@ def test_a_prompt_without_a_plan_fails_the_task_with_the_reason():
     for _ in range(10):
         events += scheduler.step()
     assert events[-1].payload["status"] == "failed" and "[plan]" in events[-1].payload["reason"]
+
+
+def test_a_plan_asking_for_a_slow_decoder_is_refused_with_the_reason():
+    for charges, why in [({"token_ms": 3000}, "token_ms must be a number from 0 to 200"),
+                         ({"inject_ms": 1e6}, "inject_ms must be a number from 0 to 50"),
+                         ({"token_ms": "10"}, "token_ms must be a number")]:
+        events = run("async", {**PLAN, **charges})
+        assert events[-1].kind == "finish" and events[-1].payload["status"] == "failed"
+        assert why in events[-1].payload["reason"]
