@@ -39,16 +39,22 @@ def _mac_key() -> bytes:
     return hashlib.sha256(b"asynclm instance state|" + settings.SECRET_KEY.encode()).digest()
 
 
-def seal(state: Any) -> bytes:
+def _mac(key: str, body: bytes) -> bytes:
+    # The Redis key is signed with the state: a blob copied to another task's or instance's key
+    # does not verify there.
+    return hmac.new(_mac_key(), key.encode() + b"\0" + body, hashlib.sha256).digest()
+
+
+def seal(state: Any, key: str) -> bytes:
     body = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    return hmac.new(_mac_key(), body, hashlib.sha256).digest() + body
+    return _mac(key, body) + body
 
 
-def unseal(blob: bytes) -> Any:
+def unseal(blob: bytes, key: str) -> Any:
     mac, body = blob[:32], blob[32:]
-    if not hmac.compare_digest(mac, hmac.new(_mac_key(), body, hashlib.sha256).digest()):
+    if not hmac.compare_digest(mac, _mac(key, body)):
         raise CallFailed("state_corrupt", "the instance's stored state failed its integrity check")
-    return pickle.loads(body)  # noqa: S301 - signed by us, checked above
+    return pickle.loads(body)  # noqa: S301 - signed by us for this key, checked above
 
 
 def _result(outcome: dict[str, Any]) -> Any:
@@ -80,7 +86,7 @@ def run_on_instance(
             return _result(json.loads(recorded))
         if last_order is not None and order < int(last_order):
             raise CallFailed("out_of_order", f"a later call on instance {name} already ran; this one was not applied")
-        state = unseal(blob) if blob is not None else None
+        state = unseal(blob, key) if blob is not None else None
         try:
             value, new_state = fn(state)
             outcome = {"ok": True, "value": value}
@@ -88,7 +94,7 @@ def run_on_instance(
             new_state, outcome = None, {"ok": False, "kind": exc.kind, "message": str(exc)}
         pipe = r.pipeline(transaction=True)
         if new_state is not None:
-            pipe.hset(key, "state", seal(new_state))
+            pipe.hset(key, "state", seal(new_state, key))
         pipe.hset(key, mapping={"order": order, f"out:{call_id}": json.dumps(outcome)})
         pipe.expire(key, STATE_TTL_S)
         pipe.execute()
@@ -102,5 +108,6 @@ def run_on_instance(
 
 def load_state(r: redis.Redis, task_id: int, name: str) -> Any:
     """The instance's current state, or None before its first call (for checkers and tests)."""
-    blob = r.hget(instance_key(task_id, name), "state")
-    return unseal(blob) if blob is not None else None
+    key = instance_key(task_id, name)
+    blob = r.hget(key, "state")
+    return unseal(blob, key) if blob is not None else None

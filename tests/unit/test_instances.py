@@ -100,7 +100,30 @@ def test_a_tampered_state_is_refused(redis_client):
     assert exc.value.kind == "state_corrupt"
 
 
+def test_a_state_copied_to_another_instance_or_task_is_refused(redis_client):
+    run(fs("mkdir", NAME), {"dir_name": "alpha"}, "c1", 0)  # task 1, instance e1
+    run(fs("mkdir", NAME), {"dir_name": "beta"}, "c1", 0, task=2)  # task 2 has a state of its own
+    redis_client.hset(instance_key(2, "e1"), "state", redis_client.hget(instance_key(1, "e1"), "state"))
+    with pytest.raises(CallFailed) as exc:
+        run(fs("ls"), {}, "c2", 1, task=2)
+    assert exc.value.kind == "state_corrupt"
+
+
 def test_math_api_needs_no_scenario():
     add = ToolSpec("add", "add", {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}},
                    kind="bfcl", config={"class": "MathAPI", "method": "add"})
     assert run(add, {"a": 2, "b": 3.5}, "m1") == {"result": 5.5}
+
+
+def test_a_runaway_precision_is_refused_and_mpmaths_digits_are_restored_after_each_call():
+    import mpmath
+
+    log = ToolSpec("logarithm", "logarithm", {"type": "object", "properties": {}},
+                   kind="bfcl", config={"class": "MathAPI", "method": "logarithm"})
+    before = mpmath.mp.dps
+    with pytest.raises(CallFailed) as exc:
+        run(log, {"value": 8, "base": 2, "precision": 10**6}, "m1")
+    assert "precision is at most 100" in str(exc.value)
+    result = run(log, {"value": 8, "base": 2, "precision": 60}, "m2")
+    assert abs(result["result"] - 3.0) < 1e-9
+    assert mpmath.mp.dps == before  # BFCL's MathAPI set 60 for the call; later calls get the default

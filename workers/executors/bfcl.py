@@ -29,6 +29,9 @@ BFCL_CLASSES = {
 STATELESS = frozenset({"MathAPI"})
 
 
+MAX_PRECISION = 100  # digits a BFCL call may ask mpmath for
+
+
 @cache
 def bfcl_class(name: str) -> type:
     if name not in BFCL_CLASSES:
@@ -66,5 +69,29 @@ class BfclExecutor(StatefulExecutor):
 
     def run_stateful(self, tool: ToolSpec, args: dict[str, Any], state: Any) -> tuple[Any, Any]:
         self.check_config(tool.config)
+        precision = args.get("precision")
+        if isinstance(precision, int | float) and not isinstance(precision, bool) and precision > MAX_PRECISION:
+            # MathAPI sets mpmath's working digits from it: 10**6 held a worker for minutes.
+            raise ToolError(f"precision is at most {MAX_PRECISION} here")
         obj = state if state is not None else new_instance(tool.config["class"], tool.config.get("initial_config"))
-        return getattr(obj, tool.config["method"])(**args), obj
+        import mpmath
+
+        dps = mpmath.mp.dps
+        try:
+            return _plain(getattr(obj, tool.config["method"])(**args)), obj
+        finally:
+            mpmath.mp.dps = dps  # BFCL's MathAPI changes this process-wide setting and leaves it
+
+
+def _plain(value: Any) -> Any:
+    """mpmath's numbers (MathAPI returns them) as JSON numbers."""
+    import mpmath
+
+    if isinstance(value, mpmath.mpf):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
