@@ -218,8 +218,10 @@ class EngineProcess:
         return bool(claimed)
 
     def idle_wait(self) -> None:
-        """Idle: sleep until a result arrives or the next intake poll is due (no spinning)."""
-        self.wake.wait(self.config.intake_poll_s)
+        """Idle: sleep until a result arrives, the next intake poll is due or a busy sequence is
+        ready again (no spinning)."""
+        busy = self.scheduler.idle_s()
+        self.wake.wait(self.config.intake_poll_s if busy is None else min(busy, self.config.intake_poll_s))
         self.wake.clear()
 
     def recover(self, force: bool = False) -> bool:

@@ -62,6 +62,14 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self._ready or self.remote.draining)
 
+    def idle_s(self) -> float | None:
+        """When no runnable task can step now: seconds until the first busy one can (None: no
+        runnable task is waiting on its sequence)."""
+        waits = [self.local.busy_s(run) for tid in self._ready
+                 if (run := self._runs.get(tid)) is not None and run.status in RUNNABLE
+                 and isinstance(run.backend, LocalBackend)]
+        return min(waits) if waits else None
+
     def task(self, task_id: int) -> TaskRun | None:
         return self._runs.get(task_id)
 
@@ -148,6 +156,12 @@ class Scheduler:
             if run is None or run.status not in RUNNABLE:
                 continue
             driver = self._driver(run)
+            if driver is self.local and self.local.busy_s(run) > 0:
+                self._ready.append(run.task_id)  # its sequence is still busy: the others go first
+                tried += 1
+                if tried >= len(self._ready):
+                    return drained
+                continue
             try:
                 events = driver.step(run)
             except Exception as exc:  # a backend failure ends this task, never the engine

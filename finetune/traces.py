@@ -4,7 +4,8 @@ A `Plan` is what should happen in a task: the question, the tools, the calls wit
 (or errors) and execution times, an optional message from a person, and the final answer.
 `simulate` plays it out on a simulated clock for one mode, as the engine would: the model writes
 calls in LPT order at `token_ms` per token; a call is dispatched at its `[END]`; its result is
-injected at the first token boundary outside a call block after it arrives; the model writes
+injected at the first token boundary outside a call block after it arrives (and what arrives while
+a frame is being evaluated goes in right after it, before the model writes again); the model writes
 `[TRAP][END]` when it cannot go on without results; a dependent call is written only after the
 result it needs was injected. The outcome is a list of segments (model text, engine-forced call
 heads, injected frames). `render` turns them into token ids with the engine's own prompt profile,
@@ -25,7 +26,9 @@ from engine.tools import ToolSpec
 from webapp.bench.plan import call_text
 
 MODES = ("sync", "sync_parallel", "async")
-INJECT_FACTOR = 0.1  # an injected token costs this share of a decoded one (a batched forward pass)
+# An injected token costs this share of a decoded one: one batched forward pass over the frame
+# (`bench_engine` here: a 28-token frame in ~150 ms against ~19 ms per decoded token).
+INJECT_FACTOR = 0.25
 DISPATCH_MS = 3.0  # [END] decoded -> the tool starts (measured engine + Celery dispatch, rounded)
 
 # Segment kinds. Only MODEL segments are trained on.
@@ -114,13 +117,14 @@ class _Run:
         if plan.message is not None:
             self.arrivals.append((plan.message.at_ms, None))
         self.after_frame = True  # the assistant's text starts fresh: no separating space
+        self.after_results = False  # the context ends with a frame of results (the engine's run.after_frame)
 
     # -- the clock and the context ---------------------------------------------------------
     def _emit(self, kind: str, text: str) -> None:
         ids = self.backend.tokenize(text)
         self.t += len(ids) * self.token_ms
         self.segments.append(Segment(kind, text, ids, self.t))
-        self.after_frame = False
+        self.after_frame = self.after_results = False
 
     def _collect(self) -> None:
         for when, key in sorted(self.arrivals, key=lambda a: a[0]):
@@ -134,10 +138,18 @@ class _Run:
 
     def _inject(self) -> None:
         """One frame with everything queued: results in the order they arrived, then a person's
-        message (the engine's order)."""
+        message (the engine's order). What arrived while it was evaluated follows at once, as
+        the next frame, before the model writes anything (the engine injects before it decodes)."""
+        self._inject_one()
+        while self._due():
+            self._inject_one()
+
+    def _inject_one(self) -> None:
         results = [self._result(key) for key in self.queued if key is not None]
         messages = [self.plan.message.text for key in self.queued if key is None and self.plan.message]
         text = self.profile.frame_results(results) if results else ""
+        if self.after_results and text.startswith(" "):
+            text = text[1:]  # right after another frame of results: they read as one frame
         ids = self.backend.tokenize(text) if text else []
         for message in messages:
             frame, frame_ids = self.profile.frame_user_message(self.backend, message)
@@ -152,6 +164,7 @@ class _Run:
                 self.injected.add(key)
         self.queued = []
         self.after_frame = True
+        self.after_results = bool(results) and not messages
 
     def _result(self, key: int | str) -> tuple[str, str]:
         if isinstance(key, str):  # a refused block: its id and the engine's error

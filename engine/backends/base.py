@@ -43,6 +43,12 @@ class Sequence(ABC):
     def close(self) -> None:
         """Give the KV state back to the backend."""
 
+    def busy_s(self) -> float:
+        """Seconds until the last append's work is done (0: ready). A backend that models a
+        device's timing (the simulated decoder) answers here instead of sleeping, so the engine
+        loop steps other tasks meanwhile; a real backend's work is done when `append` returns."""
+        return 0.0
+
 
 @dataclass(frozen=True)
 class StreamEnd:

@@ -13,6 +13,8 @@ token, as a model trained for OpenAI-style parallel calls does; the engine treat
 yield of sync_parallel).
 So it reacts to the real interrupts the engine injects. Each generated token costs `token_ms`,
 each injected token `inject_ms`; the prompt is free (latency is measured from the first token).
+The cost is not slept: the sequence is busy for that long (`busy_s`), and the engine loop steps
+other tasks meanwhile and waits for the earliest one only when nothing else is ready.
 
 Tokens are chunks of up to four characters of text (about what a real tokenizer gives for code).
 """
@@ -51,6 +53,7 @@ class SimulatedSequence(Sequence):
         self.own: int | None = None  # the last token it produced, not yet appended
         self.answering = False  # writing the final answer: the end of sequence follows it
         self.prompt_text = ""  # the prompt arrives in chunks: the plan may span two
+        self.busy_until = 0.0  # time.monotonic() when the charged work is done
 
     @property
     def n_tokens(self) -> int:
@@ -78,7 +81,10 @@ class SimulatedSequence(Sequence):
         plan = self.plan or {}
         cost_ms = own * plan.get("token_ms", 0) + (len(foreign) * plan.get("inject_ms", 0) if self.written else 0)
         if cost_ms:
-            time.sleep(min(cost_ms, MAX_STEP_MS) / 1000)
+            self.busy_until = max(time.monotonic(), self.busy_until) + min(cost_ms, MAX_STEP_MS) / 1000
+
+    def busy_s(self) -> float:
+        return max(0.0, self.busy_until - time.monotonic())
 
     def logits(self) -> np.ndarray:
         if self.plan is None:

@@ -38,6 +38,10 @@ class LocalDriver:
             ban = self._bans[id(backend)] = IntrBan(backend.vocab_texts())
         return ban
 
+    def busy_s(self, run: TaskRun) -> float:
+        """How long the task's sequence is still busy with its last append (0: it can step)."""
+        return run.seq.busy_s() if isinstance(run.seq, Sequence) else 0.0
+
     def step(self, run: TaskRun) -> list[TraceEvent]:
         if run.status is Status.PREFILL:
             return self._prefill(run)
@@ -87,6 +91,8 @@ class LocalDriver:
         if run.unevaluated:
             seq.append(run.unevaluated)
             run.unevaluated = []
+            if seq.busy_s() > 0:
+                return []  # the logits come once the sequence is ready; other tasks step meanwhile
         logits = seq.logits()
         if run.tools and not run.monitor.in_block:
             logits = self.warm(backend).apply(logits, run.tail, trap=bool(run.pending() or run.interrupts))

@@ -83,9 +83,25 @@ def test_it_injects_a_result_at_the_first_boundary_after_it_arrives():
     assert trace.segments[7].text == "[TRAP][END]"  # no space after a frame
     second = trace.segments[8]
     assert second.kind == FRAME and [cid for cid, _ in second.delivered] == ["c2"]
-    assert second.at_ms == pytest.approx(793 + len(second.text) * 1.0)
+    assert second.at_ms == pytest.approx(793 + len(second.text) * 2.5)  # injected at 0.25 of a token
     assert trace.segments[-1].text == "done" and trace.segments[-1].at_ms == pytest.approx(
         trace.segments[8].at_ms + 4 * 10)
+
+
+def test_it_injects_what_arrives_during_a_frame_right_after_it():
+    """As above, but b runs 20 ms: its result (590 + 3 + 20 = 613 ms) arrives while a's frame
+    (` [INTR] c1 [HEAD] {"v":1} [END] `, 32 tokens at 2.5 ms: 590 -> 670 ms) is evaluated, so it
+    goes in right after, reading as one frame (no second blank), and the model answers without a
+    trap: what a real run looks like when the tools are faster than a frame."""
+    tools = (tool("a", 500, x="integer"), tool("b", 100, y="integer"))
+    plan = Plan("hand", "test", "q", tools,
+                (PlanCall("a", {"x": 1}, 100.0, {"v": 1}), PlanCall("b", {"y": 2}, 20.0, {"v": 2})), "done")
+    segments = simulate(plan, "async", 10.0, ScriptedBackend([])).segments
+    first, second, answer = segments[6:]
+    assert first.kind == second.kind == FRAME
+    assert first.text == ' [INTR] c1 [HEAD] {"v":1} [END] ' and first.at_ms == pytest.approx(670)
+    assert second.text == '[INTR] c2 [HEAD] {"v":2} [END] ' and [c for c, _ in second.delivered] == ["c2"]
+    assert (answer.kind, answer.text) == (MODEL, "done")
 
 
 def test_it_traps_only_while_a_result_is_still_to_come():
@@ -257,10 +273,15 @@ def test_it_renders_exactly_the_engines_context(qwen, mode):
         demo_plan(3, 0, message=True),
         next(p for e in dataset("parallel_multiple") if (p := entry_plan("parallel_multiple", e, 0))),
         Plan("errors", "test", "Weather in Oslo and Rome?", (weather,), (
-            PlanCall("get_weather", {"city": "Oslo"}, 300.0, None, ("timeout", "timed out after 5 s")),
+            PlanCall("get_weather", {"city": "Oslo"}, 400.0, None, ("timeout", "timed out after 5 s")),
             PlanCall("get_weather", {"city": "Rome"}, 100.0, {"temp_c": 20}, mistake={"city": 7}),
         ), "Rome is at 20 °C; Oslo timed out.", Message(50.0, "Also check Paris.", (
             PlanCall("get_weather", {"city": "Paris"}, 80.0, {"temp_c": 18}),))),
+        # Rome's result (5 ms) arrives while Oslo's frame is evaluated: two frames back to back.
+        Plan("back-to-back", "test", "Weather in Oslo and Rome?", (weather,), (
+            PlanCall("get_weather", {"city": "Oslo"}, 50.0, {"temp_c": 5}),
+            PlanCall("get_weather", {"city": "Rome"}, 5.0, {"temp_c": 20}),
+        ), "Oslo is at 5 °C and Rome at 20 °C."),
     ]
     for plan in plans:
         engine_context, rendered = replay(plan, mode, qwen, vocab)

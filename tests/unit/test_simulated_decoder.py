@@ -31,7 +31,14 @@ def run(mode: str, plan=PLAN, results=None):
         events += scheduler.step()
         for request in scheduler.take_dispatches():
             events += scheduler.deliver(1, request.call_id, ok=True, value=(results or {}).get(request.call_id, 0))
+        wait_while_busy(scheduler)
     return events
+
+
+def wait_while_busy(scheduler: Scheduler) -> None:
+    """What the engine loop does when no task could step: wait for the first busy sequence."""
+    if not scheduler.worked:
+        time.sleep(min(scheduler.idle_s() or 0.0, 0.05))
 
 
 def order(events, kind):
@@ -90,3 +97,43 @@ def test_a_plan_asking_for_a_slow_decoder_is_refused_with_the_reason():
         events = run("async", {**PLAN, **charges})
         assert events[-1].kind == "finish" and events[-1].payload["status"] == "failed"
         assert why in events[-1].payload["reason"]
+
+
+def submission(task_id: int, plan: dict, max_wall_s: float = 300.0) -> TaskSubmission:
+    return TaskSubmission(task_id, "simulated", f"q\n[plan] {json.dumps(plan)}", 400, time.time(), mode="async",
+                          tools=[F.to_dict()], budgets=Budgets(max_wall_s=max_wall_s))
+
+
+def test_it_never_holds_the_loop_for_a_slow_plan_and_other_tasks_decode_meanwhile():
+    """A plan at 200 ms per token (the cap) no longer sleeps in the loop: each step returns at
+    once, and a fast task finishes while the slow one has written only a few tokens."""
+    backend = SimulatedBackend(get_model("simulated"))
+    scheduler = Scheduler(lambda name: backend)
+    slow = {**PLAN, "calls": PLAN["calls"][:1], "token_ms": 200}
+    fast = {**PLAN, "calls": PLAN["calls"][:1], "token_ms": 1}
+    events = scheduler.submit(submission(1, slow)) + scheduler.submit(submission(2, fast))
+    longest = 0.0
+    while scheduler.task(2) is not None:
+        start = time.monotonic()
+        events += scheduler.step()
+        longest = max(longest, time.monotonic() - start)
+        for request in scheduler.take_dispatches():
+            events += scheduler.deliver(request.task_id, request.call_id, ok=True, value=0)
+        wait_while_busy(scheduler)
+    slow_tokens = [e for e in events if e.kind == "token" and e.task_id == 1]
+    fast_finish = next(e for e in events if e.kind == "finish" and e.task_id == 2)
+    assert fast_finish.payload["status"] == "finished"
+    assert len(slow_tokens) <= fast_finish.t_ms / 200 + 2  # one token per 200 ms, not one per step
+    assert longest < 0.1
+
+
+def test_it_enforces_the_wall_budget_of_a_slow_plan_within_a_step():
+    backend = SimulatedBackend(get_model("simulated"))
+    scheduler = Scheduler(lambda name: backend)
+    events = scheduler.submit(submission(1, {**PLAN, "token_ms": 200}, max_wall_s=0.5))
+    start = time.monotonic()
+    while scheduler.task(1) is not None:
+        events += scheduler.expire() + scheduler.step()
+        wait_while_busy(scheduler)
+    assert events[-1].payload["finish_reason"] == "time_limit"
+    assert time.monotonic() - start < 0.5 + 0.25
