@@ -80,12 +80,13 @@ class CallTable:
         call.args = args
         call.status = CallStatus.DISPATCHED
         call.deadline = self._clock() + call.tool.timeout_s + CALL_GRACE_S
-        self._outbox.append(
-            CallRequest(
-                run.task_id, call.call_id, self.engine_id, call.tool.to_dict(), args, dispatched_at=self._wall(),
-                order=call.order,
-            )
-        )
+        tool = call.tool.to_dict()
+        scenario = run.sub.instances.get(str(call.tool.config.get("instance", "")))
+        if scenario is not None:
+            tool["config"] = {**tool["config"], "initial_config": scenario}
+        request = CallRequest(run.task_id, call.call_id, self.engine_id, tool, args, dispatched_at=self._wall(),
+                              order=call.order)
+        self._outbox.append(request)
         return [run.event("call_dispatched", {"call_id": call.call_id, "name": call.tool.name, "args": jsonable(args)})]
 
     def resolve(

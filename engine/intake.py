@@ -1,7 +1,13 @@
-"""Durable task intake: a Redis stream read through a consumer group.
+"""Durable task intake: per-user queues, fed round-robin into a Redis stream that engines read
+through a consumer group.
 
-An entry stays pending (owned by the engine that read it) until that engine acknowledges it at
-the end of the task, so the entries of an engine that died can be claimed by another.
+A submission waits in its owner's list (`asynclm:intake:queue:<owner>`, the owners in turn in
+`asynclm:intake:owners`). An engine with free slots first moves that many submissions into the
+stream, one owner at a time in turn (a Lua script, so a submission is never in both places or in
+neither), then reads them: one user's 100 queued tasks delay another user's first task by at
+most one task. An entry stays pending (owned by the engine that read it) until that engine
+acknowledges it at the end of the task, so the entries of an engine that died can be claimed by
+another.
 """
 
 from __future__ import annotations
@@ -17,6 +23,30 @@ from engine.messages import MessageError, TaskSubmission
 
 log = logging.getLogger(__name__)
 
+# KEYS: the owner's queue, the rotation of owners with queued work. ARGV: owner, message.
+_QUEUE = """
+redis.call('RPUSH', KEYS[1], ARGV[2])
+if not redis.call('LPOS', KEYS[2], ARGV[1]) then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+return redis.call('LLEN', KEYS[1])
+"""
+# KEYS: the rotation, the stream. ARGV: the queues' key prefix, how many to move. Each turn takes
+# the next owner (to the back of the rotation) and moves the oldest of its submissions; an owner
+# whose queue is empty leaves the rotation. At most count + owners turns.
+_FEED = """
+local moved = 0
+while moved < tonumber(ARGV[2]) and redis.call('LLEN', KEYS[1]) > 0 do
+  local owner = redis.call('LMOVE', KEYS[1], KEYS[1], 'LEFT', 'RIGHT')
+  local queue = ARGV[1] .. owner
+  local msg = redis.call('LPOP', queue)
+  if msg then
+    redis.call('XADD', KEYS[2], '*', 'msg', msg)
+    moved = moved + 1
+  end
+  if redis.call('LLEN', queue) == 0 then redis.call('LREM', KEYS[1], -1, owner) end
+end
+return moved
+"""
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -31,6 +61,8 @@ class Intake:
         self.r = client
         self.stream = stream
         self.group = group
+        self.queue_prefix = f"{stream}:queue:"  # + owner: submissions not yet fed to the stream
+        self.owners = f"{stream}:owners"  # owners with queued submissions, in round-robin order
         self._group_ready = False
 
     def ensure_group(self) -> None:
@@ -44,10 +76,22 @@ class Intake:
                 raise
         self._group_ready = True
 
-    def submit(self, sub: TaskSubmission) -> str:
+    def submit(self, sub: TaskSubmission, owner: str | int = "") -> int:
+        """Queue a submission behind its owner's earlier ones; returns how many that owner has
+        queued (not yet taken by an engine), this one included."""
         self.ensure_group()
-        entry_id: Any = self.r.xadd(self.stream, {"msg": sub.to_json()})
-        return _s(entry_id)
+        length: Any = self.r.eval(_QUEUE, 2, f"{self.queue_prefix}{owner}", self.owners, str(owner), sub.to_json())
+        return int(length)
+
+    def feed(self, count: int) -> int:
+        """Move up to `count` queued submissions into the stream, owners in turn; returns how many."""
+        moved: Any = self.r.eval(_FEED, 2, self.owners, self.stream, self.queue_prefix, count)
+        return int(moved)
+
+    def queued(self) -> int:
+        """Submissions waiting in the owners' queues (not yet in the stream)."""
+        owners: Any = self.r.lrange(self.owners, 0, -1)
+        return sum(int(self.r.llen(f"{self.queue_prefix}{_s(o)}")) for o in owners)
 
     def _decode(self, entry_id: bytes | str, fields: dict[Any, Any], previous_owner: str | None = None) -> Claimed:
         raw = fields.get(b"msg") or fields.get("msg")
@@ -66,7 +110,18 @@ class Intake:
         self.ensure_group()
 
     def claim(self, consumer: str, count: int = 1, block_ms: int | None = None) -> list[Claimed]:
+        """Up to `count` submissions for this consumer: what is already in the stream first (fed
+        by another engine that had fewer free slots by the time it read), then fresh ones fed
+        from the owners' queues, so the stream never holds more than the engines can take."""
         self.ensure_group()
+        claimed = self._read(consumer, count, None)
+        if len(claimed) < count and self.feed(count - len(claimed)):
+            claimed += self._read(consumer, count - len(claimed), None)
+        if not claimed and block_ms:
+            claimed = self._read(consumer, count, block_ms)
+        return claimed
+
+    def _read(self, consumer: str, count: int, block_ms: int | None) -> list[Claimed]:
         try:
             reply: Any = self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
         except redis.ResponseError as exc:

@@ -70,6 +70,9 @@ class TaskSubmission(JsonMessage):
     mode: str = "async"
     tools: list[dict[str, Any]] = field(default_factory=list)  # ToolSpec dicts, snapshot at submission
     budgets: Budgets = field(default_factory=Budgets)
+    # Named stateful instances' starting state (a BFCL scenario), once per instance rather than in
+    # every tool of its class: the engine adds it to the calls of that instance's tools.
+    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Benchmarks only: the model still runs a forward pass per token, but the token it emits is
     # taken from this text (teacher forcing), so a systems measurement does not depend on what
     # a small model chooses to write. Results are labelled "forced".
@@ -85,6 +88,8 @@ class TaskSubmission(JsonMessage):
             raise MessageError("malformed TaskSubmission: task_id and max_tokens must be integers")
         if msg.mode not in MODES:
             raise MessageError(f"malformed TaskSubmission: unknown mode {msg.mode!r}")
+        if not isinstance(msg.instances, dict) or not all(isinstance(v, dict) for v in msg.instances.values()):
+            raise MessageError("malformed TaskSubmission: instances must map names to objects")
         return msg
 
 

@@ -233,7 +233,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--model-dir", type=Path,
                         default=Path(os.environ.get("ASYNCLM_MODEL_DIR", ROOT / "var" / "models")))
-    parser.add_argument("--steps", type=int, default=72, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps")
     parser.add_argument("--accum", type=int, default=4, help="traces per optimizer step")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--layers", type=int, default=12,
@@ -241,7 +241,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                              "which halves a CPU step at 12 of the 0.5b model's 24")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--eval-every", type=int, default=24)
+    parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--finalize", action="store_true",

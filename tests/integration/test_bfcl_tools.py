@@ -61,17 +61,18 @@ def test_the_admin_test_call_of_a_bfcl_tool_uses_a_fresh_instance(celery_worker_
 def test_a_task_with_two_instances_orders_their_calls_and_keeps_them_apart(start_engine, celery_worker_proc, alice,
                                                                           redis_client):
     import_bfcl([], ["GorillaFileSystem"])
-    tools = instance_specs({"e1": {"class": "GorillaFileSystem"},
-                            "e2": {"class": "GorillaFileSystem",
-                                   "initial_config": {"root": {"w": {"type": "directory", "contents": {
-                                       "notes.txt": {"type": "file", "content": "hi"}}}}}}})
+    tools, states = instance_specs({"e1": {"class": "GorillaFileSystem"},
+                                    "e2": {"class": "GorillaFileSystem",
+                                           "initial_config": {"root": {"w": {"type": "directory", "contents": {
+                                               "notes.txt": {"type": "file", "content": "hi"}}}}}}})
     tools = [t for t in tools if t["name"].split(".")[1] in ("mkdir", "ls")]  # a short prompt
     script = ('[CALL] a [HEAD] e1.mkdir(dir_name="alpha") [END][CALL] b [HEAD] e1.ls() [END]'
               "[CALL] c [HEAD] e2.ls() [END]" + FILLER)
     start_engine("engine-bfcl")
-    task = Task.objects.create(owner=alice, prompt="(forced)", model="smollm2-135m", max_tokens=2000, tools=tools)
+    task = Task.objects.create(owner=alice, prompt="(forced)", model="smollm2-135m", max_tokens=2000, tools=tools,
+                               instances=states)
     Intake(redis_client).submit(TaskSubmission(task.pk, task.model, task.prompt, 2000, time.time(), tools=tools,
-                                               budgets=Budgets(), forced_text=script))
+                                               budgets=Budgets(), forced_text=script, instances=states))
     wait_for(lambda: Task.objects.get(pk=task.pk).is_final, 120, "the task to end")
     events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
     results = {e.payload["call_id"]: e for e in events if e.kind == "call_result"}

@@ -62,6 +62,8 @@ def test_it_creates_a_task_and_queues_it(api, alice, redis_client):
     ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
     ({"tools": ["demo/no_such_tool"]}, "tools", "no_such_tool"),
     ({"instances": {"e1": {"class": "Shell"}}}, "instances", "'class' must be one of"),
+    ({"instances": {"e1": {"class": "GorillaFileSystem", "initial_config": {"a": "x" * 70000}}}}, "instances",
+     "the limit is 65536"),
 ])
 def test_it_explains_invalid_tasks_like_the_form(api, change, field, message):
     response = post(api, "/api/tasks", {**NEW, **change})

@@ -75,12 +75,14 @@ def test_a_bfcl_tool_names_only_a_known_class_and_public_method(config, message)
 
 def test_named_instances_get_namespaced_tools_with_their_own_scenario():
     import_bfcl([], ["GorillaFileSystem"])
-    specs = instance_specs({"e1": {"class": "GorillaFileSystem"},
-                            "e2": {"class": "GorillaFileSystem", "initial_config": {"root": {}}}})
+    specs, states = instance_specs({"e1": {"class": "GorillaFileSystem"},
+                                    "e2": {"class": "GorillaFileSystem", "initial_config": {"root": {}}}})
     by_name = {s["name"]: s for s in specs}
     assert {"e1.cd", "e2.cd", "e1.ls"} <= set(by_name)
     assert by_name["e1.cd"]["config"]["instance"] == "e1" and by_name["e2.cd"]["config"]["instance"] == "e2"
-    assert by_name["e2.ls"]["config"]["initial_config"] == {"root": {}}
+    # The scenario is kept once for the instance, not copied into each of its ~20 tools.
+    assert states == {"e2": {"root": {}}}
+    assert not any("initial_config" in s["config"] for s in specs)
     plain = Tool.objects.get(pack__name="bfcl/GorillaFileSystem", name="cd").spec()
     assert plain.name == "cd" and plain.instance == "GorillaFileSystem"  # one instance per class by default
 
@@ -91,6 +93,9 @@ def test_named_instances_get_namespaced_tools_with_their_own_scenario():
     ({"e1": {"class": "GorillaFileSystem", "initial_config": 3}}, "initial_config must be an object"),
     ({"e1": {"class": "TicketAPI"}}, "run: python manage.py import_bfcl"),
     (["e1"], "instances must be an object"),
+    ({f"e{n}": {"class": "GorillaFileSystem"} for n in range(9)}, "9 instances; a task may have at most 8"),
+    ({"e1": {"class": "GorillaFileSystem", "initial_config": {"root": "x" * 70000}}},
+     "characters of JSON; the limit is 65536"),
 ])
 def test_bad_instances_get_clear_errors(instances, message):
     import_bfcl([], ["GorillaFileSystem"])

@@ -65,3 +65,26 @@ def test_heartbeats_expire(redis_client):
     assert [b["active"] for b in health.alive(redis_client, "engine")] == [2]
     redis_client.delete("asynclm:hb:engine:e1")
     assert health.alive(redis_client, "engine") == []
+
+
+def test_it_serves_owners_in_turn_so_a_backlog_delays_another_user_by_one_task_at_most(intake, redis_client):
+    for n in range(100):
+        intake.submit(sub(1000 + n), owner="alice")
+    intake.submit(sub(1), owner="bob")
+    first = [c.submission.task_id for c in intake.claim("engine-a", count=1)]
+    second = [c.submission.task_id for c in intake.claim("engine-a", count=1)]
+    assert first == [1000] and second == [1]  # bob's first task waited for one of alice's, not 100
+    rest = [c.submission.task_id for c in intake.claim("engine-a", count=200)]
+    assert rest == list(range(1001, 1100))  # each owner's tasks keep their order
+    assert redis_client.llen(intake.owners) == 0 and intake.queued() == 0
+
+
+def test_engines_with_free_slots_take_what_the_stream_holds_before_feeding_more(intake, redis_client):
+    for n in range(3):
+        intake.submit(sub(10 + n), owner="alice")
+    intake.submit(sub(20), owner="bob")
+    assert intake.feed(2) == 2 and intake.queued() == 2  # each submission is in one place only
+    assert redis_client.xlen("asynclm:test:intake") == 2
+    taken = [c.submission.task_id for c in intake.claim("engine-a", count=3)]
+    assert taken == [10, 20, 11]  # the two already in the stream, then one fed
+    assert intake.queued() == 1

@@ -15,7 +15,7 @@ F = ToolSpec(
 G = ToolSpec("g", "doubles", {"type": "object", "properties": {"x": {"type": "integer"}}}, timeout_s=1.0)
 
 
-def make(pieces, mode="async", budgets=None, max_tokens=200, tools=(F, G)):
+def make(pieces, mode="async", budgets=None, max_tokens=200, tools=(F, G), instances=None):
     backend = ScriptedBackend([p.encode() for p in pieces])
     clock = Clock()
     scheduler = Scheduler(lambda name: backend, clock=clock, wall=lambda: 1000.0)
@@ -28,6 +28,7 @@ def make(pieces, mode="async", budgets=None, max_tokens=200, tools=(F, G)):
         mode=mode,
         tools=[t.to_dict() for t in tools],
         budgets=budgets or Budgets(),
+        instances=instances or {},
     )
     events = scheduler.submit(sub)
     return scheduler, events, clock, backend

@@ -48,3 +48,13 @@ def test_sync_parallel_batches_respect_instance_order():
     assert dispatched(scheduler) == ["a", "c"]
     scheduler.deliver(1, "a", ok=True, value=None)
     assert dispatched(scheduler) == ["b"]
+
+
+def test_an_instance_scenario_kept_once_by_the_task_travels_with_each_call_of_that_instance():
+    scenario = {"root": {"w": {"type": "directory", "contents": {}}}}
+    scheduler, *_ = make(SCRIPT, tools=TOOLS, instances={"e1": scenario})
+    run_until_idle(scheduler)
+    requests = {r.call_id: r for r in scheduler.take_dispatches()}
+    assert requests["a"].tool["config"]["initial_config"] == scenario
+    assert "initial_config" not in requests["c"].tool["config"]  # e2 starts from the class's default
+    assert "initial_config" not in scheduler.task(1).tools["e1.mkdir"].config  # the snapshot stays small

@@ -34,6 +34,16 @@ def test_it_queues_a_submitted_task(alice_client, alice, redis_client):
         task.pk, "smollm2-135m", "Say hi", 16, task.created_at.timestamp(), claimed.submission.sampling)
 
 
+def test_tasks_of_two_users_are_taken_in_turn(client, alice, bob, redis_client):
+    for user, count in ((alice, 3), (bob, 1)):
+        client.force_login(user)
+        for _ in range(count):
+            assert client.post(reverse("dashboard"), VALID).status_code == 302
+    taken = [Intake(redis_client).claim("engine-test")[0].submission.task_id for _ in range(4)]
+    owners = [Task.objects.get(pk=pk).owner for pk in taken]
+    assert owners == [alice, bob, alice, alice]  # bob's task did not wait behind all of alice's
+
+
 @pytest.mark.parametrize("change, message", [
     ({"prompt": "   "}, "Write a prompt for the model."),
     ({"prompt": "x" * 9000}, "the limit is 8000"),
@@ -166,6 +176,7 @@ def test_the_registry_validates_schemas_and_configs(demo_pack):
 def test_a_task_can_hold_two_named_instances_of_a_bfcl_class(alice_client, redis_client):
     import json
 
+    from webapp.runs.submit import submission_for
     from webapp.tools.bfcl import import_bfcl
 
     import_bfcl([], ["GorillaFileSystem"])
@@ -173,9 +184,13 @@ def test_a_task_can_hold_two_named_instances_of_a_bfcl_class(alice_client, redis
                                                              "initial_config": {"root": {"w": {"type": "directory"}}}}}
     response = alice_client.post(reverse("dashboard"), {**VALID, "instances": json.dumps(instances)})
     assert response.status_code == 302
-    tools = {t["name"]: t for t in Task.objects.get().tools}
+    task = Task.objects.get()
+    tools = {t["name"]: t for t in task.tools}
     assert tools["e1.cd"]["config"]["instance"] == "e1" and tools["e2.cd"]["config"]["instance"] == "e2"
-    assert tools["e2.cd"]["config"]["initial_config"] == instances["e2"]["initial_config"]
+    # e2's scenario is stored once, for the instance, and travels once in the engine's submission.
+    assert not any("initial_config" in t["config"] for t in task.tools)
+    assert task.instances == {"e2": instances["e2"]["initial_config"]}
+    assert submission_for(task).instances == task.instances
 
 
 @pytest.mark.parametrize("instances, message", [

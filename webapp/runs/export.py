@@ -51,6 +51,8 @@ def trace_document(task: Task, *, with_config: bool = False) -> dict[str, Any]:
     doc = task_document(task)
     doc["tool_specs"] = task.tools if with_config else [{k: v for k, v in t.items() if k != "config"}
                                                        for t in task.tools]
+    if with_config:
+        doc["instances"] = task.instances  # named instances' starting states
     doc["events"] = [{"seq": e.seq, "t_ms": e.t_ms, "kind": e.kind, "payload": e.payload}
                      for e in task.events.order_by("seq").iterator(chunk_size=2000)]
     doc["exported_at"] = timezone.now()

@@ -70,12 +70,14 @@ class TaskForm(forms.Form):
         if cleaned.get("pack"):
             chosen += [t for t in cleaned["pack"].tools.filter(enabled=True) if t not in chosen]
         specs = [t.spec().to_dict() for t in chosen]
+        cleaned["instance_states"] = {}
         if cleaned.get("instances"):
             try:
-                specs += instance_specs(cleaned["instances"])
+                named, cleaned["instance_states"] = instance_specs(cleaned["instances"])
             except ValueError as exc:
                 self.add_error("instances", str(exc))
                 return cleaned
+            specs += named
         names = [s["name"] for s in specs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -28,6 +28,9 @@ class Task(models.Model):
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.ASYNC)
     # Snapshot of the tools' specifications at submission: later registry edits never change it.
     tools = models.JSONField(default=list, blank=True)
+    # Named stateful instances' starting states ({"e1": {...}}), once each rather than in every
+    # tool snapshot of the instance.
+    instances = models.JSONField(default=dict, blank=True)
     max_calls = models.PositiveIntegerField(default=16)
     max_wall_s = models.FloatField(default=300.0)
     max_result_chars = models.PositiveIntegerField(default=2000)

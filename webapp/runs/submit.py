@@ -28,6 +28,7 @@ def submission_for(task: Task) -> TaskSubmission:
         sampling=Sampling(temperature=task.temperature, top_p=task.top_p, seed=task.seed),
         mode=task.mode,
         tools=task.tools,
+        instances=task.instances,
         budgets=Budgets(max_calls=task.max_calls, max_wall_s=task.max_wall_s, max_result_chars=task.max_result_chars),
     )
 
@@ -37,7 +38,8 @@ TASK_FIELDS = ("prompt", "model", "max_tokens", "temperature", "top_p", "seed", 
 
 def task_fields(cleaned: dict) -> dict:
     """The Task fields from a validated submit form (tools as their snapshot)."""
-    return {**{k: cleaned[k] for k in TASK_FIELDS}, "tools": cleaned["tool_specs"]}
+    return {**{k: cleaned[k] for k in TASK_FIELDS}, "tools": cleaned["tool_specs"],
+            "instances": cleaned.get("instance_states", {})}
 
 
 class TooManyTasks(Exception):
@@ -91,7 +93,7 @@ def submit_task(owner, **fields) -> Task:
 
 def _queue(task: Task) -> None:
     try:
-        Intake(client()).submit(submission_for(task))
+        Intake(client()).submit(submission_for(task), owner=task.owner_id)
     except redis.RedisError as exc:
         reason = f"Could not queue the task: Redis at {settings.REDIS_URL} is not reachable ({exc})."
         Task.objects.filter(pk=task.pk).update(status=Task.Status.FAILED, status_reason=reason)

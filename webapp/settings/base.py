@@ -136,6 +136,9 @@ ASYNCLM_LOGIN_FAILURES = env.int("ASYNCLM_LOGIN_FAILURES", 10, min=1)
 ASYNCLM_LOGIN_WINDOW_S = env.int("ASYNCLM_LOGIN_WINDOW_S", 900, min=1)
 # Queued + running tasks one user may have at once (a comparison counts three).
 ASYNCLM_MAX_OPEN_TASKS_PER_USER = env.int("ASYNCLM_MAX_OPEN_TASKS_PER_USER", 20, min=1)
+# Named BFCL instances per task, and the size of their starting states as JSON (stored once each).
+ASYNCLM_MAX_INSTANCES = env.int("ASYNCLM_MAX_INSTANCES", 8, min=1)
+ASYNCLM_MAX_INSTANCES_CHARS = env.int("ASYNCLM_MAX_INSTANCES_CHARS", 65536, min=2)
 # Offer benchmark-only decoders (the simulated one) to every user, not only to staff.
 ASYNCLM_OFFER_BENCHMARK_DECODERS = env.bool("ASYNCLM_OFFER_BENCHMARK_DECODERS", False)
 # An SGLang server (e.g. http://sglang:30000) serving these catalog models; empty: all embedded.

@@ -130,15 +130,25 @@ def import_bfcl(datasets: list[str], classes: list[str], limit: int | None = Non
 INSTANCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 
 
-def instance_specs(instances: dict[str, Any]) -> list[dict[str, Any]]:
+def instance_specs(instances: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """Tool snapshots for named instances of BFCL classes, e.g.
     {"e1": {"class": "GorillaFileSystem", "initial_config": {...}}, "e2": {...}}: every enabled
-    tool of pack bfcl/<class>, named e1.cd, e1.ls, ..., each instance with its own state."""
+    tool of pack bfcl/<class>, named e1.cd, e1.ls, ..., each instance with its own state. Returns
+    the snapshots and each instance's starting state, which the task keeps once (not per tool)."""
+    from django.conf import settings
+
     from webapp.tools.models import Tool
 
     if not isinstance(instances, dict):
         raise ToolImportError('instances must be an object: {"e1": {"class": "GorillaFileSystem"}}')
+    if len(instances) > settings.ASYNCLM_MAX_INSTANCES:
+        raise ToolImportError(f"{len(instances)} instances; a task may have at most {settings.ASYNCLM_MAX_INSTANCES}")
+    size = len(json.dumps(instances, ensure_ascii=False))
+    if size > settings.ASYNCLM_MAX_INSTANCES_CHARS:
+        raise ToolImportError(f"instances are {size} characters of JSON; the limit is "
+                              f"{settings.ASYNCLM_MAX_INSTANCES_CHARS}")
     specs: list[dict[str, Any]] = []
+    scenarios: dict[str, dict[str, Any]] = {}
     for name, spec in instances.items():
         if not INSTANCE_NAME.match(name):
             raise ToolImportError(f"instance name {name!r}: use letters, digits and _ (at most 32), not starting "
@@ -152,5 +162,7 @@ def instance_specs(instances: dict[str, Any]) -> list[dict[str, Any]]:
         if not tools:
             raise ToolImportError(f"instance {name}: pack {PACK_PREFIX}{spec['class']} has no enabled tools "
                                   "(run: python manage.py import_bfcl)")
-        specs += [t.spec(instance=name, initial_config=initial).to_dict() for t in tools]
-    return specs
+        specs += [t.spec(instance=name).to_dict() for t in tools]
+        if initial:
+            scenarios[name] = initial
+    return specs, scenarios

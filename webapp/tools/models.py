@@ -41,16 +41,15 @@ class Tool(models.Model):
     def __str__(self) -> str:
         return f"{self.pack.name}/{self.name}"
 
-    def spec(self, instance: str | None = None, initial_config: dict | None = None) -> ToolSpec:
+    def spec(self, instance: str | None = None) -> ToolSpec:
         """The snapshot a task keeps. A BFCL tool belongs to an instance: by default one per
-        class; a named instance prefixes the tool's name (`e1.cd`) and may carry its scenario."""
+        class; a named instance prefixes the tool's name (`e1.cd`); its scenario is kept once, in
+        the task's `instances`."""
         name, config = self.name, dict(self.config)
         if self.kind == self.Kind.BFCL:
             config.setdefault("instance", config.get("class", ""))
             if instance:
                 name, config["instance"] = f"{instance}.{self.name}", instance
-            if initial_config is not None:
-                config["initial_config"] = initial_config
         return ToolSpec(name=name, description=self.description, parameters=self.parameters,
                         est_latency_ms=self.est_latency_ms, timeout_s=self.timeout_s, kind=self.kind,
                         config=config, tool_id=self.pk)
