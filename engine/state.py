@@ -11,7 +11,7 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from engine.messages import TaskSubmission, TraceEvent
 from engine.metrics import task_metrics
 from engine.timeline import Timeline
 from engine.tools import ToolSpec
+
+if TYPE_CHECKING:
+    from engine.interrupts import Frame
 
 
 class Status(enum.Enum):
@@ -80,6 +83,18 @@ class RemoteState:
 
 
 @dataclass
+class Injecting:
+    """A frame going into a local context one chunk per step, so that no step is long (a frame
+    of several large results is thousands of tokens) and other tasks decode in between."""
+
+    frame: Frame
+    position: int  # where the frame starts in the context
+    began_ms: float
+    left: list[int]  # its tokens not appended yet
+    ms: float = 0.0  # time spent appending so far
+
+
+@dataclass
 class TaskRun:
     sub: TaskSubmission
     backend: Backend | None  # None: the model could not be loaded (the task fails at once)
@@ -113,6 +128,7 @@ class TaskRun:
     guard: CallGuard | None = None  # constrained call blocks (engine/constrain.py), local backends only
     injected_tokens: int = 0
     injections: int = 0
+    injecting: Injecting | None = None  # a frame going in over several steps
     remote: RemoteState = field(default_factory=RemoteState)
     timeline: Timeline = field(default_factory=Timeline)  # every event, reduced (overlap in the metrics)
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))

@@ -54,6 +54,7 @@ class SimulatedSequence(Sequence):
         self.answering = False  # writing the final answer: the end of sequence follows it
         self.prompt_text = ""  # the prompt arrives in chunks: the plan may span two
         self.busy_until = 0.0  # time.monotonic() when the charged work is done
+        self.frame_tail = ""  # the end of the injected text so far
 
     @property
     def n_tokens(self) -> int:
@@ -76,7 +77,10 @@ class SimulatedSequence(Sequence):
                 except json.JSONDecodeError as exc:
                     raise BackendError(f"the [plan] line is not valid JSON: {exc}") from None
         else:
-            self.injected |= set(INJECTED.findall(text))
+            # A long frame arrives in chunks: a marker may straddle two of them.
+            window = self.frame_tail + text
+            self.injected |= set(INJECTED.findall(window))
+            self.frame_tail = window[-64:]
         self.ids.extend(ids)
         plan = self.plan or {}
         cost_ms = own * plan.get("token_ms", 0) + (len(foreign) * plan.get("inject_ms", 0) if self.written else 0)

@@ -1,8 +1,8 @@
 """Local backends (llama.cpp, the simulated decoder): the engine holds the KV cache and samples.
 
-One step is one unit of work: a prefill chunk, one interrupt frame appended on top of the live
-cache (no re-prefill), or one sampled token (after the bans and the call guard have shaped the
-logits).
+One step is one unit of work: a prefill chunk, a chunk of an interrupt frame appended on top of
+the live cache (no re-prefill; a frame longer than a chunk goes in over several steps), or one
+sampled token (after the bans and the call guard have shaped the logits).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from engine.messages import TraceEvent
 from engine.modes import MODES
 from engine.output import end_of_turn, on_token
 from engine.sampling import sample
-from engine.state import FINAL, Status, TaskRun
+from engine.state import FINAL, Injecting, Status, TaskRun
 
 
 class LocalDriver:
@@ -45,6 +45,8 @@ class LocalDriver:
     def step(self, run: TaskRun) -> list[TraceEvent]:
         if run.status is Status.PREFILL:
             return self._prefill(run)
+        if run.injecting is not None:
+            return self._inject_more(run, [])
         if run.interrupts and not run.monitor.critical:
             return self._inject(run)
         return self._decode(run)
@@ -74,15 +76,23 @@ class LocalDriver:
         ended = no_room(run, frame, run.backend.n_ctx - seq.n_tokens - len(run.unevaluated) - 1)
         if ended:
             return ended
+        run.injecting = Injecting(frame, seq.n_tokens + len(run.unevaluated), run.ms, list(frame.ids))
         # The last sampled token and the frame go in one evaluation: the frame reaches the backend
         # at once instead of after a separate forward pass for that token.
-        position = seq.n_tokens + len(run.unevaluated)
-        began_ms = run.ms
+        head, run.unevaluated = run.unevaluated, []
+        return self._inject_more(run, head)
+
+    def _inject_more(self, run: TaskRun, head: list[int]) -> list[TraceEvent]:
+        part = run.injecting
+        assert part is not None
+        chunk, part.left = part.left[: self._prefill_chunk], part.left[self._prefill_chunk :]
         start = run.clock()
-        seq.append(run.unevaluated + frame.ids)
-        run.unevaluated = []
-        ms = (run.clock() - start) * 1000
-        return [injected(run, frame, position=position, began_ms=began_ms, ms=ms)]
+        self._seq(run).append(head + chunk)
+        part.ms += (run.clock() - start) * 1000
+        if part.left:
+            return []
+        run.injecting = None
+        return [injected(run, part.frame, position=part.position, began_ms=part.began_ms, ms=part.ms)]
 
     def _decode(self, run: TaskRun) -> list[TraceEvent]:
         backend = run.backend

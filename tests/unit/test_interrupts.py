@@ -53,3 +53,21 @@ def test_results_injected_back_to_back_read_as_one_frame():
     assert frames == [" [INTR] a [HEAD] 1 [END] ", "[INTR] b [HEAD] 2 [END] "]
     together = "".join(frames)
     assert together == " [INTR] a [HEAD] 1 [END] [INTR] b [HEAD] 2 [END] "  # as one frame with both would read
+
+
+def test_a_long_frame_goes_in_a_chunk_per_step():
+    """A 2000-character result is ~2000 scripted tokens: appended in one step it would hold the
+    loop (seconds on a real model); it goes in 128 tokens per step, the model writes nothing
+    until all of it is in, and the trace records one frame at its position."""
+    scheduler, events, _, backend = make(["[CALL] a [HEAD] f(a=1) [END]", "[TRAP][END]", " done"])
+    events += run_until_idle(scheduler)
+    backend.calls.clear()
+    events += scheduler.deliver(1, "a", ok=True, value={"page": "x" * 1990}) + run_until_idle(scheduler)
+    (frame,) = [e.payload for e in events if e.kind == "interrupt_injected"]
+    appends = [n for kind, n in backend.calls if kind == "append"]
+    chunks = appends[:-1]  # then the answer's token
+    assert sum(chunks) == frame["tokens"] + 1  # +1: the trap's last token goes in with the first chunk
+    assert chunks[0] == 129 and all(n <= 128 for n in chunks[1:])
+    assert len(chunks) == 1 + -(-(frame["tokens"] - 128) // 128)  # one step each
+    run = [e for e in events if e.kind == "finish"][0]
+    assert run.payload["text"].endswith(frame["text"] + " done")
