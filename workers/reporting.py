@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from functools import cache
 
 import redis
@@ -23,11 +24,32 @@ def worker_redis() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
 
 
-def report(engine_id: str, rep: CallReport) -> None:
-    pipe = worker_redis().pipeline()
-    pipe.xadd(inbox_stream(engine_id), {"r": rep.to_json()}, maxlen=100_000, approximate=True)
-    pipe.expire(inbox_stream(engine_id), INBOX_STREAM_TTL_S)
-    pipe.execute()
+# How long a worker keeps trying to hand a report to Redis: a finished call's result outlives a
+# Redis restart of this length instead of being lost (the engine would then time the call out).
+REPORT_PATIENCE_S = 60.0
+
+
+def report(engine_id: str, rep: CallReport, patience_s: float = REPORT_PATIENCE_S,
+           client: redis.Redis | None = None) -> None:
+    """Hand a report to the engine's inbox, retrying with a capped backoff while Redis is
+    unreachable (a worker may wait; the engine loop never does). Raises after `patience_s`."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.1
+    while True:
+        try:
+            pipe = (client or worker_redis()).pipeline()
+            pipe.xadd(inbox_stream(engine_id), {"r": rep.to_json()}, maxlen=100_000, approximate=True)
+            pipe.expire(inbox_stream(engine_id), INBOX_STREAM_TTL_S)
+            pipe.execute()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            if delay == 0.1:
+                log.warning("Redis unreachable (%s): keeping the %s report of call %s and retrying for up to %g s",
+                            exc, rep.phase, rep.call_id, patience_s)
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 class _Loop:
