@@ -4,8 +4,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
 WORKDIR /app
 COPY requirements/ requirements/
 RUN CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
-    pip install --no-cache-dir -r requirements/base.txt \
-    && pip install --no-cache-dir --no-deps -r requirements/bfcl.txt
+    pip install --no-cache-dir --require-hashes -r requirements/base.lock \
+    && pip install --no-cache-dir --require-hashes --no-deps -r requirements/bfcl.lock
 COPY . .
 RUN DJANGO_SETTINGS_MODULE=webapp.settings.production \
     DJANGO_SECRET_KEY=only-used-to-collect-static-files-at-build-time \

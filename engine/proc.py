@@ -270,29 +270,10 @@ class EngineProcess:
             self.publisher.publish(event)
             return
         self.flush(force=True)
-        entry = self._entries.pop(event.task_id, None)
-
-        steps_left = ["store", "ack", "follow"]  # a retry goes on from the step that failed
-
-        def finish() -> None:
-            # Stored before it is announced, and the intake entry kept until then: a crash in
-            # between leaves the task to recovery rather than lost.
-            if steps_left[0] == "store":
-                p = event.payload
-                stored = self.store.finish(event.task_id, p["status"], p["reason"], p["text"], p["metrics"])
-                self.publisher.publish(event)
-                steps_left[:] = ["ack", "follow"] if stored else ["ack"]
-            if steps_left and steps_left[0] == "ack":
-                if entry is not None:
-                    self.intake.done(entry)
-                steps_left.pop(0)
-            if steps_left:
-                self.on_final(event.task_id)
-                steps_left.clear()
-
+        end = TaskEnd(self, event, self._entries.pop(event.task_id, None))
         # A task's end is retried for minutes (a database that is away comes back): until it is
         # stored the task would show as running.
-        self.writer.submit(finish, f"the end of task {event.task_id}", attempts=FINISH_ATTEMPTS)
+        self.writer.submit(end, f"the end of task {event.task_id}", attempts=FINISH_ATTEMPTS)
 
     def flush(self, force: bool = False) -> None:
         if not self._unsaved:
@@ -320,3 +301,29 @@ class EngineProcess:
         except redis.RedisError:
             pass
         log.info("engine %s stopped", self.config.engine_id)
+
+
+class TaskEnd:
+    """A task's end in three steps, each done once: store it (then announce it), acknowledge its
+    intake entry, then the follow-up (only if this engine stored it). Stored before it is
+    announced, and the entry kept until then: a crash in between leaves the task to recovery
+    rather than lost. Called again after a failure, it goes on from the step that failed."""
+
+    def __init__(self, proc: EngineProcess, event: TraceEvent, entry: str | None) -> None:
+        self.proc, self.event, self.entry = proc, event, entry
+        self.steps = ["store", "ack", "follow"]
+
+    def __call__(self) -> None:
+        proc, event = self.proc, self.event
+        if self.steps and self.steps[0] == "store":
+            p = event.payload
+            stored = proc.store.finish(event.task_id, p["status"], p["reason"], p["text"], p["metrics"])
+            proc.publisher.publish(event)
+            self.steps = ["ack", "follow"] if stored else ["ack"]
+        if self.steps and self.steps[0] == "ack":
+            if self.entry is not None:
+                proc.intake.done(self.entry)
+            self.steps.pop(0)
+        if self.steps:
+            proc.on_final(event.task_id)
+            self.steps.clear()

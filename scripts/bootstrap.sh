@@ -29,9 +29,10 @@ if [ "$dev" = 1 ]; then
 fi
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
-reqs=requirements/base.txt
-[ "$dev" = 1 ] && reqs=requirements/dev.txt
-hash=$(cat requirements/*.txt | sha256sum | cut -c1-16)
+# The locks (scripts/lock.sh): every package with the hashes of its files; pip refuses others.
+reqs=requirements/base.lock
+[ "$dev" = 1 ] && reqs=requirements/dev.lock
+hash=$(cat requirements/*.txt requirements/*.lock | sha256sum | cut -c1-16)
 stamp="$VENV/.installed-$hash-$dev"
 # A dev install includes the base requirements.
 if [ ! -f "$stamp" ] && [ ! -f "$VENV/.installed-$hash-1" ]; then
@@ -40,10 +41,11 @@ if [ ! -f "$stamp" ] && [ ! -f "$VENV/.installed-$hash-1" ]; then
   # Portable flags: -march=native crashed in the AMX matmul on this kind of CPU.
   CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
-    "$PY" -m pip install --progress-bar off -r "$reqs" 2>&1 | pip_filter
-  "$PY" -m pip install --progress-bar off --no-deps -r requirements/bfcl.txt 2>&1 | pip_filter
+    "$PY" -m pip install --progress-bar off --require-hashes -r "$reqs" 2>&1 | pip_filter
+  "$PY" -m pip install --progress-bar off --require-hashes --no-deps -r requirements/bfcl.lock 2>&1 | pip_filter
   if [ "$dev" = 1 ]; then
-    "$PY" -m pip install --progress-bar off --no-deps -r requirements/sglang-contract.txt 2>&1 | pip_filter
+    "$PY" -m pip install --progress-bar off --require-hashes --no-deps -r requirements/sglang-contract.lock 2>&1 \
+      | pip_filter
   fi
   "$PY" -c "import django, channels, celery, llama_cpp, bfcl_eval, mpmath" \
     || die "Python requirements did not install; see the output above"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from django.conf import settings
 
-from engine.backends.base import LocalBackend, Sequence
+from engine.backends.base import Sequence
 from engine.callbody import CallBody, CallGrammar
 from engine.cml import CallComplete, Monitor
 from engine.constrain import (
@@ -21,7 +21,7 @@ from engine.constrain import (
 from engine.messages import Sampling, TaskSubmission
 from engine.scheduler import Scheduler
 from engine.tools import ToolSpec
-from tests.helpers import Clock, run_until_idle
+from tests.helpers import Clock, DelegatingBackend, run_until_idle
 from tests.scripted import PROMPT_BASE, STOP, VOCAB, ScriptedBackend, ScriptedSequence
 from tests.unit.test_scheduler_calls import F, G, make
 
@@ -255,36 +255,16 @@ def load(name: str):
     return LlamaCppBackend(spec, verified_path(spec, settings.ASYNCLM_MODEL_DIR), n_ctx=2048)
 
 
-class Eager(LocalBackend):
+class Eager(DelegatingBackend):
     """The real model, pushed to open a call block whenever it is outside one (the fast test
     model never calls on its own). What follows `[CALL]` is the engine's id and the model's body."""
 
     def __init__(self, backend):
-        self._backend = backend
-        self.spec, self.n_vocab, self.constrained_calls = backend.spec, backend.n_vocab, backend.constrained_calls
+        super().__init__(backend)
         self.opener = backend.tokenize("[CALL]")
 
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    @property
-    def n_ctx(self):
-        return self._backend.n_ctx
-
-    def tokenize(self, text, *, special=False):
-        return self._backend.tokenize(text, special=special)
-
-    def token_bytes(self, token_id):
-        return self._backend.token_bytes(token_id)
-
-    def stop_ids(self):
-        return self._backend.stop_ids()
-
-    def vocab_texts(self):
-        return self._backend.vocab_texts()
-
     def open_sequence(self, prompt_ids=()):
-        return EagerSequence(self, self._backend.open_sequence(prompt_ids))
+        return EagerSequence(self, self.real.open_sequence(prompt_ids))
 
 
 class EagerSequence(Sequence):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from django.conf import settings
 
-from engine.backends.base import LocalBackend, Sequence
+from engine.backends.base import Sequence
 from engine.backends.llamacpp import LlamaCppBackend
 from engine.catalog import AdapterSpec, get_model
 from engine.messages import TaskSubmission
@@ -21,6 +21,7 @@ from finetune import split
 from finetune.build import build
 from finetune.plans import demo_plan, entry_plan
 from finetune.traces import FORCED, FRAME, MISTAKE, MODEL, Message, Plan, PlanCall, render, simulate
+from tests.helpers import DelegatingBackend
 from tests.scripted import ScriptedBackend
 from webapp.tools.bfcl import dataset
 
@@ -199,30 +200,19 @@ class ReplaySequence(Sequence):
         self.backend.final = list(self.ids)
 
 
-class ReplayBackend(LocalBackend):
+class ReplayBackend(DelegatingBackend):
     constrained_calls = True
 
     def __init__(self, real: LlamaCppBackend, expected: list[int]) -> None:
+        super().__init__(real)
         adapter = AdapterSpec("cml", "unused.gguf", "0" * 64, 1)
-        self.real, self.expected, self.final = real, expected, None
+        self.expected, self.final = expected, None
         self.spec = replace(real.spec, name="replay", adapter=adapter)  # the tuned prompt profile
-        self.n_vocab = real.n_vocab
+        self.constrained_calls = True
 
     @property
     def n_ctx(self) -> int:
         return 4096
-
-    def tokenize(self, text, *, special=False):
-        return self.real.tokenize(text, special=special)
-
-    def token_bytes(self, token_id):
-        return self.real.token_bytes(token_id)
-
-    def vocab_texts(self):
-        return self.real.vocab_texts()
-
-    def stop_ids(self):
-        return self.real.stop_ids()
 
     def open_sequence(self, prompt_ids=()):
         return ReplaySequence(self, list(prompt_ids))
