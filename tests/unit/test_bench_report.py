@@ -94,3 +94,18 @@ def test_it_reports_in_how_many_runs_the_extra_call_was_made():
     assert f"| {LABEL} | paper | sync | 1 | 0 | 0 of 1 |" in text
     assert "## Human messages" not in markdown(PARAMS, summarize(ROWS))
     assert all(r["messages"] is None for r in summarize(ROWS))
+
+
+def test_it_counts_calls_written_again_after_their_result_was_in_the_context():
+    from types import SimpleNamespace as Ev
+
+    from webapp.bench.runner import repeated_calls
+
+    def decoded(cid, city):
+        return Ev(kind="call_decoded", payload={"call_id": cid, "name": "get_weather", "args": {"city": city}})
+
+    events = [decoded("c1", "Oslo"), decoded("c2", "Rome"),
+              decoded("c3", "Oslo"),  # before c1's result: not a repeat of an answered call
+              Ev(kind="interrupt_injected", payload={"calls": ["c1", "c2"]}),
+              decoded("c4", "Rome"), decoded("c5", "Paris"), decoded("c6", "Oslo")]
+    assert repeated_calls(events) == 2

@@ -92,6 +92,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "errors": len(group) - len(ok),
             "runs_with_model_errors": sum(bool(r.get("model_errors")) for r in group),
             "runs_at_token_limit": sum(r.get("finish_reason") == "length" for r in group),
+            # Rows measured before this figure existed have none.
+            "repeated_calls": sum(r.get("repeated_calls") or 0 for r in group)
+            if any("repeated_calls" in r for r in group) else None,
             "messages": _messages(group),
         })
     return sorted(results, key=lambda r: (r["label"] != "simulated", r["label"], r["profile"] != DEFAULT_PROFILE,
@@ -195,8 +198,9 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]]) -> str:
             "| dataset | mode | profile | split | n | p50 ms | mean ms | p10-p90 ms | speedup vs sync (mean / median) "
             "| paper | bound ms | bound speedup | measured/bound | bound at standalone rate ms | "
             "measured/bound at standalone rate | ms/token measured | dispatch ms | overlap ms | extra tokens vs sync | "
-            "accuracy | errors | runs with model mistakes | runs cut at the token limit |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "accuracy | errors | runs with model mistakes | runs cut at the token limit | calls repeated after "
+            "their result |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in results if r["label"] == label and r["profile"] == profile):
             lat = r["latency_ms"] or {}
@@ -213,7 +217,7 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]]) -> str:
                 f"{r['token_ms']} | {r['dispatch_ms'] if r['dispatch_ms'] is not None else '–'} | "
                 f"{r.get('overlap_ms') if r.get('overlap_ms') is not None else '–'} | "
                 f"{r['extra_tokens_vs_sync']} | {accuracy} | {r['errors']} | {r['runs_with_model_errors']} | "
-                f"{r['runs_at_token_limit']} |")
+                f"{r['runs_at_token_limit']} | {r['repeated_calls'] if r.get('repeated_calls') is not None else '–'} |")
     lines += human_messages(results)
     why = explanation(results)
     if why:

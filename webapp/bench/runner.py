@@ -207,6 +207,22 @@ def _calls(scenario: Scenario, setup: Setup, events: list[TraceEvent], started: 
              "finished_ms": finished.get(cid)} for cid, name, ms in written]
 
 
+def repeated_calls(events: list[TraceEvent]) -> int:
+    """Calls the model wrote again (same function, same arguments) after the first one's result
+    was already in its context: what a model does that has not learned to answer from results."""
+    keys: dict[str, str] = {}
+    answered: set[str] = set()
+    repeats = 0
+    for e in events:
+        if e.kind == EventKind.CALL_DECODED:
+            key = json.dumps([e.payload["name"], e.payload["args"]], sort_keys=True)
+            repeats += key in answered
+            keys[e.payload["call_id"]] = key
+        elif e.kind == EventKind.INTERRUPT_INJECTED:
+            answered |= {keys[c] for c in e.payload.get("calls", ()) if c in keys}
+    return repeats
+
+
 def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str, Any]:
     events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
     timeline = Timeline.of(events)
@@ -254,6 +270,7 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
         "g_ms_per_call": g_per_call,
         "measured_over_bound": round(latency / bound, 4) if latency and bound else None,
         "tokens": len(tokens), "finish_reason": finish.get("finish_reason", ""),
+        "repeated_calls": repeated_calls(events),
         "injected_tokens": timeline.injected_tokens,
         "overlap_ms": timeline.overlap_ms(),
         "calls": _calls(scenario, setup, events, started, finished),
