@@ -86,15 +86,23 @@ class CallTable:
             tool["config"] = {**tool["config"], "initial_config": scenario}
         request = CallRequest(run.task_id, call.call_id, self.engine_id, tool, args, dispatched_at=self._wall(),
                               order=call.order)
-        self._outbox.append(request)
+        if run.replay is not None:
+            run.replay.held.append(request)  # the dead engine sent it already; decided after the replay
+        else:
+            self._outbox.append(request)
         return [run.event("call_dispatched", {"call_id": call.call_id, "name": call.tool.name, "args": jsonable(args)})]
 
+    def send(self, request: CallRequest) -> None:
+        """Dispatch a request built earlier (a resumed task's call that never got a result)."""
+        self._outbox.append(request)
+
     def resolve(
-        self, run: TaskRun, call: Call, ok: bool, value: Any, error: str, error_type: str = "error"
+        self, run: TaskRun, call: Call, ok: bool, value: Any, error: str, error_type: str = "error",
+        recorded: str | None = None,
     ) -> list[TraceEvent]:
         call.status = CallStatus.DONE if ok else CallStatus.ERROR
         call.value = value if ok else None
-        events = result_payload(run, call, ok, value, error, error_type)
+        events = result_payload(run, call, ok, value, error, error_type, recorded)
         for other in run.calls.values():
             if other.status is CallStatus.WAITING_DEPS and call.call_id in other.deps | other.after:
                 events += self.dispatch_or_wait(run, other)

@@ -41,12 +41,14 @@ def error_payload(kind: str, message: str) -> str:
     return compact({"error": {"type": kind, "message": message[:500]}})
 
 
-def result_payload(run: TaskRun, call: Call, ok: bool, value: Any, error: str, error_type: str) -> list[TraceEvent]:
-    """Record a call's outcome and queue exactly what the model will see (after truncation)."""
-    payload = neutralise(compact(value) if ok else error_payload(error_type, error))
+def result_payload(run: TaskRun, call: Call, ok: bool, value: Any, error: str, error_type: str,
+                   recorded: str | None = None) -> list[TraceEvent]:
+    """Record a call's outcome and queue exactly what the model will see (after truncation);
+    `recorded`: what the model saw of it before (a resumed task), queued as it was."""
+    payload = neutralise(compact(value) if ok else error_payload(error_type, error)) if recorded is None else recorded
     limit = run.sub.budgets.max_result_chars
     events: list[TraceEvent] = []
-    if len(payload) > limit:
+    if recorded is None and len(payload) > limit:
         events.append(run.event("truncated", {"call_id": call.call_id, "chars": len(payload), "limit": limit}))
         payload = payload[:limit] + f"…[truncated {len(payload) - limit} chars]"
     events.append(

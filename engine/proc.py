@@ -13,9 +13,11 @@ from typing import Any, Protocol
 import redis
 
 from engine import health
-from engine.inbox import Inbox
+from engine.inbox import Inbox, late_reports
 from engine.intake import Claimed, Intake
-from engine.messages import CallReport, CallRequest, Control, TraceEvent
+from engine.messages import CallReport, CallRequest, Control, TaskSubmission, TraceEvent
+from engine.publish import recent_events
+from engine.resume import AlreadyEnded, ResumeError, history_from_events
 from engine.scheduler import Scheduler
 from engine.storewriter import StoreWriter
 
@@ -37,6 +39,12 @@ class TaskStore(Protocol):
 
     def status_of(self, task_id: int) -> str | None: ...
 
+    def events_of(self, task_id: int) -> list[dict[str, Any]]:
+        """The stored trace of a task: {"seq", "t_ms", "kind", "payload"} in order."""
+
+    def take_over(self, task_id: int, engine_id: str) -> bool:
+        """A running task left by a dead engine now runs on this one; False if it is no longer running."""
+
     def fail_abandoned(self, task_id: int, reason: str) -> TraceEvent | None:
         """Mark a task that a dead engine left behind as failed; returns the final trace event."""
 
@@ -52,6 +60,9 @@ class Dispatcher(Protocol):
 class InboxReader(Protocol):
     def drain(self) -> list[tuple[CallReport | Control, float]]:
         """What arrived since the last drain, with the wall time it reached this process."""
+
+    def forget(self, task_id: int) -> None:
+        """The task's end is stored: its reports may go (until then another engine may need them)."""
 
     def close(self) -> None: ...
 
@@ -186,6 +197,7 @@ class EngineProcess:
             })
             if event is None:
                 log.info("report for task %s which this engine no longer runs: dropped", rep.task_id)
+                self.inbox.forget(rep.task_id)
                 continue
             self.handle(event)
             if rep.phase == "finished":
@@ -247,10 +259,13 @@ class EngineProcess:
         else:
             before = self.store.status_of(sub.task_id)
             if before == "running":
-                # Its tokens and KV state died with that engine; say so rather than restart silently.
-                final = self.store.fail_abandoned(
+                resumed, why = self.resume(sub, item.previous_owner)
+                if resumed:
+                    self._entries[sub.task_id] = item.entry_id
+                    return
+                final = None if not why else self.store.fail_abandoned(
                     sub.task_id, f"engine {item.previous_owner} stopped while running this task "
-                    f"(detected by engine {self.config.engine_id})")
+                    f"(detected by engine {self.config.engine_id}), and it could not be resumed: {why}")
                 if final is not None:
                     self.publisher.publish(final)
                     self.on_final(sub.task_id)
@@ -263,6 +278,34 @@ class EngineProcess:
         self._entries[sub.task_id] = item.entry_id
         for event in self.scheduler.submit(sub):
             self.handle(event)
+
+    def resume(self, sub: TaskSubmission, dead: str) -> tuple[bool, str]:
+        """Take over a task that engine `dead` was running, rebuilt from its record (the stored
+        trace, the events only Redis still had, and results that reached the dead engine's inbox).
+        (True, "") when it goes on here; (False, "") when the record shows it had ended (stored
+        now); else (False, why it cannot)."""
+        try:
+            stored = self.store.events_of(sub.task_id)
+            known = {e["seq"] for e in stored}
+            only_redis = {e["seq"]: e for e in recent_events(self.r, sub.task_id) if e["seq"] not in known}
+            history = history_from_events(dead, stored + list(only_redis.values()))
+            late = late_reports(self.r, dead, sub.task_id)
+            if not self.store.take_over(sub.task_id, self.config.engine_id):
+                return False, ""
+            # The dead engine's last batch, which only Redis has: stored now, so the trace has no gap.
+            self.store.save_events([TraceEvent(sub.task_id, e["seq"], e["t_ms"], e["kind"], e["payload"])
+                                    for e in sorted(only_redis.values(), key=lambda e: e["seq"])])
+            self.scheduler.resume(sub, history, late)
+        except AlreadyEnded as ended:
+            p = ended.event["payload"]
+            if self.store.finish(sub.task_id, p["status"], p["reason"], p["text"], p["metrics"]):
+                self.on_final(sub.task_id)
+            return False, ""
+        except ResumeError as exc:
+            return False, str(exc)
+        log.warning("task %s: resumed from engine %s's record (%d tokens, %d frames)", sub.task_id, dead,
+                    len(history.tokens), len(history.frames))
+        return True, ""
 
     def handle(self, event: TraceEvent) -> None:
         self._unsaved.append(event)
@@ -323,6 +366,7 @@ class TaskEnd:
         if self.steps and self.steps[0] == "ack":
             if self.entry is not None:
                 proc.intake.done(self.entry)
+            proc.inbox.forget(event.task_id)
             self.steps.pop(0)
         if self.steps:
             proc.on_final(event.task_id)

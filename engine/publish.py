@@ -13,6 +13,7 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from engine.keys import trace_stream
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 
 TRACE_STREAM_MAXLEN = 20000
 TRACE_STREAM_TTL_S = 3600
+
+
+def recent_events(client: redis.Redis, task_id: int) -> list[dict[str, Any]]:
+    """A task's recent events as published (the ones a dead engine had not stored yet among them)."""
+    entries: Any = client.xrange(trace_stream(task_id))
+    return [json.loads(fields[b"e"]) for _, fields in entries if b"e" in fields]
 
 
 class TracePublisher:

@@ -27,8 +27,10 @@ from engine.constrain import call_guard
 from engine.drivers.local import LocalDriver
 from engine.drivers.remote import RemoteDriver
 from engine.interrupts import queue
-from engine.messages import CallRequest, TaskSubmission, TraceEvent
+from engine.messages import CallReport, CallRequest, TaskSubmission, TraceEvent
 from engine.profiles import profile_for
+from engine.replayer import Replayer
+from engine.resume import History, Replay, ResumeError
 from engine.state import FINAL, RESOLVED, RUNNABLE, Status, TaskRun
 from engine.tools import ToolSpec
 
@@ -52,6 +54,7 @@ class Scheduler:
         self.calls = CallTable(engine_id, clock, wall)
         self.local = LocalDriver(self.calls, prefill_chunk)
         self.remote = RemoteDriver(self.calls)
+        self.replayer = Replayer(self.calls, self.local)
         self.worked = False  # the last step did a unit of work (a prefill chunk has no events)
 
     # -- queries ---------------------------------------------------------------------------
@@ -87,22 +90,49 @@ class Scheduler:
         except Exception as exc:  # unknown model, bad file hash, load failure: the task says why
             failed = TaskRun(sub=sub, backend=None, clock=self._clock, t0=now, started_wall=self._wall())
             return failed.finish(Status.FAILED, f"model {sub.model!r} unavailable: {exc}")
-        run = TaskRun(
-            sub=sub, backend=backend, clock=self._clock, t0=now, started_wall=self._wall(),
-            rng=np.random.default_rng(sub.sampling.seed),
-        )
-        run.tools = {t["name"]: ToolSpec.from_dict(t) for t in sub.tools}
-        run.guard = None if sub.forced_text else call_guard(backend, run.tools)
+        run = self._new_run(sub, backend, now, self._wall())
         # started_at (unix s) anchors t_ms, so other processes can place events on the wall clock.
         events = [run.event("status", {"status": "running", "model": sub.model, "mode": sub.mode,
                                        "started_at": run.started_wall, "adapter": backend.spec.adapter_ref()})]
         events += self._prepare(run)
         if run.status in FINAL:
             return events
-        self._driver(run).open(run)
-        self._runs[sub.task_id] = run
-        self._ready.append(sub.task_id)
+        self._admit(run)
         return events
+
+    def resume(self, sub: TaskSubmission, history: History, late: dict[str, CallReport] | None = None) -> None:
+        """Take over a task a dead engine was running: its context is rebuilt from `history`
+        (engine/resume.py), then it goes on; its events continue the recorded ones. `late`: results
+        that reached the dead engine but not the record. ResumeError when that cannot be done."""
+        if sub.task_id in self._runs:
+            return
+        try:
+            backend = self._get_backend(sub.model)
+        except Exception as exc:
+            raise ResumeError(f"model {sub.model!r} unavailable: {exc}") from None
+        if not isinstance(backend, LocalBackend):
+            raise ResumeError("only tasks on a local backend can be resumed (a server's context is not replayed)")
+        # Its clock goes on from the recorded start, so times and the wall budget continue too.
+        now = self._clock() - max(0.0, self._wall() - history.started_wall)
+        run = self._new_run(sub, backend, now, history.started_wall)
+        self._prepare(run)
+        if run.status in FINAL:
+            raise ResumeError("its prompt no longer fits the model")
+        run.next_seq = history.last_seq + 1
+        run.replay = Replay(history, late or {})
+        self._admit(run)
+
+    def _new_run(self, sub: TaskSubmission, backend: Backend, t0: float, started_wall: float) -> TaskRun:
+        run = TaskRun(sub=sub, backend=backend, clock=self._clock, t0=t0, started_wall=started_wall,
+                      rng=np.random.default_rng(sub.sampling.seed))
+        run.tools = {t["name"]: ToolSpec.from_dict(t) for t in sub.tools}
+        run.guard = None if sub.forced_text else call_guard(backend, run.tools)
+        return run
+
+    def _admit(self, run: TaskRun) -> None:
+        self._driver(run).open(run)
+        self._runs[run.task_id] = run
+        self._ready.append(run.task_id)
 
     def cancel(self, task_id: int, reason: str = "cancelled") -> list[TraceEvent]:
         run = self._runs.get(task_id)
@@ -151,10 +181,19 @@ class Scheduler:
         tried = 0
         self.worked = False
         drained = self._reaped(self.remote.drain(self._runs))
+        for waiting in [r for r in self._runs.values() if r.replay is not None and r.status not in RUNNABLE]:
+            self.replayer.frame(waiting)  # a parked or blocked replay wakes on its recorded frame
+            self._woken(waiting, [])
         while self._ready:
             run = self._runs.get(self._ready.popleft())
             if run is None or run.status not in RUNNABLE:
                 continue
+            if run.replay is not None:
+                self.worked = True
+                events = self.replayer.step(run)
+                if run.status in RUNNABLE and run.task_id not in self._ready:
+                    self._ready.append(run.task_id)
+                return drained + self._reaped(events)
             driver = self._driver(run)
             if driver is self.local and self.local.busy_s(run) > 0:
                 self._ready.append(run.task_id)  # its sequence is still busy: the others go first

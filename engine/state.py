@@ -25,6 +25,7 @@ from engine.tools import ToolSpec
 
 if TYPE_CHECKING:
     from engine.interrupts import Frame
+    from engine.resume import Replay
 
 
 class Status(enum.Enum):
@@ -129,6 +130,7 @@ class TaskRun:
     injected_tokens: int = 0
     injections: int = 0
     injecting: Injecting | None = None  # a frame going in over several steps
+    replay: Replay | None = None  # being rebuilt from a dead engine's record (engine/resume.py)
     remote: RemoteState = field(default_factory=RemoteState)
     timeline: Timeline = field(default_factory=Timeline)  # every event, reduced (overlap in the metrics)
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))

@@ -25,7 +25,7 @@ class EventKind(enum.StrEnum):
     CALL_DECODED = "call_decoded"  # call_id, name, args, position, depends_on
     CALL_ERROR = "call_error"  # a block that is not a valid call: call_id, name, error, raw
     CALL_WAITING = "call_waiting"  # call_id, on: the calls it waits for
-    CALL_DISPATCHED = "call_dispatched"  # call_id, name, args (futures substituted)
+    CALL_DISPATCHED = "call_dispatched"  # call_id, name, args (futures substituted); again: sent anew on resuming
     CALL_STARTED = "call_started"  # reported by a worker: call_id, worker, at_ms
     CALL_FINISHED = "call_finished"  # reported by a worker: call_id, worker, at_ms, ok
     CALL_RESULT = "call_result"  # call_id, ok, error, error_type, injected (what the model will see)
@@ -39,7 +39,7 @@ class EventKind(enum.StrEnum):
     TRAP = "trap"  # action: parked | noop; pending
     PARKED = "parked"  # reason, pending
     BLOCKED = "blocked"  # waiting_for, why
-    RESUMED = "resumed"  # from: the status it left
+    RESUMED = "resumed"  # from: the status it left, or "engine" (rebuilt after its engine died: engine, replayed_*)
     RESUBMITTED = "resubmitted"  # a server request after an interrupt: rid, reason, cached_tokens, ...
     FINISH = "finish"  # status, reason, finish_reason, text, metrics, pending_calls
 

@@ -104,6 +104,12 @@ class LocalDriver:
             if seq.busy_s() > 0:
                 return []  # the logits come once the sequence is ready; other tasks step meanwhile
         logits = seq.logits()
+        if run.replay is not None and run.replay.tokens_left:
+            token = run.replay.token(run.forced.popleft() if run.forced else None)
+            events = on_token(self._table, run, token, run.utf8.decode(backend.token_bytes(token)))
+            if run.status not in FINAL:
+                run.unevaluated = [token]
+            return events
         if run.tools and not run.monitor.in_block:
             logits = self.warm(backend).apply(logits, run.tail, trap=bool(run.pending() or run.interrupts))
         if run.guard is not None:

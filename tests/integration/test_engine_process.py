@@ -66,16 +66,50 @@ def test_several_tasks_are_interleaved(start_engine, alice, test_model):
         assert task.status == "finished", task.status_reason
 
 
-def test_a_task_held_by_a_dead_engine_is_failed_with_the_reason(start_engine, alice, test_model):
+def test_a_task_held_by_a_dead_engine_is_resumed_elsewhere_and_ends_as_it_would_have(start_engine, alice,
+                                                                                     test_model):
+    prompt = "Tell a very long story about a dragon."
+    dying = start_engine("engine-doomed", ASYNCLM_HEARTBEAT_TTL="3")
+    task = submit(alice, test_model, prompt=prompt, max_tokens=120)
+    wait_for(lambda: TraceEvent.objects.filter(task=task, kind="token").count() >= 10, 60, "first tokens")
+    dying.kill(sig=9)
+    start_engine("engine-rescuer", ASYNCLM_HEARTBEAT_TTL="3")
+    wait_for(lambda: Task.objects.get(pk=task.pk).is_final, 60, "the task to end")
+    task.refresh_from_db()
+    assert task.status == "finished", task.status_reason
+    assert task.engine_id == "engine-rescuer"
+    events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    (resumed,) = [e for e in events if e.kind == "resumed" and e.payload.get("from") == "engine"]
+    assert resumed.payload["engine"] == "engine-doomed" and resumed.payload["replayed_tokens"] >= 10
+    tokens = [e for e in events if e.kind == "token"]
+    assert [e.payload["i"] for e in tokens] == list(range(1, len(tokens) + 1))  # each token once, in order
+    assert task.final_text == "".join(e.payload["text"] for e in tokens)
+    # Greedy decoding: the same text an uninterrupted run of the task writes.
+    reference = submit(alice, test_model, prompt=prompt, max_tokens=120)
+    wait_for(lambda: Task.objects.get(pk=reference.pk).is_final, 60, "the reference task")
+    reference.refresh_from_db()
+    assert task.final_text == reference.final_text
+
+
+def test_a_task_a_dead_engine_held_that_cannot_be_resumed_is_failed_with_the_reason(start_engine, alice,
+                                                                                   test_model):
     dying = start_engine("engine-doomed", ASYNCLM_HEARTBEAT_TTL="3")
     task = submit(alice, test_model, prompt="Tell a very long story about a dragon.", max_tokens=2000)
     wait_for(lambda: TraceEvent.objects.filter(task=task, kind="token").exists(), 60, "first tokens")
     dying.kill(sig=9)
+    TraceEvent.objects.filter(task=task, kind="token").first().delete()  # a record with a gap
+    Task.objects.filter(pk=task.pk).update(engine_id="engine-doomed")
+    from engine.keys import trace_stream
+    from webapp.core.redis import client as web_redis
+
+    web_redis().delete(trace_stream(task.pk))  # nothing to fill the gap from
     start_engine("engine-rescuer", ASYNCLM_HEARTBEAT_TTL="3")
     wait_for(lambda: Task.objects.get(pk=task.pk).is_final, 30, "the task to be failed")
     task.refresh_from_db()
     assert task.status == "failed"
     assert "engine engine-doomed stopped while running this task" in task.status_reason
+    assert "could not be resumed" in task.status_reason and "gaps" in task.status_reason
     assert "engine-rescuer" in task.status_reason
     assert task.final_text  # what had been streamed is kept
 

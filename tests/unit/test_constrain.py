@@ -8,6 +8,7 @@ import pytest
 from django.conf import settings
 
 from engine.backends.base import Sequence
+from engine.backends.delegating import DelegatingBackend
 from engine.callbody import CallBody, CallGrammar
 from engine.cml import CallComplete, Monitor
 from engine.constrain import (
@@ -21,7 +22,7 @@ from engine.constrain import (
 from engine.messages import Sampling, TaskSubmission
 from engine.scheduler import Scheduler
 from engine.tools import ToolSpec
-from tests.helpers import Clock, DelegatingBackend, run_until_idle
+from tests.helpers import Clock, run_until_idle
 from tests.scripted import PROMPT_BASE, STOP, VOCAB, ScriptedBackend, ScriptedSequence
 from tests.unit.test_scheduler_calls import F, G, make
 

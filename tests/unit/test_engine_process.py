@@ -45,6 +45,12 @@ class Store:
     def status_of(self, task_id):
         return self.status.get(task_id)
 
+    def events_of(self, task_id):
+        return []
+
+    def take_over(self, task_id, engine_id):
+        return self.status.get(task_id) == "running"
+
     def fail_abandoned(self, task_id, reason):
         self.status[task_id] = "failed"
         self.abandoned.append(task_id)
@@ -80,6 +86,9 @@ class Inbox:
     def drain(self):
         out, self.items = self.items, []
         return [(item, time.time()) for item in out]
+
+    def forget(self, task_id):
+        pass
 
     def close(self):
         pass

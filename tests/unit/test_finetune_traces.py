@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings
 
 from engine.backends.base import Sequence
+from engine.backends.delegating import DelegatingBackend
 from engine.backends.llamacpp import LlamaCppBackend
 from engine.catalog import AdapterSpec, get_model
 from engine.messages import TaskSubmission
@@ -21,7 +22,6 @@ from finetune import split
 from finetune.build import build
 from finetune.plans import demo_plan, entry_plan
 from finetune.traces import FORCED, FRAME, MISTAKE, MODEL, Message, Plan, PlanCall, render, simulate
-from tests.helpers import DelegatingBackend
 from tests.scripted import ScriptedBackend
 from webapp.tools.bfcl import dataset
 

@@ -33,6 +33,14 @@ class DjangoTaskStore:
     def status_of(self, task_id: int) -> str | None:
         return Task.objects.filter(pk=task_id).values_list("status", flat=True).first()
 
+    def events_of(self, task_id: int) -> list[dict]:
+        rows = TraceEventRow.objects.filter(task_id=task_id).order_by("seq")
+        return list(rows.values("seq", "t_ms", "kind", "payload"))
+
+    def take_over(self, task_id: int, engine_id: str) -> bool:
+        """A running task now runs on this engine (its messages and cancellations come here)."""
+        return bool(Task.objects.filter(pk=task_id, status=Task.Status.RUNNING).update(engine_id=engine_id))
+
     def save_events(self, events: list[TraceEvent]) -> None:
         """Store a batch, task by task: a value one task's events carry that the database refuses
         costs that event (logged), never another task's events or the rest of the batch."""

@@ -23,7 +23,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from engine.backends.base import LocalBackend, Sequence
+from engine.backends.base import Sequence
+from engine.backends.delegating import DelegatingBackend
 from engine.backends.llamacpp import LlamaCppBackend
 from engine.catalog import get_model
 from engine.messages import Budgets, TaskSubmission
@@ -66,30 +67,14 @@ def forced_script(calls: int, start: int) -> str:
     return " ".join(parts) + " Done."
 
 
-class TimedBackend(LocalBackend):
+class TimedBackend(DelegatingBackend):
     """The backend as the engine sees it, with the time spent in its forward passes (append and
     logits) added up, so the engine's own cost per token is the rest."""
 
     def __init__(self, inner: LlamaCppBackend) -> None:
-        self.inner, self.spec, self.n_vocab = inner, inner.spec, inner.n_vocab
-        self.constrained_calls = inner.constrained_calls
+        super().__init__(inner)
+        self.inner = inner
         self.forward_s = 0.0
-
-    @property
-    def n_ctx(self) -> int:
-        return self.inner.n_ctx
-
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        return self.inner.tokenize(text, special=special)
-
-    def token_bytes(self, token_id: int) -> bytes:
-        return self.inner.token_bytes(token_id)
-
-    def vocab_texts(self) -> list[str]:
-        return self.inner.vocab_texts()
-
-    def stop_ids(self) -> frozenset[int]:
-        return self.inner.stop_ids()
 
     def open_sequence(self, prompt_ids=()) -> Sequence:
         return TimedSequence(self, self.inner.open_sequence(prompt_ids))
