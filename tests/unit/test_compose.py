@@ -116,3 +116,9 @@ def test_production_settings_pass_the_deploy_check_behind_tls():
     done = subprocess.run([sys.executable, "manage.py", "check", "--deploy"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert "security.W008" in done.stdout + done.stderr
+
+
+def test_the_sglang_image_is_the_release_the_backend_speaks_to(compose):
+    contract = (ROOT / "requirements" / "sglang-contract.txt").read_text()
+    version = next(line.split("==")[1].strip() for line in contract.splitlines() if line.startswith("sglang=="))
+    assert compose["services"]["sglang"]["image"].endswith(f"lmsysorg/sglang:v{version}}}")
