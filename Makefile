@@ -1,4 +1,4 @@
-.PHONY: run test test-postgres lint engine web worker clean bench bench-engine bench-tools finetune
+.PHONY: run test test-postgres lint engine web worker clean bench bench-engine bench-tools finetune soak
 
 run:            ## install what is missing and start every process (Ctrl-C stops them)
 	@scripts/run.sh
@@ -36,6 +36,11 @@ bench-engine:   ## the engine's costs on this machine -> var/bench/engine.json
 bench-tools:    ## zero-latency calls through 2 Celery worker processes -> var/bench/tools.json
 	@scripts/bootstrap.sh
 	@scripts/with-redis.sh .venv/bin/python manage.py bench_tools
+
+soak:           ## 200 tasks from 5 users while engines, a worker process and Redis are killed -> var/bench/soak.json
+	@scripts/bootstrap.sh --models smollm2-135m
+	@scripts/with-redis.sh .venv/bin/python manage.py migrate -v0
+	@scripts/with-redis.sh .venv/bin/python manage.py soak $(ARGS)
 
 finetune:       ## the adaptation step: CML traces, LoRA training, GGUF export, evaluation -> finetune/adapters/
 	@scripts/finetune.sh $(ARGS)

@@ -136,6 +136,15 @@ class Intake:
         pipe.xdel(self.stream, entry_id)
         pipe.execute()
 
+    def owner(self, entry_id: str) -> str | None:
+        """The consumer an entry is pending to (None: acknowledged, or unknown)."""
+        try:
+            pending: Any = self.r.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        except redis.ResponseError as exc:
+            self._regroup(exc)
+            return None
+        return _s(pending[0]["consumer"]) if pending else None
+
     def reclaim(self, consumer: str, alive: set[str], min_idle_ms: int = 2000) -> list[Claimed]:
         """Take over entries held by consumers that are no longer alive."""
         self.ensure_group()

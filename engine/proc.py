@@ -83,6 +83,9 @@ class EngineConfig:
     intake_poll_s: float = 0.05
     recover_interval_s: float = 5.0
     reclaim_idle_ms: int = 2000  # a dead engine's intake entry is taken over once idle this long
+    # No takeover until this engine has been connected to Redis this long (default: the heartbeat
+    # TTL): after an outage, every engine's heartbeat may have lapsed; give them time to beat again.
+    recover_grace_s: float | None = None
     models: list[str] = field(default_factory=list)
 
 
@@ -107,11 +110,14 @@ class EngineProcess:
         self._last_flush = time.monotonic()
         self._last_poll = self._last_beat = self._last_recover = float("-inf")  # all due at the first tick
         self._redis_failures = 0  # ticks in a row that Redis failed
+        self._connected_since = time.monotonic()
         self.stopping = threading.Event()
 
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> None:
         log.info("engine %s started (models: %s)", self.config.engine_id, ", ".join(self.config.models))
+        # Heartbeats on their own thread: a long step or a busy loop must not look like a death.
+        threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True).start()
         try:
             while not self.stopping.is_set():
                 if not self.weathered_tick():
@@ -126,6 +132,7 @@ class EngineProcess:
             did = self.tick()
         except redis.RedisError as exc:
             self._redis_failures += 1
+            self._connected_since = time.monotonic()
             if self._redis_failures == 1:
                 log.warning("Redis failed (%s): the engine pauses its tasks and retries", exc)
             self.stopping.wait(min(5.0, 0.25 * 2 ** min(self._redis_failures - 1, 5)))
@@ -208,6 +215,13 @@ class EngineProcess:
         return bool(reports)
 
     # -- steps (each returns whether it did work) ------------------------------------------
+    def _beat_forever(self) -> None:
+        while not self.stopping.wait(self.config.heartbeat_ttl / 3):
+            try:
+                self.heartbeat(force=True)
+            except redis.RedisError as exc:  # the loop says so once; keep trying
+                log.debug("heartbeat failed: %s", exc)
+
     def heartbeat(self, force: bool = False) -> bool:
         now = time.monotonic()
         if not force and now - self._last_beat < self.config.heartbeat_ttl / 3:
@@ -240,13 +254,29 @@ class EngineProcess:
         now = time.monotonic()
         if not force and now - self._last_recover < self.config.recover_interval_s:
             return False
+        grace = self.config.heartbeat_ttl if self.config.recover_grace_s is None else self.config.recover_grace_s
+        if not force and now - self._connected_since < grace:
+            return False
         self._last_recover = now
+        self.fence()
         alive = {b["id"] for b in health.alive(self.r, "engine")}
         claimed = self.intake.reclaim(self.config.engine_id, alive, min_idle_ms=self.config.reclaim_idle_ms)
         for item in claimed:
             log.warning("engine %s died holding entry %s; recovering it", item.previous_owner, item.entry_id)
             self.take(item)
         return bool(claimed)
+
+    def fence(self) -> None:
+        """Drop the tasks another engine has taken over (it claimed their intake entries, taking
+        this engine for dead): only one engine may write a task's trace. Nothing is stored."""
+        for task_id, entry in list(self._entries.items()):
+            owner = self.intake.owner(entry)
+            if owner is None or owner == self.config.engine_id:
+                continue
+            log.error("task %s was taken over by engine %s: this engine drops it", task_id, owner)
+            self.scheduler.cancel(task_id, f"taken over by engine {owner}")
+            del self._entries[task_id]
+            self._unsaved = [e for e in self._unsaved if e.task_id != task_id]
 
     # -- task lifecycle -------------------------------------------------------------------
     def take(self, item: Claimed) -> None:

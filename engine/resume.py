@@ -70,6 +70,7 @@ class History:
     started_wall: float  # unix s when the task started: the time base of its events
     last_seq: int
     tokens: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # each token's text, as recorded
     frames: list[RecordedFrame] = field(default_factory=list)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     dispatched: set[str] = field(default_factory=set)
@@ -89,6 +90,7 @@ def history_from_events(engine: str, events: list[dict[str, Any]]) -> History:
         kind, p = e["kind"], e["payload"]
         if kind == "token":
             history.tokens.append(int(p["id"]))
+            history.texts.append(str(p.get("text", "")))
         elif kind == "interrupt_injected":
             history.frames.append(RecordedFrame(len(history.tokens), tuple(p.get("calls", ())),
                                                 tuple(p.get("messages", ()))))

@@ -118,6 +118,8 @@ class Scheduler:
         self._prepare(run)
         if run.status in FINAL:
             raise ResumeError("its prompt no longer fits the model")
+        if not backend.stable_token_ids:
+            history.tokens = [_one_token(backend, text) for text in history.texts]
         run.next_seq = history.last_seq + 1
         run.replay = Replay(history, late or {})
         self._admit(run)
@@ -265,3 +267,10 @@ class Scheduler:
                 if event.task_id in self._ready:
                     self._ready.remove(event.task_id)
         return events
+
+
+def _one_token(backend: Backend, text: str) -> int:
+    ids = backend.tokenize(text)
+    if len(ids) != 1:
+        raise ResumeError(f"a recorded token's text {text!r} is not one token of {backend.spec.name}")
+    return ids[0]

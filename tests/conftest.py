@@ -73,14 +73,7 @@ def test_model() -> str:
 
 
 def database_url() -> str:
-    """The URL of the database the test process is using, for subprocesses to share it."""
-    from django.db import connection
-
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{Path(db['NAME']).resolve()}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return processes.current_database_url()
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -113,6 +113,10 @@ class Backend(ABC):
 
     spec: ModelSpec
     n_vocab: int
+    # A token id means the same text in every process (a model's vocabulary); False for a backend
+    # that numbers pieces as it meets them (the simulated decoder): a resumed task's record is
+    # then read by its tokens' texts.
+    stable_token_ids: bool = True
 
     @property
     @abstractmethod

@@ -125,6 +125,7 @@ class SimulatedSequence(Sequence):
 
 
 class SimulatedBackend(LocalBackend):
+    stable_token_ids = False  # pieces are numbered as they are met, per process
     def __init__(self, spec: ModelSpec, n_ctx: int = 32768) -> None:
         self.spec = spec
         self.n_vocab = VOCAB

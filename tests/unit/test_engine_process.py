@@ -99,7 +99,8 @@ def engine(redis_client):
     backend = ScriptedBackend([b"[CALL] a [HEAD] f(a=1) [END]", b" and", b" more", b"[TRAP][END]", b" done"])
     finals: list[int] = []
     proc = EngineProcess(
-        EngineConfig(ENGINE, flush_interval_s=60.0, flush_max_events=5, recover_interval_s=0.0, reclaim_idle_ms=0),
+        EngineConfig(ENGINE, flush_interval_s=60.0, flush_max_events=5, recover_interval_s=0.0, reclaim_idle_ms=0,
+                     recover_grace_s=0.0),
         Scheduler(lambda name: backend, engine_id=ENGINE), Intake(redis_client), Store(), Publisher(), redis_client,
         Dispatcher(), on_final=finals.append, inbox=Inbox(),
     )
@@ -175,6 +176,34 @@ def test_it_recovers_the_entries_of_a_dead_engine(engine, redis_client):
     assert engine.store.abandoned == [1] and engine.finals == [1]
     assert engine.publisher.events[0].kind == "finish" and "engine-dead" in engine.publisher.events[0].payload["reason"]
     assert engine.scheduler.task(2) is not None  # the queued one runs on this engine
+
+
+def test_a_task_another_engine_took_over_is_dropped_without_writing_anything(engine, redis_client):
+    submit(engine, 1)
+    run(engine, 20)
+    assert engine.scheduler.task(1) is not None
+    # Another engine, taking this one for dead, claims its entry.
+    (taken,) = Intake(redis_client).reclaim("engine-other", alive=set(), min_idle_ms=0)
+    assert taken.previous_owner == ENGINE
+    health.beat(redis_client, "engine", "engine-other", ttl=30)  # and it is alive
+    engine.recover(force=True)
+    assert engine.scheduler.task(1) is None and engine.store.finished == []
+    run(engine, 20)
+    assert engine.store.finished == [] and not [e for e in engine.publisher.events if e.kind == "finish"]
+
+
+def test_it_takes_over_nothing_until_it_has_been_connected_for_a_heartbeat_period(redis_client):
+    backend = ScriptedBackend([b" hi"])
+    proc = EngineProcess(EngineConfig(ENGINE, recover_interval_s=0.0, reclaim_idle_ms=0, heartbeat_ttl=30),
+                         Scheduler(lambda name: backend, engine_id=ENGINE), Intake(redis_client), Store(), Publisher(),
+                         redis_client, Dispatcher(), inbox=Inbox())
+    try:
+        submit(proc, 1)
+        proc.intake.claim("engine-dead", count=1)
+        assert proc.recover() is False  # just connected: the other engines may not have beaten yet
+        assert proc.recover(force=True) is True
+    finally:
+        proc.writer.close()
 
 
 def _report(proc: EngineProcess, task_id: int, call_id: str):

@@ -115,3 +115,41 @@ def test_a_record_the_replay_cannot_follow_fails_the_task_with_the_reason():
     assert events[-1].kind == "finish" and events[-1].payload["status"] == "failed"
     assert "could not resume" in events[-1].payload["reason"] and "zz" in events[-1].payload["reason"]
     assert events[-1].seq == 6
+
+
+def test_a_simulated_task_resumes_in_a_process_that_numbers_its_pieces_differently():
+    import json
+    import time
+
+    from engine.backends.simulated import SimulatedBackend
+    from engine.catalog import get_model
+
+    plan = {"calls": [{"id": "a", "call": "f(a=1)", "e": 50, "after": None},
+                      {"id": "b", "call": "g(x=2)", "e": 300, "after": None}],
+            "final": "Both are done.", "token_ms": 0, "inject_ms": 0}
+    sub = TaskSubmission(1, "simulated", f"q\n[plan] {json.dumps(plan)}", 400, time.time(), mode="async",
+                         tools=[F.to_dict(), G.to_dict()], budgets=Budgets())
+
+    def run_on(backend, events, history=None):
+        scheduler = Scheduler(lambda name: backend, wall=time.time)
+        if history is None:
+            events += scheduler.submit(sub)
+        else:
+            scheduler.resume(sub, history)
+        for _ in range(3000):
+            if scheduler.task(1) is None or (history is None and len(events) >= 12):
+                break
+            events += scheduler.step()
+            for request in scheduler.take_dispatches():
+                events += scheduler.deliver(1, request.call_id, ok=True, value=1)
+        return events
+
+    whole = run_on(SimulatedBackend(get_model("simulated")), [])
+    cut = whole[:12]
+    other = SimulatedBackend(get_model("simulated"))
+    other.tokenize("an unrelated text first, so its pieces get other ids")
+    after = run_on(other, [], history_from_events("engine-a", [e.to_dict() for e in cut]))
+    assert after[-1].payload["status"] == "finished", after[-1].payload
+    assert after[-1].payload["text"].endswith("Both are done.")
+    written = [e.payload["call_id"] for e in cut + after if e.kind == "call_decoded"]
+    assert sorted(written) == ["a", "b"]  # each call written once across the two engines

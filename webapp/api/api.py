@@ -62,13 +62,28 @@ api = NinjaAPI(
 tasks = Router(tags=["tasks"])
 
 
+class SettingRateThrottle(AuthRateThrottle):
+    """Per-user rate from a setting, read at each request (a changed setting applies at once)."""
+
+    def __init__(self, setting: str) -> None:
+        self.setting = setting
+        super().__init__(getattr(settings, setting))
+
+    def allow_request(self, request) -> bool:
+        rate = getattr(settings, self.setting)
+        if rate != self.rate:
+            self.rate = rate
+            self.num_requests, self.duration = self.parse_rate(rate)
+        return super().allow_request(request)
+
+
 def _own(request, pk: int) -> Task:
     return get_object_or_404(Task, pk=pk, owner=request.auth)
 
 
 @tasks.post("/tasks", response={201: TaskOut | ComparisonOut, 409: ErrorOut, 422: ValidationErrorOut, 429: ErrorOut,
                                          503: ErrorOut},
-            throttle=[AuthRateThrottle(settings.ASYNCLM_API_TASK_RATE)],
+            throttle=[SettingRateThrottle("ASYNCLM_API_TASK_RATE")],
             summary="Create a task (or, with compare, one per mode run one after the other)")
 def create_task(request, payload: TaskIn):
     form = TaskForm(payload.form_data(), user=request.auth)

@@ -32,6 +32,17 @@ def redis_url(db: int, base: str | None = None) -> str:
     return parsed._replace(path=f"/{db}").geturl()
 
 
+def current_database_url() -> str:
+    """The URL of the database this process uses, for child processes to share it."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
 def service_env(url: str, **extra: str) -> dict[str, str]:
     """The environment for a child process that uses Redis at `url` for everything."""
     env = dict(os.environ)
