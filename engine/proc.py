@@ -318,6 +318,13 @@ class EngineProcess:
             stored = self.store.events_of(sub.task_id)
             known = {e["seq"] for e in stored}
             only_redis = {e["seq"]: e for e in recent_events(self.r, sub.task_id) if e["seq"] not in known}
+            if not stored and not only_redis:
+                # It died before the task's first event: nothing was shown or run; start it here.
+                if not self.store.take_over(sub.task_id, self.config.engine_id):
+                    return False, ""
+                for event in self.scheduler.submit(sub):
+                    self.handle(event)
+                return True, ""
             history = history_from_events(dead, stored + list(only_redis.values()))
             late = late_reports(self.r, dead, sub.task_id)
             if not self.store.take_over(sub.task_id, self.config.engine_id):

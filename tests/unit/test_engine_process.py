@@ -164,18 +164,23 @@ def test_a_task_finished_elsewhere_meanwhile_has_no_follow_up(engine):
     assert engine.store.finished == [] and engine.finals == []
 
 
-def test_it_recovers_the_entries_of_a_dead_engine(engine, redis_client):
-    # A dead engine claimed two tasks: one it had started (its KV state is gone: failed, with the
-    # reason) and one still queued (runs here).
-    submit(engine, 1)
-    submit(engine, 2)
-    engine.intake.claim("engine-dead", count=2)
-    engine.store.status[1] = "running"
+def test_it_recovers_the_entries_of_a_dead_engine(engine, redis_client, monkeypatch):
+    # A dead engine claimed three tasks: one it had started, whose record cannot be replayed
+    # (failed, with the reason); one it had marked running before recording anything (starts
+    # here); one still queued (runs here).
+    for task_id in (1, 2, 3):
+        submit(engine, task_id)
+    engine.intake.claim("engine-dead", count=3)
+    engine.store.status[1] = engine.store.status[2] = "running"
+    monkeypatch.setattr(engine.store, "events_of", lambda task_id: [
+        {"seq": 1, "kind": "status", "payload": {"started_at": 1.0}},
+        {"seq": 3, "kind": "token", "payload": {"id": 1}}] if task_id == 1 else [])
     assert "engine-dead" not in {b["id"] for b in health.alive(redis_client, "engine")}  # no heartbeat
     engine.recover(force=True)
     assert engine.store.abandoned == [1] and engine.finals == [1]
-    assert engine.publisher.events[0].kind == "finish" and "engine-dead" in engine.publisher.events[0].payload["reason"]
-    assert engine.scheduler.task(2) is not None  # the queued one runs on this engine
+    finish = engine.publisher.events[0]
+    assert finish.kind == "finish" and "engine-dead" in finish.payload["reason"] and "gaps" in finish.payload["reason"]
+    assert engine.scheduler.task(2) is not None and engine.scheduler.task(3) is not None
 
 
 def test_a_task_another_engine_took_over_is_dropped_without_writing_anything(engine, redis_client):
