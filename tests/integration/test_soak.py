@@ -10,7 +10,7 @@ from django.core.management import call_command
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_the_service_survives_the_soak_at_a_small_size(tmp_path, redis_client, test_model):
+def test_the_service_survives_the_soak_at_a_small_size(tmp_path, redis_client, test_model, demo_pack):
     call_command("soak", tasks=30, users=3, rate=1.0, model=test_model, timeout=150, out=str(tmp_path))
     result = json.loads((tmp_path / "soak.json").read_text())
     assert result["misses"] == []

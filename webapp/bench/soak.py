@@ -34,6 +34,8 @@ from django.test.utils import override_settings
 from engine import health
 from webapp.core.processes import Proc, ProcessError, current_database_url, service_env
 from webapp.runs.models import Task, TraceEvent
+from webapp.tools.demo import DEMO_PACK
+from webapp.tools.models import Tool
 
 ROOT = Path(settings.BASE_DIR)
 SUPERVISE = str(ROOT / "scripts" / "supervise.sh")
@@ -168,6 +170,8 @@ class Soak:
 
     # -- load ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        if not Tool.objects.filter(pack__name=DEMO_PACK, enabled=True).exists():
+            raise ProcessError(f"the {DEMO_PACK!r} tool pack is missing (its migration installs it: manage.py migrate)")
         users = [get_user_model().objects.get_or_create(username=f"soak-user-{n}")[0] for n in range(self.plan.users)]
         rng = random.Random(self.plan.seed)
         clients = []
