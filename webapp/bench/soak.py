@@ -15,6 +15,7 @@ import json
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -144,10 +145,19 @@ class Soak:
 
     # -- faults --------------------------------------------------------------------------
     def kill_engine(self, name: str) -> None:
+        """SIGKILL an engine once it holds a task (up to 10 s), so that a task is cut mid-decode."""
         pid = _child(self.procs[name].popen.pid)
+        engine_id = f"engine-{socket.gethostname()}-{pid}"  # run_engine's default id
+        deadline = time.monotonic() + 10
+        busy = False
+        while pid and not busy and time.monotonic() < deadline:
+            busy = TraceEvent.objects.filter(task__status=Task.Status.RUNNING, task__engine_id=engine_id,
+                                             kind="token").exists()
+            if not busy:
+                time.sleep(0.02)
         if pid:
             os.kill(pid, signal.SIGKILL)
-        self.faults.record(self.t0, f"SIGKILL {name} (pid {pid}) mid-task")
+        self.faults.record(self.t0, f"SIGKILL {name} (pid {pid}) {'holding a task' if busy else 'idle'}")
 
     def kill_worker_process(self) -> None:
         """A pool process of a worker, which may be running a call."""
@@ -322,8 +332,6 @@ def _child(pid: int) -> int | None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
