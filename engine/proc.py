@@ -289,10 +289,12 @@ class EngineProcess:
         else:
             before = self.store.status_of(sub.task_id)
             if before == "running":
-                resumed, why = self.resume(sub, item.previous_owner)
-                if resumed:
+                outcome, why = self.resume(sub, item.previous_owner)
+                if outcome == "resumed":
                     self._entries[sub.task_id] = item.entry_id
                     return
+                if outcome == "fresh":
+                    before = "queued"  # nothing of it was recorded: it starts here like a queued task
                 final = None if not why else self.store.fail_abandoned(
                     sub.task_id, f"engine {item.previous_owner} stopped while running this task "
                     f"(detected by engine {self.config.engine_id}), and it could not be resumed: {why}")
@@ -309,26 +311,22 @@ class EngineProcess:
         for event in self.scheduler.submit(sub):
             self.handle(event)
 
-    def resume(self, sub: TaskSubmission, dead: str) -> tuple[bool, str]:
+    def resume(self, sub: TaskSubmission, dead: str) -> tuple[str, str]:
         """Take over a task that engine `dead` was running, rebuilt from its record (the stored
         trace, the events only Redis still had, and results that reached the dead engine's inbox).
-        (True, "") when it goes on here; (False, "") when the record shows it had ended (stored
-        now); else (False, why it cannot)."""
+        ("resumed", "") when it goes on here; ("fresh", "") when nothing of it was recorded (it
+        starts anew); ("over", "") when it had ended or is no longer running; else ("over", why
+        it cannot be resumed)."""
         try:
             stored = self.store.events_of(sub.task_id)
             known = {e["seq"] for e in stored}
             only_redis = {e["seq"]: e for e in recent_events(self.r, sub.task_id) if e["seq"] not in known}
-            if not stored and not only_redis:
-                # It died before the task's first event: nothing was shown or run; start it here.
-                if not self.store.take_over(sub.task_id, self.config.engine_id):
-                    return False, ""
-                for event in self.scheduler.submit(sub):
-                    self.handle(event)
-                return True, ""
+            if not self.store.take_over(sub.task_id, self.config.engine_id):
+                return "over", ""
+            if not stored and not only_redis:  # it died before the task's first event
+                return "fresh", ""
             history = history_from_events(dead, stored + list(only_redis.values()))
             late = late_reports(self.r, dead, sub.task_id)
-            if not self.store.take_over(sub.task_id, self.config.engine_id):
-                return False, ""
             # The dead engine's last batch, which only Redis has: stored now, so the trace has no gap.
             self.store.save_events([TraceEvent(sub.task_id, e["seq"], e["t_ms"], e["kind"], e["payload"])
                                     for e in sorted(only_redis.values(), key=lambda e: e["seq"])])
@@ -337,12 +335,12 @@ class EngineProcess:
             p = ended.event["payload"]
             if self.store.finish(sub.task_id, p["status"], p["reason"], p["text"], p["metrics"]):
                 self.on_final(sub.task_id)
-            return False, ""
+            return "over", ""
         except ResumeError as exc:
-            return False, str(exc)
+            return "over", str(exc)
         log.warning("task %s: resumed from engine %s's record (%d tokens, %d frames)", sub.task_id, dead,
                     len(history.tokens), len(history.frames))
-        return True, ""
+        return "resumed", ""
 
     def handle(self, event: TraceEvent) -> None:
         self._unsaved.append(event)

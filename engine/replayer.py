@@ -15,8 +15,8 @@ from engine.calltable import CallTable
 from engine.drivers.local import LocalDriver
 from engine.interrupts import queue
 from engine.messages import TraceEvent
-from engine.resume import ResumeError
-from engine.state import RESOLVED, RUNNABLE, Status, TaskRun
+from engine.resume import Outcome, ResumeError
+from engine.state import RESOLVED, RUNNABLE, Call, Status, TaskRun
 
 
 class Replayer:
@@ -59,8 +59,7 @@ class Replayer:
                 outcome = replay.history.outcomes.get(cid)
                 if outcome is None:
                     raise ResumeError(f"a recorded frame carries {cid}, whose result is not in the record")
-                self._table.resolve(run, call, outcome.ok, outcome.value, outcome.error, outcome.error_type,
-                                    recorded=outcome.payload)
+                self._settle(run, call, outcome)
                 queued[cid] = outcome.payload
             if cid not in queued:
                 raise ResumeError(f"a recorded frame carries {cid}, which the replay does not know")
@@ -89,10 +88,7 @@ class Replayer:
             outcome = history.outcomes.get(request.call_id)
             late = replay.late.get(request.call_id)
             if outcome is not None:  # recorded, not injected before the engine died
-                saved = run.next_seq
-                self._table.resolve(run, call, outcome.ok, outcome.value, outcome.error, outcome.error_type,
-                                    recorded=outcome.payload)
-                run.next_seq = saved  # its call_result is in the record already
+                self._settle(run, call, outcome)
             elif late is not None:
                 events += self._table.resolve(run, call, late.ok, late.result, late.error, late.error_type or "error")
             else:
@@ -100,3 +96,11 @@ class Replayer:
                 events.append(run.event("call_dispatched", {"call_id": call.call_id, "name": call.tool.name,
                                                             "args": request.args, "again": True}))
         return events
+
+    def _settle(self, run: TaskRun, call: Call, outcome: Outcome) -> None:
+        """Resolve a call with its recorded outcome, queued as the model saw it; its events are in
+        the record already, so they take no sequence numbers."""
+        saved = run.next_seq
+        self._table.resolve(run, call, outcome.ok, outcome.value, outcome.error, outcome.error_type,
+                            recorded=outcome.payload)
+        run.next_seq = saved

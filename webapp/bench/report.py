@@ -16,7 +16,7 @@ PAPER = {  # the paper's speedups over sync (Llama-3.2-3B on an RTX 4090), for r
 MODE_ORDER = {"sync": 0, "sync_parallel": 1, "async": 2}
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1)
 
 
@@ -67,8 +67,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "dataset": dataset, "decoder": first["decoder"], "label": label, "model": first.get("model"),
             "cheat_sheet": first.get("cheat_sheet"), "profile": profile, "heldout": first.get("heldout"),
             "mode": mode, "n": len(ok),
-            "latency_ms": {"p10": _pct(latencies, 10), "p50": _pct(latencies, 50), "p90": _pct(latencies, 90),
-                           "mean": _mean(latencies)} if latencies else None,
+            "latency_ms": {"p10": percentile(latencies, 10), "p50": percentile(latencies, 50),
+                           "p90": percentile(latencies, 90), "mean": _mean(latencies)} if latencies else None,
             "speedup_vs_sync": {"mean": round(statistics.fmean(speedups), 3),
                                 "median": round(statistics.median(speedups), 3)} if speedups else None,
             "bound_speedup_vs_sync": _mean(bound_speedups, 3),

@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from django.test import Client
 from django.test.utils import override_settings
 
 from engine import health
+from webapp.bench.report import percentile
 from webapp.core.processes import Proc, ProcessError, current_database_url, service_env
 from webapp.runs.models import Task, TraceEvent
 from webapp.tools.demo import DEMO_PACK
@@ -293,7 +293,7 @@ class Soak:
             "calls": {"dispatched": dispatched, "injected": injected, "duplicates": duplicates, "missing": missing},
             "traces_with_gaps": gaps, "alive_at_the_end": alive,
             "ownership_ok": all(tasks[pk].owner_id == owner for pk, owner in accepted.items() if pk in tasks),
-            "queue_wait_ms": {user: {"p50": _pct(w, 50), "p95": _pct(w, 95), "n": len(w)}
+            "queue_wait_ms": {user: {"p50": percentile(w, 50), "p95": percentile(w, 95), "n": len(w)}
                               for user, w in sorted(waits.items())},
             "finished_share": round(finished / max(1, len(accepted)), 4),
         }
@@ -335,11 +335,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _pct(values: list[float], q: int) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0], 1)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 1)
