@@ -24,6 +24,7 @@ import numpy as np
 from engine.backends.base import Backend, BackendError, LocalBackend
 from engine.calltable import CallTable
 from engine.constrain import call_guard
+from engine.drivers.chunks import ChunkSizer
 from engine.drivers.local import LocalDriver
 from engine.drivers.remote import RemoteDriver
 from engine.interrupts import queue
@@ -43,7 +44,7 @@ class Scheduler:
         engine_id: str = "engine",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        prefill_chunk: int = 128,
+        chunks: ChunkSizer | None = None,
     ) -> None:
         self._get_backend = get_backend
         self.engine_id = engine_id
@@ -52,7 +53,7 @@ class Scheduler:
         self._runs: dict[int, TaskRun] = {}
         self._ready: deque[int] = deque()
         self.calls = CallTable(engine_id, clock, wall)
-        self.local = LocalDriver(self.calls, prefill_chunk)
+        self.local = LocalDriver(self.calls, chunks or ChunkSizer())
         self.remote = RemoteDriver(self.calls)
         self.replayer = Replayer(self.calls, self.local)
         self.worked = False  # the last step did a unit of work (a prefill chunk has no events)

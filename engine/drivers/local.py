@@ -2,7 +2,8 @@
 
 One step is one unit of work: a prefill chunk, a chunk of an interrupt frame appended on top of
 the live cache (no re-prefill; a frame longer than a chunk goes in over several steps), or one
-sampled token (after the bans and the call guard have shaped the logits).
+sampled token (after the bans and the call guard have shaped the logits). Chunks are sized to the
+backend's measured speed so that one step stays within a time budget (engine/drivers/chunks.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from engine.backends.base import LocalBackend, Sequence
 from engine.ban import IntrBan
 from engine.calltable import CallTable
+from engine.drivers.chunks import ChunkSizer
 from engine.interrupts import injected, no_room, take_frame
 from engine.messages import TraceEvent
 from engine.modes import MODES
@@ -21,9 +23,9 @@ from engine.state import FINAL, Injecting, Status, TaskRun
 class LocalDriver:
     silent_steps_work = True  # a prefill chunk is work without events
 
-    def __init__(self, table: CallTable, prefill_chunk: int) -> None:
+    def __init__(self, table: CallTable, chunks: ChunkSizer) -> None:
         self._table = table
-        self._prefill_chunk = prefill_chunk
+        self.chunks = chunks
         self._bans: dict[int, IntrBan] = {}
 
     def open(self, run: TaskRun) -> None:
@@ -56,18 +58,23 @@ class LocalDriver:
         return run.seq
 
     def _prefill(self, run: TaskRun) -> list[TraceEvent]:
-        seq = self._seq(run)
-        start = run.clock()
-        chunk = run.prompt_ids[run.prefilled : run.prefilled + self._prefill_chunk]
-        seq.append(chunk)
+        chunk = run.prompt_ids[run.prefilled : run.prefilled + self.chunks.size(id(run.backend))]
+        run.prefill_ms += self._append(run, chunk) * 1000
         run.prefilled += len(chunk)
-        run.prefill_ms += (run.clock() - start) * 1000
         if run.prefilled < len(run.prompt_ids):
             return []
         run.status = Status.DECODING
         payload = {"prompt_tokens": len(run.prompt_ids), "reused_tokens": run.reused_tokens,
                    "ms": round(run.prefill_ms, 2)}
         return [run.event("prefill", payload)]
+
+    def _append(self, run: TaskRun, ids: list[int]) -> float:
+        """Evaluate `ids` on the task's sequence; returns the seconds it took (and learns from them)."""
+        start = run.clock()
+        self._seq(run).append(ids)
+        seconds = run.clock() - start
+        self.chunks.observe(id(run.backend), len(ids), seconds)
+        return seconds
 
     def _inject(self, run: TaskRun) -> list[TraceEvent]:
         assert run.backend is not None
@@ -85,10 +92,9 @@ class LocalDriver:
     def _inject_more(self, run: TaskRun, head: list[int]) -> list[TraceEvent]:
         part = run.injecting
         assert part is not None
-        chunk, part.left = part.left[: self._prefill_chunk], part.left[self._prefill_chunk :]
-        start = run.clock()
-        self._seq(run).append(head + chunk)
-        part.ms += (run.clock() - start) * 1000
+        size = self.chunks.size(id(run.backend))
+        chunk, part.left = part.left[:size], part.left[size:]
+        part.ms += self._append(run, head + chunk) * 1000
         if part.left:
             return []
         run.injecting = None

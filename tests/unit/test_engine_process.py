@@ -183,6 +183,25 @@ def test_it_recovers_the_entries_of_a_dead_engine(engine, redis_client, monkeypa
     assert engine.scheduler.task(2) is not None and engine.scheduler.task(3) is not None
 
 
+def test_a_dead_engines_recorded_end_is_stored_as_it_was_and_its_entry_acked(engine, redis_client, monkeypatch):
+    # The dead engine recorded the task's end (its trace says finished) but died before storing
+    # the task's final state: the engine that finds it stores that end instead of running it again.
+    submit(engine, 1)
+    engine.intake.claim("engine-dead", count=1)
+    engine.store.status[1] = "running"
+    end = {"status": "finished", "reason": "", "text": "the answer", "metrics": {"tokens": 3}}
+    monkeypatch.setattr(engine.store, "events_of", lambda task_id: [
+        {"seq": 1, "kind": "status", "payload": {"started_at": 1.0}},
+        {"seq": 2, "kind": "token", "payload": {"id": 1, "text": "the answer"}},
+        {"seq": 3, "kind": "finish", "payload": end}])
+    engine.recover(force=True)
+    assert engine.store.finished == [(1, "finished")] and engine.finals == [1]
+    assert engine.store.abandoned == [] and engine.scheduler.task(1) is None
+    assert redis_client.xpending(engine.intake.stream, engine.intake.group)["pending"] == 0
+    run(engine, 20)
+    assert engine.store.finished == [(1, "finished")] and engine.publisher.events == []
+
+
 def test_a_task_another_engine_took_over_is_dropped_without_writing_anything(engine, redis_client):
     submit(engine, 1)
     run(engine, 20)

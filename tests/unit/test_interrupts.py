@@ -1,5 +1,6 @@
 """Interrupt frames: what a result, an error or a person's message may put in the context."""
 
+from engine.drivers.chunks import ChunkSizer
 from engine.interrupts import neutralise
 from tests.helpers import run_until_idle
 from tests.unit.test_scheduler_calls import make
@@ -57,9 +58,11 @@ def test_results_injected_back_to_back_read_as_one_frame():
 
 def test_a_long_frame_goes_in_a_chunk_per_step():
     """A 2000-character result is ~2000 scripted tokens: appended in one step it would hold the
-    loop (seconds on a real model); it goes in 128 tokens per step, the model writes nothing
-    until all of it is in, and the trace records one frame at its position."""
+    loop (seconds on a real model); it goes in a chunk per step (128 tokens here: the size the
+    step budget gives, tests/unit/test_chunks.py), the model writes nothing until all of it is
+    in, and the trace records one frame at its position."""
     scheduler, events, _, backend = make(["[CALL] a [HEAD] f(a=1) [END]", "[TRAP][END]", " done"])
+    scheduler.local.chunks = ChunkSizer(first=128, high=128)
     events += run_until_idle(scheduler)
     backend.calls.clear()
     events += scheduler.deliver(1, "a", ok=True, value={"page": "x" * 1990}) + run_until_idle(scheduler)

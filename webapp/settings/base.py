@@ -126,6 +126,9 @@ ASYNCLM_MODEL_DIR = env.path("ASYNCLM_MODEL_DIR", VAR_DIR / "models")
 ASYNCLM_DEFAULT_MODEL = env.str("ASYNCLM_DEFAULT_MODEL", "qwen2.5-coder-0.5b")
 ASYNCLM_ENGINE_THREADS = env.int("ASYNCLM_ENGINE_THREADS", 2, min=1)
 ASYNCLM_ENGINE_MAX_ACTIVE = env.int("ASYNCLM_ENGINE_MAX_ACTIVE", 4, min=1, max=64)
+# The time one engine step may take: prefill and injection chunks are sized to it at the model's
+# measured speed (other tasks, heartbeats and wall budgets wait for a step to end).
+ASYNCLM_ENGINE_STEP_S = env.float("ASYNCLM_ENGINE_STEP_S", 1.0, min=0.05)
 ASYNCLM_N_CTX = env.int("ASYNCLM_N_CTX", 4096, min=256)
 ASYNCLM_MAX_PROMPT_CHARS = env.int("ASYNCLM_MAX_PROMPT_CHARS", 8000, min=1)
 ASYNCLM_MAX_TOKENS_LIMIT = env.int("ASYNCLM_MAX_TOKENS_LIMIT", 2048, min=1)

@@ -18,6 +18,7 @@ from engine.backends.llamacpp import LlamaCppBackend
 from engine.backends.sglang import SGLangBackend
 from engine.backends.simulated import SimulatedBackend
 from engine.catalog import UnknownModel, get_model
+from engine.drivers.chunks import ChunkSizer
 from engine.intake import Intake
 from engine.modelfiles import ModelFileError, verified_adapter_path, verified_path
 from engine.proc import EngineConfig, EngineProcess
@@ -99,7 +100,10 @@ class Command(BaseCommand):
         config = EngineConfig(engine_id=id or health.process_id("engine"), max_active=max_active,
                               heartbeat_ttl=settings.ASYNCLM_HEARTBEAT_TTL, models=backends.names)
         engine = EngineProcess(
-            config, Scheduler(backends, engine_id=config.engine_id), Intake(client), DjangoTaskStore(),
+            config,
+            Scheduler(backends, engine_id=config.engine_id,
+                      chunks=ChunkSizer(budget_s=settings.ASYNCLM_ENGINE_STEP_S)),
+            Intake(client), DjangoTaskStore(),
             TracePublisher(settings.REDIS_URL, get_channel_layer()), client, CeleryDispatcher(), wake=wake,
             on_final=on_task_final,
         )
