@@ -46,6 +46,11 @@ class IntrBan:
         return logits
 
 
+def forbidden_trap(tail: str, piece: str) -> bool:
+    """Would appending `piece` begin a `[TRAP]` (banned while no call is pending)?"""
+    return bool(_TRAP_INSIDE.search(piece)) or (IntrBan.open_bracket(tail) and bool(_TRAP_CONTINUES.match(piece)))
+
+
 def forbidden(tail: str, piece: str) -> bool:
     """Would appending `piece` to text ending in `tail` start an interrupt marker? (For servers
     that sample themselves: the engine checks each streamed token instead of masking logits.)"""

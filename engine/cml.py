@@ -169,6 +169,11 @@ class Monitor:
         return self._block is not None
 
     @property
+    def open_call(self) -> str | None:
+        """Inside a call block: what was written after its `[CALL]` so far (else None)."""
+        return self._buf if self._block == CALL else None
+
+    @property
     def critical(self) -> bool:
         """Inside a block, or holding text that may still become a marker: no injection now."""
         return self._block is not None or bool(self._buf)

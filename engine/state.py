@@ -70,12 +70,14 @@ class Call:
 @dataclass
 class RemoteState:
     """What only a task on a remote server (which samples itself) needs: tokens held while they
-    may begin an [INTR] spelling, token ids banned after they tried to, the context length to cut
+    may begin an [INTR] spelling, token ids banned after they tried to (an [INTR] for good, a
+    [TRAP] while nothing is pending), the context length to cut
     back to when the rest of a request must not count, whether we asked for the running request's
     abort, and the prefix-cache figures of its resubmissions."""
 
     held: list[tuple[int, str]] = field(default_factory=list)
     banned_ids: set[int] = field(default_factory=set)
+    trap_banned_ids: set[int] = field(default_factory=set)  # applied only while no call is pending
     keep_tokens: int | None = None
     abort_asked: bool = False
     reported_submissions: int = 0

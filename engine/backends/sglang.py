@@ -114,6 +114,11 @@ class SGLangSequence(RemoteSequence):
                         if isinstance(event, StreamError):
                             raise BackendError(f"SGLang stream error: {event.message} (code {event.code})")
                         assert isinstance(event, Chunk)
+                        if event.finish is not None and event.finish.type == "abort" and not stream.abort_sent:
+                            # Not our abort: the server refused the request (a grammar it could not
+                            # compile comes back as HTTP 200, a token and this). Nothing of it is
+                            # shown: the task fails before any token.
+                            raise BackendError(f"the server aborted the request: {event.finish.message}")
                         if state.first is None:
                             if aborted_at is not None:
                                 submission.abort_to_first_token_ms = round((time.monotonic() - aborted_at) * 1000, 2)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.backends.base import RemoteBackend, RemoteSequence, StreamEnd
-from engine.ban import IntrBan, forbidden
+from engine.ban import IntrBan, forbidden, forbidden_trap
 from engine.calltable import CallTable
 from engine.grammar import call_structural_tag
 from engine.interrupts import injected, no_room, take_frame
@@ -88,6 +88,12 @@ class RemoteDriver:
                 remote.banned_ids.add(token)
                 _cut(run, extra=len(remote.held))
                 return [run.event("banned_token", {"id": token, "text": piece})]
+            if not _may_trap(run) and forbidden_trap(tail, piece):
+                # A trap with nothing to wait for: banned for as long as no call is pending (the
+                # ban is recomputed for every request, so a later, legitimate trap is not).
+                remote.trap_banned_ids.add(token)
+                _cut(run, extra=len(remote.held))
+                return [run.event("banned_token", {"id": token, "text": piece, "why": "trap"})]
             if IntrBan.open_bracket(tail + piece):
                 remote.held.append((token, piece))  # the next token decides what the marker becomes
                 return []
@@ -171,11 +177,17 @@ def _params(run: TaskRun, extra: int = 0) -> dict[str, Any]:
     params = backend.sampling_params(
         max_new_tokens=max(1, budget),
         temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
-        structural_tag=call_structural_tag(list(run.tools)) if run.tools else None,
+        structural_tag=call_structural_tag(list(run.tools), open_block=run.monitor.open_call) if run.tools else None,
     )
-    if run.remote.banned_ids:
-        params["logit_bias"] = {str(i): -100.0 for i in sorted(run.remote.banned_ids)}
+    banned = run.remote.banned_ids | (set() if _may_trap(run) else run.remote.trap_banned_ids)
+    if banned:
+        params["logit_bias"] = {str(i): -100.0 for i in sorted(banned)}
     return params
+
+
+def _may_trap(run: TaskRun) -> bool:
+    """A trap waits for something: a pending call or a queued result (as on local backends)."""
+    return bool(run.pending() or run.interrupts)
 
 
 def _report(run: TaskRun) -> list[TraceEvent]:
@@ -188,6 +200,7 @@ def _report(run: TaskRun) -> list[TraceEvent]:
         remote.reported_submissions += 1
         cached = sub.cached_tokens or 0
         if sub.reason == "prompt":
+            run.reused_tokens = cached  # the server's prefix cache held these of the prompt
             run.prefill_ms = round((run.clock() - run.t0) * 1000, 1)
             events.append(run.event("prefill", {
                 "prompt_tokens": sub.prompt_tokens, "reused_tokens": cached, "ms": run.prefill_ms, "rid": sub.rid}))

@@ -2,6 +2,9 @@
 interrupts by abort and resubmit, the tokens after an abort, no request held open while a task
 waits, the [INTR] ban by dropping and banning tokens, cache metrics, server failures."""
 
+import json
+
+from engine.drivers.remote import _params as remote_params
 from engine.messages import Budgets, TaskSubmission
 from engine.scheduler import Scheduler
 from engine.state import Status
@@ -86,6 +89,9 @@ def test_tokens_after_an_abort_that_open_a_block_delay_the_injection_until_it_cl
     events += scheduler.deliver(1, "a", ok=True, value=2) + steps(scheduler)
     reasons = [r["reason"] for r in backend.requests]
     assert reasons[:3] == ["prompt", "continue", "interrupt"]  # the block opened by the extra token closed first
+    # The "continue" request starts inside that block: its grammar begins where the block stands.
+    tag = json.loads(backend.requests[1]["params"]["structural_tag"])
+    assert tag["format"]["elements"][0]["grammar"].splitlines()[1] == 'root ::= " " name "(" args? ")" " "'
     injected = next(e for e in events if e.kind == "interrupt_injected")
     assert "[END]" in text_of([e for e in events if e.seq < injected.seq])
 
@@ -122,3 +128,35 @@ def test_every_request_asks_for_the_call_grammar():
     steps(scheduler)
     tag = json.loads(backend.requests[0]["params"]["structural_tag"])
     assert tag["format"]["triggers"] == ["[CALL]"] and '"f" | "g"' in tag["format"]["tags"][0]["content"]["grammar"]
+
+
+def test_a_trap_with_nothing_pending_is_dropped_and_banned_only_while_nothing_is_pending():
+    pieces = [" [TRAP][END]", " [CALL] a [HEAD] f(a=1) [END]", " [TRAP][END]", " done"]
+    scheduler, events, backend = make(pieces)
+    events += steps(scheduler, 30)
+    (banned,) = [e for e in events if e.kind == "banned_token"]
+    assert banned.payload == {"id": 1, "text": " [TRAP][END]", "why": "trap"}
+    assert backend.requests[1]["reason"] == "continue"
+    assert backend.requests[1]["params"]["logit_bias"] == {"1": -100.0}
+    # With a call pending the ban is off: the trap parks the task, and a request made now would
+    # not carry the ban.
+    run = scheduler.task(1)
+    assert run.status is Status.PARKED and [e for e in events if e.kind == "trap"]
+    assert "logit_bias" not in remote_params(run)
+    events += scheduler.deliver(1, "a", ok=True, value=2) + steps(scheduler)
+    assert backend.requests[-1]["reason"] == "interrupt"
+    # Its result in, nothing is pending again: the request that carries it bans the trap again.
+    assert backend.requests[-1]["params"]["logit_bias"] == {"1": -100.0}
+    assert events[-1].kind == "finish" and text_of(events).endswith(" done")
+
+
+def test_the_prompts_cached_tokens_are_the_reused_prompt_tokens():
+    scheduler, events, backend = make(["one", " two"])
+    events += steps(scheduler)
+    scheduler2, events2, _ = make(["one", " two"])
+    backend2 = scheduler2.task(1).backend
+    backend2.cache = [list(backend.requests[0]["input_ids"])]  # a server that saw this prompt before
+    events2 += steps(scheduler2)
+    assert events[-1].payload["metrics"]["reused_prompt_tokens"] == 0
+    reused = events2[-1].payload["metrics"]["reused_prompt_tokens"]
+    assert reused == len(backend.requests[0]["input_ids"]) and reused > 0
