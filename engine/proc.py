@@ -87,6 +87,8 @@ class EngineConfig:
     # TTL): after an outage, every engine's heartbeat may have lapsed; give them time to beat again.
     recover_grace_s: float | None = None
     models: list[str] = field(default_factory=list)
+    # Models this engine refuses, with the reason (kept up to date by whoever loads models).
+    model_problems: dict[str, str] = field(default_factory=dict)
 
 
 class EngineProcess:
@@ -229,7 +231,7 @@ class EngineProcess:
         self._last_beat = now
         health.beat(self.r, "engine", self.config.engine_id, self.config.heartbeat_ttl,
                     models=self.config.models, active=self.scheduler.active,
-                    capacity=self.config.max_active)
+                    capacity=self.config.max_active, problems=dict(self.config.model_problems))
         return False  # bookkeeping, not work
 
     def poll_intake(self) -> bool:

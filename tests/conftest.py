@@ -117,8 +117,9 @@ def own_celery_worker(tmp_path, redis_client) -> Iterator[Proc]:
     proc.kill()
 
 
-def start_sglang_imitation(model: str, log_dir: Path) -> tuple[Proc, str]:
-    """The SGLang imitation server (tests/sglang_imitation.py) with `model`, on a free port."""
+def start_sglang_imitation(model: str, log_dir: Path, *args: str) -> tuple[Proc, str]:
+    """The SGLang imitation server (tests/sglang_imitation.py) with `model`, on a free port
+    (`args`: more of its options)."""
     import socket
     import urllib.request
 
@@ -126,7 +127,7 @@ def start_sglang_imitation(model: str, log_dir: Path) -> tuple[Proc, str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = Proc(f"sglang-imitation-{port}", [sys.executable, "-m", "tests.sglang_imitation", "--port", str(port),
-                                              "--model", model, "--model-dir", str(settings.ASYNCLM_MODEL_DIR)],
+                                              "--model", model, "--model-dir", str(settings.ASYNCLM_MODEL_DIR), *args],
                 subprocess_env(), log_dir)
     url = f"http://127.0.0.1:{port}"
 

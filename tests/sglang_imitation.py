@@ -4,16 +4,25 @@ product never uses it, and numbers measured against it are the imitation's, not 
 
 What it imitates: `POST /generate` streaming cumulative `text` / `output_ids` chunks with
 `meta_info` and a final `data: [DONE]`; `POST /abort_request` matching rids by prefix, ignoring
-unknown ones and letting one or two more tokens through; duplicate running rids refused;
+unknown ones and letting exactly two more tokens through; duplicate running rids refused;
 `cached_tokens` from a prefix cache of earlier requests (all tokens whose KV was computed);
-`POST /tokenize`; `GET /health`. Every request it receives and every chunk it sends is checked
-against SGLang's own contract (`sglang/api/v1/api_types.py` from the `sglang` wheel, loaded by
-file path: importing the package would pull in torch). It does not enforce `structural_tag`.
+`POST /tokenize`; `GET /health`; `GET /get_model_info` reporting a local path, as a server that
+loads the model from disk does; `GET /get_server_info` with its version and whether inference is
+deterministic. As the real server (checked against one by `make test-sglang`):
+`sampling_seed` is ignored unless it runs deterministic (`--deterministic`); a `structural_tag`
+that does not compile comes back as HTTP 200 with one token and an abort carrying "Failed to
+compile structural_tag grammar"; a triggered call tag constrains a block only when the request
+itself generated its `[CALL]` (a request whose input ends inside a block is not constrained
+unless its tag is a sequence that starts with the rest of that block). What it enforces of the
+call grammar is the tool name (the real server enforces all of it). Every request it receives
+and every chunk it sends is checked against SGLang's own contract (`sglang/api/v1/api_types.py`
+from the `sglang` wheel, loaded by file path: importing the package would pull in torch).
 
 Test hooks: `POST /_imitation/fail` {"mode": "cut" | "500"} makes the next /generate cut its
 stream after a few tokens or answer HTTP 500; `GET /_imitation/log` returns the requests seen.
 
 usage: python -m tests.sglang_imitation --port 30000 --model qwen2.5-coder-0.5b [--model-dir var/models]
+       [--deterministic] [--served-path /srv/models/NAME]
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,10 +56,67 @@ def load_contract() -> ModuleType:
     return module
 
 
+class GrammarError(ValueError):
+    pass
+
+
+NAME_RULE = re.compile(r"^name ::= (.*)$", re.M)
+HEADER = re.compile(r"^ [A-Za-z_][A-Za-z0-9_]* \[HEAD\]")
+
+
+class CallTag:
+    """What the imitation reads of a `structural_tag` (the project's call tags): the tool names
+    it allows, and whether the request starts inside a block (a sequence whose first element is
+    the rest of that block). Anything else does not compile, as on the real server."""
+
+    def __init__(self, raw: str) -> None:
+        try:
+            tag = json.loads(raw)
+            fmt = tag["format"]
+            if fmt["type"] == "sequence":
+                rest, triggered = fmt["elements"][0]["grammar"], fmt["elements"][-1]
+                self._check(rest)
+                self.starts_inside = True
+            else:
+                triggered, self.starts_inside = fmt, False
+            if triggered["type"] != "triggered_tags":
+                raise GrammarError(f"unknown format type {triggered['type']!r}")
+            grammar = triggered["tags"][0]["content"]["grammar"]
+            self._check(grammar)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise GrammarError(f"Failed to compile structural_tag grammar: {exc}") from None
+        names = NAME_RULE.search(grammar)
+        self.names = json.loads("[" + names.group(1).replace(" | ", ", ") + "]") if names else []
+
+    @staticmethod
+    def _check(grammar: str) -> None:
+        if "root ::=" not in grammar or grammar.count("(") != grammar.count(")"):
+            raise GrammarError("EBNF parser error: expect element")
+
+    @staticmethod
+    def in_name(block: str) -> bool:
+        """Is the block (text after `[CALL]`) past its header and not yet past the tool name?"""
+        header = HEADER.match(block)
+        return header is not None and "(" not in block[header.end():]
+
+    def allows(self, block: str, piece: str) -> bool:
+        """May `piece` follow the text `block` of a constrained call block, as far as the tool name goes?"""
+        header = HEADER.match(block)
+        assert header is not None
+        if not piece:
+            return False  # no end of sequence (or empty token) inside a block
+        after = (block + piece)[header.end():]
+        name = after[1:]
+        return after.startswith(" ") and any(n.startswith(name) or name.startswith(n + "(") for n in self.names)
+
+
 class Imitation:
-    def __init__(self, backend: LlamaCppBackend, contract: ModuleType) -> None:
+    def __init__(self, backend: LlamaCppBackend, contract: ModuleType, *, deterministic: bool = False,
+                 served_path: str = "") -> None:
         self.backend = backend
         self.api = contract
+        self.deterministic = deterministic
+        self.served_path = served_path or f"/srv/models/{backend.spec.name}"
         self.lock = threading.Lock()
         self.running: dict[str, dict] = {}  # rid -> {"abort_after": int | None}
         self.cache: list[list[int]] = []
@@ -95,7 +162,15 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             return self._json(200, {})
         if self.path == "/get_model_info":
-            return self._json(200, {"model_path": self.sim.backend.spec.hf_repo, "is_generation": True})
+            spec = self.sim.backend.spec
+            return self._json(200, {"model_path": self.sim.served_path, "served_model_name": self.sim.served_path,
+                                    "tokenizer_path": self.sim.served_path, "is_generation": True,
+                                    "model_type": spec.hf_architecture.removesuffix("ForCausalLM").lower(),
+                                    "architectures": [spec.hf_architecture]})
+        if self.path == "/get_server_info":
+            return self._json(200, {"version": "0.5.23", "model_path": self.sim.served_path,
+                                    "served_model_name": self.sim.served_path,
+                                    "enable_deterministic_inference": self.sim.deterministic})
         if self.path == "/_imitation/log":
             return self._json(200, self.sim.log)
         return self._json(404, {"error": {"message": "not found", "code": 404}})
@@ -111,7 +186,7 @@ class Handler(BaseHTTPRequestHandler):
             with self.sim.lock:
                 for running, state in self.sim.running.items():
                     if running.startswith(rid) and state["abort_after"] is None:
-                        state["abort_after"] = 1 + sum(map(ord, running)) % 2  # one or two more tokens
+                        state["abort_after"] = 1  # two more tokens, as on the real server
             return self._json(200, {})
         if self.path == "/_imitation/fail":
             self.sim.fail = body["mode"]
@@ -163,21 +238,43 @@ class Handler(BaseHTTPRequestHandler):
         stop_ids = set(params.get("stop_token_ids") or []) | set(backend.stop_ids())
         bias = {int(k): float(v) for k, v in (params.get("logit_bias") or {}).items()}
         sampling = Sampling(temperature=params.get("temperature", 1.0), top_p=params.get("top_p", 1.0))
-        rng = np.random.default_rng(params.get("sampling_seed") or 0)
+        # The real server honours sampling_seed only when it runs with deterministic inference.
+        rng = np.random.default_rng((params.get("sampling_seed") or 0) if sim.deterministic else None)
         out: list[int] = []
         raw = b""
         max_new = params.get("max_new_tokens", 128)
         finish = None
         try:
-            while finish is None:
+            tag = CallTag(params["structural_tag"]) if params.get("structural_tag") else None
+        except GrammarError as exc:
+            tag = None
+            finish = {"type": "abort", "message": str(exc), "status_code": 400, "err_type": "BadRequestError"}
+        # The call block the input ends inside, if any: constrained only if the tag says it starts there.
+        before = b"".join(backend.token_bytes(t) for t in ids[-64:]).decode("utf-8", errors="ignore")
+        opened = before.rfind("[CALL]")
+        block = before[opened + len("[CALL]"):] if opened >= 0 and "[END]" not in before[opened:] else None
+        constrained = tag is not None and block is not None and tag.starts_inside
+        try:
+            while True:
                 logits = seq.logits()
                 for token_id, value in bias.items():
                     logits[token_id] += value
+                if constrained and tag is not None and block is not None:
+                    logits = _allowed_only(logits, backend, tag, block)
                 token = sample(logits, sampling, rng)
                 out.append(token)
                 if token not in stop_ids:
-                    raw += backend.token_bytes(token)
+                    piece = backend.token_bytes(token)
+                    raw += piece
                     seq.append([token])
+                    block, constrained = _follow_block(block, constrained, piece.decode("utf-8", errors="ignore"),
+                                                       tag is not None)
+                if finish is not None:  # a grammar that did not compile: one token, then the abort
+                    self._send_chunk({"text": raw.decode("utf-8", errors="ignore"), "output_ids": list(out),
+                                      "meta_info": {"id": rid, "finish_reason": finish, "prompt_tokens": 1,
+                                                    "completion_tokens": 1, "cached_tokens": 0,
+                                                    "weight_version": "default"}})
+                    break
                 state = sim.running[rid]
                 if token in stop_ids:
                     finish = {"type": "stop", "matched": token}
@@ -196,6 +293,8 @@ class Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 self._send_chunk({"text": text, "output_ids": list(out), "meta_info": meta})
+                if finish is not None:
+                    break
             self._write(b"data: [DONE]\n\n")
             self._write(b"")  # end of the chunked body
         finally:
@@ -204,17 +303,42 @@ class Handler(BaseHTTPRequestHandler):
             seq.close()
 
 
+def _allowed_only(logits: np.ndarray, backend: LlamaCppBackend, tag: CallTag, block: str) -> np.ndarray:
+    """Inside a constrained block: only tokens that keep the tool name one of the tag's."""
+    if not tag.in_name(block):
+        return logits
+    keep = [i for i in range(len(logits)) if tag.allows(block, backend.token_bytes(i).decode("utf-8", errors="ignore"))]
+    if not keep:
+        return logits
+    masked = np.full_like(logits, -np.inf)
+    masked[keep] = logits[keep]
+    return masked
+
+
+def _follow_block(block: str | None, constrained: bool, piece: str, tagged: bool) -> tuple[str | None, bool]:
+    """Track the call block the output is in: one this request opens is constrained (the server
+    generated the trigger); it ends at `[END]`."""
+    if block is None:
+        return (None, False) if "[CALL]" not in piece else (piece.split("[CALL]", 1)[1], tagged)
+    block += piece
+    return (None, False) if "[END]" in block else (block, constrained)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--model-dir", default="var/models")
     parser.add_argument("--n-ctx", type=int, default=4096)
+    parser.add_argument("--deterministic", action="store_true",
+                        help="honour sampling_seed, as a server started with --enable-deterministic-inference")
+    parser.add_argument("--served-path", default="", help="the model path to report (default /srv/models/MODEL)")
     args = parser.parse_args()
     spec = get_model(args.model)
     backend = LlamaCppBackend(spec, verified_path(spec, Path(args.model_dir)), n_ctx=args.n_ctx, n_threads=2)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.imitation = Imitation(backend, load_contract())  # type: ignore[attr-defined]
+    server.imitation = Imitation(backend, load_contract(), deterministic=args.deterministic,  # type: ignore[attr-defined]
+                                 served_path=args.served_path)
     print(f"SGLang imitation on 127.0.0.1:{args.port} with {args.model}", flush=True)
     server.serve_forever()
 

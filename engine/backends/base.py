@@ -122,6 +122,11 @@ class Backend(ABC):
     @abstractmethod
     def n_ctx(self) -> int: ...
 
+    def reproducible(self, temperature: float) -> bool:
+        """Whether the same seed gives the same tokens at this temperature (the engine's own
+        sampler: always; a server that samples: see its backend)."""
+        return True
+
     @abstractmethod
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids of `text`; `special=True` parses template markers like <|im_start|>."""

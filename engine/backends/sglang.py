@@ -29,7 +29,7 @@ import httpx
 
 from engine.backends.base import BackendError, RemoteBackend, RemoteSequence, StreamEnd, Submission
 from engine.backends.sglang_protocol import DONE, Chunk, ProtocolError, SseReader, StreamError, StreamState, parse_event
-from engine.catalog import ModelSpec
+from engine.catalog import PROBE_TEXT, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +176,18 @@ class SGLangSequence(RemoteSequence):
         self.abort()
 
 
+class ServedModelMismatch(BackendError):
+    """The server serves another model than the catalog entry it is configured for."""
+
+
 class SGLangBackend(RemoteBackend):
+    """`served_name`: what the server must report as its model (`model_path` or
+    `served_model_name`), for servers that load from a local path; checked when given. The
+    architecture and a tokenizer probe (engine/catalog.py) are always checked: a server with
+    another model refuses to start, and so the engine fails its tasks with the reason."""
 
     def __init__(self, spec: ModelSpec, url: str, *, notify: Callable[[], None] = lambda: None,
-                 timeout_s: float = 10.0, stream_timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 10.0, stream_timeout_s: float = 300.0, served_name: str = "") -> None:
         self.spec = spec
         self.url = url.rstrip("/")
         self.notify = notify
@@ -191,13 +199,10 @@ class SGLangBackend(RemoteBackend):
         except BackendError as exc:
             raise BackendError(f"SGLang server for {spec.name} is not usable: {exc}") from exc
         self._n_ctx = int(info["max_model_len"])
-        self.served_model = self._served_model()
-        wanted = spec.hf_repo.rsplit("/", 1)[-1].lower()
-        if wanted and wanted not in self.served_model.lower():
-            # Token ids come from the server's tokenizer either way; the chat template and stop
-            # tokens are the catalog's, so another model family would be prompted wrongly.
-            log.warning("SGLang at %s serves %r, not %s: prompts use %s's chat template", self.url,
-                        self.served_model, spec.hf_repo, spec.name)
+        self.served = self._served_model()
+        self.served_model = self.served["model_path"]
+        self.deterministic = self.served["deterministic"]
+        self._check_served(served_name)
         self._stop = frozenset(ids[0] for s in spec.stop_tokens if len(ids := self.tokenize(s, special=True)) == 1)
         self.n_vocab = 0  # not needed: the server samples
 
@@ -205,12 +210,46 @@ class SGLangBackend(RemoteBackend):
     def n_ctx(self) -> int:
         return self._n_ctx
 
-    def _served_model(self) -> str:
+    def reproducible(self, temperature: float) -> bool:
+        # Without --enable-deterministic-inference the server ignores `sampling_seed`.
+        return self.deterministic or temperature <= 0
+
+    def _get(self, path: str) -> dict[str, Any]:
         try:
-            response = self.client.get("/get_model_info")
-            return str(response.json().get("model_path", "")) if response.status_code == 200 else ""
+            response = self.client.get(path)
+            body = response.json() if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError):
-            return ""
+            body = {}
+        return body if isinstance(body, dict) else {}
+
+    def _served_model(self) -> dict[str, Any]:
+        """What the server says it serves (recorded by the benchmark with its results)."""
+        model, server = self._get("/get_model_info"), self._get("/get_server_info")
+        return {
+            "model_path": str(model.get("model_path", "")),
+            "served_model_name": str(model.get("served_model_name", "") or server.get("served_model_name", "")),
+            "architectures": [str(a) for a in model.get("architectures") or []],
+            "version": str(server.get("version", "")),
+            "deterministic": bool(server.get("enable_deterministic_inference", False)),
+        }
+
+    def _check_served(self, served_name: str) -> None:
+        spec, served = self.spec, self.served
+        problems = []
+        if served_name and served_name not in (served["model_path"], served["served_model_name"]):
+            problems.append(f"it reports {served['model_path']!r}, not {served_name!r}")
+        if spec.hf_architecture and spec.hf_architecture not in served["architectures"]:
+            problems.append(f"its architecture is {served['architectures'] or 'unknown'}, "
+                            f"not {spec.hf_architecture}")
+        if spec.probe_ids:
+            got = self._tokenize_call(PROBE_TEXT)["tokens"]
+            if [int(i) for i in got] != list(spec.probe_ids):
+                problems.append(f"its tokenizer differs (probe ids {list(got)[:8]}..., expected "
+                                f"{list(spec.probe_ids)[:8]}...)")
+        if problems:
+            raise ServedModelMismatch(
+                f"the SGLang server at {self.url} does not serve {spec.name} ({spec.hf_repo}): "
+                + "; ".join(problems) + ". Start it with that model, or map the name with ASYNCLM_SGLANG_SERVED.")
 
     def _tokenize_call(self, text: str) -> dict[str, Any]:
         try:

@@ -103,7 +103,7 @@ def test_the_service_tokenizes_with_the_servers_tokenizer_and_text_cannot_forge_
     assert backend.tokenize(text) == server_ids
     assert not set(backend.tokenize("hi <|im_start|>system <|im_end|>")) & (backend.stop_ids() | {1})
     assert backend.tokenize("<|im_end|>", special=True) == [2]
-    assert backend.served_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and backend.n_ctx == 4096
+    assert backend.served_model == "/srv/models/smollm2-135m" and backend.n_ctx == 4096
 
 
 def test_the_imitation_checks_requests_against_sglangs_contract(server):
@@ -123,23 +123,3 @@ def test_the_imitation_checks_requests_against_sglangs_contract(server):
         chunks = [json.loads(line[5:]) for line in lines if line.startswith("data: {")]
     assert chunks[-1]["meta_info"]["finish_reason"]["type"] == "abort"
     assert len(chunks[-1]["output_ids"]) < 40
-
-
-def test_an_abort_before_the_first_chunk_waits_for_it(server):
-    """SGLang drops an abort for a rid it has not registered yet: the backend sends it only once
-    the request's first chunk arrived, so the request still stops early."""
-    from engine.backends.base import StreamEnd
-
-    _, url = server
-    backend = SGLangBackend(get_model(MODEL), url)
-    seq = backend.open_sequence()
-    prompt = backend.tokenize("<|im_start|>user\nWrite a long story.<|im_end|>\n<|im_start|>assistant\n", special=True)
-    seq.submit(prompt, backend.sampling_params(max_new_tokens=200, temperature=0.0, top_p=1.0, seed=0), "prompt")
-    seq.abort()  # at once: before the server has sent anything
-    items, deadline = [], time.monotonic() + 30
-    while not (items and isinstance(items[-1], StreamEnd)) and time.monotonic() < deadline:
-        items += seq.poll()
-        time.sleep(0.01)
-    assert items[-1] == StreamEnd("abort", "Aborted")
-    assert len(items) - 1 <= 4  # the first chunk, then one or two more tokens
-    assert seq.n_tokens == len(prompt) + len(items) - 1 and not seq.streaming

@@ -169,3 +169,13 @@ def test_the_default_model_cannot_write_an_interrupt(mode):
         events += scheduler.step()
     generated = "".join(e.payload["text"] for e in events if e.kind == "token")
     assert not re.search(r"\[[\s_\-*|/\\.:~`'\"]*i", generated, re.IGNORECASE), generated
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "qwen2.5-coder-0.5b"])
+def test_the_catalogs_tokenizer_probe_is_what_the_shipped_weights_tokenize(name):
+    """An SGLang server is checked against these ids (engine/backends/sglang.py)."""
+    from engine.catalog import PROBE_TEXT
+
+    spec = get_model(name)
+    assert load(name, n_ctx=256).tokenize(PROBE_TEXT, special=True) == list(spec.probe_ids)
+    assert spec.hf_architecture.endswith("ForCausalLM")

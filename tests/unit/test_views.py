@@ -359,3 +359,27 @@ def test_the_admin_login_is_throttled_too(client, admin_user, settings, redis_cl
         client.post("/admin/login/", {"username": "admin", "password": "wrong"})
     page = client.post("/admin/login/", {"username": "admin", "password": "password"}).content.decode()
     assert "Too many failed logins" in page
+
+
+def test_runs_on_a_server_that_ignores_seeds_say_they_are_not_reproducible(alice_client, alice):
+    import uuid
+
+    g1, g2 = str(uuid.uuid4()), str(uuid.uuid4())
+    plain = Task.objects.create(owner=alice, prompt="p", model="m", status="finished", compare_group=g1,
+                                metrics={"reproducible": True})
+    unseeded = Task.objects.create(owner=alice, prompt="p", model="m", status="finished", compare_group=g2,
+                                   metrics={"reproducible": False})
+    assert 'id="not-reproducible"' not in alice_client.get(reverse("task_detail", args=[plain.pk])).content.decode()
+    assert 'id="not-reproducible"' not in alice_client.get(reverse("compare", args=[g1])).content.decode()
+    page = alice_client.get(reverse("task_detail", args=[unseeded.pk])).content.decode()
+    assert 'id="not-reproducible"' in page and "ignores seeds" in page
+    assert 'id="not-reproducible"' in alice_client.get(reverse("compare", args=[g2])).content.decode()
+
+
+def test_the_health_bar_names_a_model_an_engine_refuses_and_why(alice_client, redis_client):
+    from engine import health
+
+    health.beat(redis_client, "engine", "engine-p", 30, models=[], active=0, capacity=4,
+                problems={"smollm2-135m": "the SGLang server at http://x does not serve smollm2-135m"})
+    page = alice_client.get(reverse("dashboard")).content.decode()
+    assert "smollm2-135m refused: the SGLang server at http://x does not serve smollm2-135m" in page

@@ -53,7 +53,8 @@ def compare(request, group):
     runs = list(Task.objects.filter(owner=request.user, compare_group=group).order_by("pk"))
     if not runs:
         raise Http404("no such comparison")
-    return render(request, "runs/compare.html", {"runs": runs, "group": group})
+    not_reproducible = any((t.metrics or {}).get("reproducible") is False for t in runs)
+    return render(request, "runs/compare.html", {"runs": runs, "group": group, "not_reproducible": not_reproducible})
 
 
 @login_required

@@ -147,6 +147,9 @@ ASYNCLM_OFFER_BENCHMARK_DECODERS = env.bool("ASYNCLM_OFFER_BENCHMARK_DECODERS", 
 # An SGLang server (e.g. http://sglang:30000) serving these catalog models; empty: all embedded.
 ASYNCLM_SGLANG_URL = env.str("ASYNCLM_SGLANG_URL", "")
 ASYNCLM_SGLANG_MODELS = env.list("ASYNCLM_SGLANG_MODELS", [ASYNCLM_DEFAULT_MODEL])
+# What the server reports as its model when it loads one from a local path, per catalog model:
+# "smollm2-135m=/srv/models/smollm2,..." (checked at start; the architecture and tokenizer always are).
+ASYNCLM_SGLANG_SERVED = env.mapping("ASYNCLM_SGLANG_SERVED", {})
 ASYNCLM_MAX_MESSAGE_CHARS = env.int("ASYNCLM_MAX_MESSAGE_CHARS", 2000, min=1)
 # Task creation through the API, per user ("N/s", "N/m", "N/h" or "N/d").
 ASYNCLM_API_TASK_RATE = env.str("ASYNCLM_API_TASK_RATE", "30/m")

@@ -72,6 +72,19 @@ class Env:
             return default
         return [item.strip() for item in raw.split(",") if item.strip()]
 
+    def mapping(self, name: str, default: dict[str, str]) -> dict[str, str]:
+        """`key=value,key=value`."""
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        out = {}
+        for item in filter(None, (i.strip() for i in raw.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise self._fail(name, raw, "key=value pairs separated by commas")
+            out[key.strip()] = value.strip()
+        return out
+
     def path(self, name: str, default: Path) -> Path:
         raw = self._raw(name)
         return default if not raw else Path(raw).expanduser().resolve()

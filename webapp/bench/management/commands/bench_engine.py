@@ -194,7 +194,8 @@ class Command(BaseCommand):
         cached = sum(min(s.cached_tokens or 0, s.expected_cached) for s in subs)
         expected = sum(s.expected_cached for s in subs)
         result = {
-            "params": {"model": model, "server": url, "server_is": label, "interrupts": len(subs),
+            "params": {"model": model, "server": url, "server_is": label, "served": backend.served,
+                       "interrupts": len(subs),
                        "frame_tokens": len(frame), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                        "machine": platform.node()},
             "sglang_abort_to_first_token_ms": summary(overheads),

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from engine import health
 from engine.backends.base import Backend, BackendError
 from engine.backends.llamacpp import LlamaCppBackend
-from engine.backends.sglang import SGLangBackend
+from engine.backends.sglang import ServedModelMismatch, SGLangBackend
 from engine.backends.simulated import SimulatedBackend
 from engine.catalog import UnknownModel, get_model
 from engine.drivers.chunks import ChunkSizer
@@ -36,8 +36,18 @@ class BackendCache:
     def __init__(self, wake: threading.Event) -> None:
         self._loaded: dict[str, Backend] = {}
         self._wake = wake
+        self.problems: dict[str, str] = {}  # model -> why it could not be loaded (shown on the health bar)
 
     def __call__(self, name: str) -> Backend:
+        try:
+            backend = self._load(name)
+        except ServedModelMismatch as exc:
+            self.problems[name] = str(exc)
+            raise
+        self.problems.pop(name, None)
+        return backend
+
+    def _load(self, name: str) -> Backend:
         backend = self._loaded.get(name)
         if backend is None:
             spec = get_model(name)
@@ -48,7 +58,8 @@ class BackendCache:
                     raise BackendError(f"{name} is a base model plus a LoRA adapter, which the SGLang backend "
                                        "does not apply; leave it out of ASYNCLM_SGLANG_MODELS")
                 # Streamed tokens wake the engine's loop like results do.
-                backend = SGLangBackend(spec, settings.ASYNCLM_SGLANG_URL, notify=self._wake.set)
+                backend = SGLangBackend(spec, settings.ASYNCLM_SGLANG_URL, notify=self._wake.set,
+                                        served_name=settings.ASYNCLM_SGLANG_SERVED.get(name, ""))
             else:
                 path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
                 adapter = verified_adapter_path(spec, settings.BASE_DIR) if spec.adapter else None
@@ -94,11 +105,17 @@ class Command(BaseCommand):
         for name in filter(None, (n.strip() for n in preload.split(","))):
             try:
                 backends(name)
+            except ServedModelMismatch as exc:
+                # The engine stays up (other models, the health bar says why); this model's tasks
+                # fail with the reason until the server serves it.
+                self.stderr.write(f"engine: {name} refused: {exc}")
+                continue
             except (UnknownModel, ModelFileError, BackendError) as exc:
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"engine: loaded {name}")
         config = EngineConfig(engine_id=id or health.process_id("engine"), max_active=max_active,
-                              heartbeat_ttl=settings.ASYNCLM_HEARTBEAT_TTL, models=backends.names)
+                              heartbeat_ttl=settings.ASYNCLM_HEARTBEAT_TTL, models=backends.names,
+                              model_problems=backends.problems)
         engine = EngineProcess(
             config,
             Scheduler(backends, engine_id=config.engine_id,
