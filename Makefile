@@ -1,10 +1,13 @@
-.PHONY: run test test-postgres lint engine web worker clean bench bench-engine bench-tools finetune soak
+.PHONY: run test test-sglang test-postgres lint engine web worker clean bench bench-engine bench-tools finetune soak
 
 run:            ## install what is missing and start every process (Ctrl-C stops them)
 	@scripts/run.sh
 
 test:           ## install what is missing, start needed services, run lint and the whole suite
 	@scripts/test.sh
+
+test-sglang:    ## the SGLang backend against a real SGLang server on this CPU (before a release; ~6 GB, minutes)
+	@scripts/test-sglang.sh
 
 test-postgres:  ## the non-browser suite against a local PostgreSQL
 	@scripts/test.sh --postgres

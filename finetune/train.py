@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from finetune.convert import load_model
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -40,16 +42,6 @@ def model_file(name: str, model_dir: Path) -> Path:
     if not path.exists():
         raise SystemExit(f"{path} is missing: run `python -m engine.modelfiles ensure {name}` first")
     return path
-
-
-def load_model(path: Path, device: str, dtype: Any) -> Any:
-    from transformers import AutoModelForCausalLM, GgufConfig
-
-    # Dense weights: transformers would otherwise keep the Q4_K_M blocks packed and dequantize
-    # them in every matmul, ~2x slower per step on this CPU (measured 70 s vs 35 s on 512 tokens).
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
-                                                 quantization_config=GgufConfig(dequantize=True))
-    return model.to(device)
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:

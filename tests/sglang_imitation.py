@@ -112,8 +112,9 @@ class CallTag:
 
 class Imitation:
     def __init__(self, backend: LlamaCppBackend, contract: ModuleType, *, deterministic: bool = False,
-                 served_path: str = "") -> None:
+                 served_path: str = "", loras: dict[str, LlamaCppBackend] | None = None) -> None:
         self.backend = backend
+        self.loras = loras or {}  # adapter name -> the model with that LoRA adapter applied
         self.api = contract
         self.deterministic = deterministic
         self.served_path = served_path or f"/srv/models/{backend.spec.name}"
@@ -170,7 +171,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/get_server_info":
             return self._json(200, {"version": "0.5.23", "model_path": self.sim.served_path,
                                     "served_model_name": self.sim.served_path,
-                                    "enable_deterministic_inference": self.sim.deterministic})
+                                    "enable_deterministic_inference": self.sim.deterministic,
+                                    "lora_paths": sorted(self.sim.loras) or None})
         if self.path == "/_imitation/log":
             return self._json(200, self.sim.log)
         return self._json(404, {"error": {"message": "not found", "code": 404}})
@@ -204,7 +206,12 @@ class Handler(BaseHTTPRequestHandler):
         params = body.get("sampling_params") or {}
         sim.api.SamplingParams.from_json_value(params)
         rid, ids = body["rid"], list(body["input_ids"])
-        sim.log.append({"rid": rid, "input_ids": ids, "sampling_params": params, "stream": request.stream})
+        sim.log.append({"rid": rid, "input_ids": ids, "sampling_params": params, "stream": request.stream,
+                        "lora_path": body.get("lora_path")})
+        lora = body.get("lora_path")
+        if lora is not None and lora not in sim.loras:
+            return self._json(400, {"error": {"message": f"Got LoRA adapter that has never been loaded: {lora}",
+                                              "code": 400}})
         fail, sim.fail = sim.fail, None
         if fail == "500":
             return self._json(500, {"error": {"message": "internal server error (imitated)", "code": 500}})
@@ -213,7 +220,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self._json(400, {"error": {"message": f"Duplicate request ID {rid}", "code": 400}})
             sim.running[rid] = {"abort_after": None}
         try:
-            self._stream(rid, ids, params, cut=fail == "cut")
+            self._stream(rid, ids, params, cut=fail == "cut", model=sim.loras.get(lora) if lora else None)
         finally:
             with sim.lock:
                 sim.running.pop(rid, None)
@@ -226,8 +233,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _stream(self, rid: str, ids: list[int], params: dict, cut: bool) -> None:
-        sim, backend = self.sim, self.sim.backend
+    def _stream(self, rid: str, ids: list[int], params: dict, cut: bool, model: LlamaCppBackend | None) -> None:
+        sim, backend = self.sim, model or self.sim.backend
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -333,12 +340,19 @@ def main() -> None:
     parser.add_argument("--deterministic", action="store_true",
                         help="honour sampling_seed, as a server started with --enable-deterministic-inference")
     parser.add_argument("--served-path", default="", help="the model path to report (default /srv/models/MODEL)")
+    parser.add_argument("--lora", action="append", default=[], metavar="NAME=GGUF",
+                        help="a LoRA adapter requests may name in lora_path (as --lora-paths NAME=DIR)")
     args = parser.parse_args()
     spec = get_model(args.model)
-    backend = LlamaCppBackend(spec, verified_path(spec, Path(args.model_dir)), n_ctx=args.n_ctx, n_threads=2)
+    path = verified_path(spec, Path(args.model_dir))
+    backend = LlamaCppBackend(spec, path, n_ctx=args.n_ctx, n_threads=2)
+    loras = {}
+    for item in args.lora:
+        name, _, adapter = item.partition("=")
+        loras[name] = LlamaCppBackend(spec, path, adapter_path=Path(adapter), n_ctx=args.n_ctx, n_threads=2)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.imitation = Imitation(backend, load_contract(), deterministic=args.deterministic,  # type: ignore[attr-defined]
-                                 served_path=args.served_path)
+                                 served_path=args.served_path, loras=loras)
     print(f"SGLang imitation on 127.0.0.1:{args.port} with {args.model}", flush=True)
     server.serve_forever()
 

@@ -15,6 +15,7 @@ own `/tokenize`, so the ids cannot drift from the server's tokenizer. The servic
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -92,6 +93,8 @@ class SGLangSequence(RemoteSequence):
         self.submissions.append(submission)
         aborted_at, self._abort_sent_at = self._abort_sent_at, None
         body = {"rid": stream.rid, "input_ids": list(self._context), "stream": True, "sampling_params": params}
+        if self._backend.lora:
+            body["lora_path"] = self._backend.lora  # the adapter's name on the server
         threading.Thread(target=self._read, args=(stream, body, submission, aborted_at), daemon=True,
                          name=f"sglang-{stream.rid[-6:]}").start()
 
@@ -184,11 +187,15 @@ class SGLangBackend(RemoteBackend):
     """`served_name`: what the server must report as its model (`model_path` or
     `served_model_name`), for servers that load from a local path; checked when given. The
     architecture and a tokenizer probe (engine/catalog.py) are always checked: a server with
-    another model refuses to start, and so the engine fails its tasks with the reason."""
+    another model refuses to start, and so the engine fails its tasks with the reason. `lora`: the
+    name of a LoRA adapter the server was started with (`--enable-lora --lora-paths NAME=DIR`),
+    applied to every request of a tuned model."""
 
     def __init__(self, spec: ModelSpec, url: str, *, notify: Callable[[], None] = lambda: None,
-                 timeout_s: float = 10.0, stream_timeout_s: float = 300.0, served_name: str = "") -> None:
+                 timeout_s: float = 10.0, stream_timeout_s: float = 300.0, served_name: str = "",
+                 lora: str = "") -> None:
         self.spec = spec
+        self.lora = lora
         self.url = url.rstrip("/")
         self.notify = notify
         self.client = httpx.Client(base_url=self.url, timeout=timeout_s)
@@ -231,6 +238,7 @@ class SGLangBackend(RemoteBackend):
             "architectures": [str(a) for a in model.get("architectures") or []],
             "version": str(server.get("version", "")),
             "deterministic": bool(server.get("enable_deterministic_inference", False)),
+            "lora_paths": server.get("lora_paths"),
         }
 
     def _check_served(self, served_name: str) -> None:
@@ -246,6 +254,9 @@ class SGLangBackend(RemoteBackend):
             if [int(i) for i in got] != list(spec.probe_ids):
                 problems.append(f"its tokenizer differs (probe ids {list(got)[:8]}..., expected "
                                 f"{list(spec.probe_ids)[:8]}...)")
+        if self.lora and self.lora not in json.dumps(served["lora_paths"] or []):
+            problems.append(f"it has no LoRA adapter named {self.lora!r} (start it with --enable-lora --lora-paths "
+                            f"{self.lora}=DIR; python -m finetune.peft writes DIR from the shipped adapter)")
         if problems:
             raise ServedModelMismatch(
                 f"the SGLang server at {self.url} does not serve {spec.name} ({spec.hf_repo}): "

@@ -2,6 +2,8 @@
 running the calls, results delivered through Redis and injected into the live KV cache."""
 
 
+import os
+
 import pytest
 
 from engine.tools import ToolSpec
@@ -46,13 +48,17 @@ def sglang_url(tmp_path_factory):
     proc.kill()
 
 
-@pytest.fixture(params=["embedded", "sglang"])
+REAL_SGLANG = os.environ.get("ASYNCLM_TEST_SGLANG_URL", "")  # set by `make test-sglang`
+
+
+@pytest.fixture(params=["embedded", "sglang", *(["sglang-real"] if REAL_SGLANG else [])])
 def engine(request, start_engine, celery_worker_proc):
     """Every mode test runs once per backend: the embedded model, and SGLang over HTTP (the
-    imitation server, generating with the same model)."""
+    imitation server, generating with the same model; and a real SGLang server under
+    `make test-sglang`)."""
     if request.param == "embedded":
         return start_engine(preload=MODEL)
-    url = request.getfixturevalue("sglang_url")
+    url = REAL_SGLANG if request.param == "sglang-real" else request.getfixturevalue("sglang_url")
     return start_engine(f"engine-sglang-{request.node.name[-20:]}", preload=MODEL, ASYNCLM_SGLANG_URL=url,
                         ASYNCLM_SGLANG_MODELS=MODEL)
 

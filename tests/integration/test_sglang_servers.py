@@ -85,7 +85,7 @@ def test_it_reports_the_model_it_serves_and_the_backend_checks_it(sglang, backen
 
 def test_seeds_are_honoured_only_by_a_deterministic_server(backend):
     ids = prompt_ids(backend, "Write a poem about the sea.")
-    runs = [generate(backend, ids, temperature=1.0, seed=42, max_new_tokens=12)[0] for _ in range(2)]
+    runs = [generate(backend, ids, temperature=1.0, seed=42, max_new_tokens=24)[0] for _ in range(2)]
     assert backend.reproducible(0.0)
     assert backend.reproducible(1.0) is backend.deterministic
     if backend.deterministic:
@@ -179,3 +179,43 @@ def test_a_server_with_another_model_fails_tasks_with_the_reason_and_the_health_
     assert task.status == "failed" and "does not serve smollm2-135m" in task.status_reason
     (beat,) = [b for b in health.alive(redis_client, "engine") if b["id"] == engine_id]
     assert "/srv/another-model" in beat["problems"][MODEL]
+
+
+# -- the tuned model on a server: its base model plus the server's copy of the adapter ----------
+def test_a_tuned_model_runs_on_the_server_with_its_adapter_by_name(tmp_path):
+    """On the imitation only: the CPU path of SGLang 0.5.23 does not start with --enable-lora
+    (README). The server gets the PEFT form of the shipped adapter (python -m finetune.peft); the
+    imitation applies the shipped GGUF form, which is the same weights."""
+    from django.conf import settings
+
+    from engine.backends.llamacpp import LlamaCppBackend
+    from engine.catalog import MODELS
+    from engine.modelfiles import verified_path
+
+    tuned = next(s for s in MODELS.values() if s.adapter is not None)
+    adapter = settings.BASE_DIR / tuned.adapter.path
+    proc, url = start_sglang_imitation(tuned.base, tmp_path, "--lora", f"{tuned.adapter.name}={adapter}")
+    try:
+        with pytest.raises(ServedModelMismatch, match="no LoRA adapter named 'other'"):
+            SGLangBackend(tuned, url, lora="other")
+        remote = SGLangBackend(tuned, url, lora=tuned.adapter.name)
+        ids = prompt_ids(remote, "Write a short poem about a lighthouse keeper and his cat.")
+        text, *_ = generate(remote, ids, max_new_tokens=24)
+        assert httpx.get(url + "/_imitation/log").json()[-1]["lora_path"] == tuned.adapter.name
+        # The embedded engine with the same adapter writes the same greedy answer.
+        local = LlamaCppBackend(tuned, verified_path(tuned, settings.ASYNCLM_MODEL_DIR), adapter_path=adapter,
+                                n_ctx=512)
+        seq = local.open_sequence(ids)
+        seq.append(ids)
+        out = []
+        for _ in range(24):
+            token = int(seq.logits().argmax())
+            if token in local.stop_ids():
+                break
+            out.append(token)
+            seq.append([token])
+        assert text == b"".join(local.token_bytes(t) for t in out).decode("utf-8", errors="replace")
+        base_text, *_ = generate(SGLangBackend(get_model(tuned.base), url), ids, max_new_tokens=24)
+        assert base_text != text  # the adapter changes the answer: it was applied
+    finally:
+        proc.kill()

@@ -312,3 +312,32 @@ def test_it_refuses_an_adapter_made_for_another_model(tmp_path, base_path):
     with pytest.raises(BackendError, match="could not load adapter .*lora.gguf for qwen2.5-coder-0.5b-test.*"
                                            "LoRA tensor 'blk.30.attn_q.weight' does not exist in base model"):
         load_with(tmp_path, base_path, lora_tensors(layers=(30,)))
+
+
+def test_a_gguf_adapter_goes_back_to_the_same_peft_tensors_for_sglang(tmp_path):
+    from finetune.peft import main as peft_main
+    from finetune.peft import read_lora_gguf
+
+    tensors = lora_tensors(seed=3, rank=4)
+    write_lora_gguf(tensors, alpha=8.0, out=tmp_path / "a.gguf")
+    args = [str(tmp_path / "a.gguf"), str(tmp_path / "peft"), "--base", "Qwen/Qwen2.5-Coder-0.5B-Instruct"]
+    assert peft_main(args) == 0
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8.0 and config["peft_type"] == "LORA"
+    assert set(config["target_modules"]) == {n.split(".")[-3] for n in tensors}
+    back = read_safetensors(tmp_path / "peft" / "adapter_model.safetensors")
+    assert sorted(back) == sorted(tensors)
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(back[name], array.astype(np.float32))
+    # And the folder exports to the very same GGUF tensors: one format, two containers.
+    export_peft_dir(tmp_path / "peft", tmp_path / "again.gguf")
+    again, alpha, arch = read_lora_gguf(tmp_path / "again.gguf")
+    assert alpha == 8.0 and arch == "qwen2" and all(np.array_equal(again[n], back[n]) for n in back)
+
+
+def test_the_shipped_adapter_converts_to_peft(tmp_path):
+    from finetune.peft import to_peft
+
+    spec = next(s for s in MODELS.values() if s.adapter is not None)
+    config = to_peft(settings.BASE_DIR / spec.adapter.path, tmp_path, spec.hf_repo)
+    assert config["r"] > 0 and (tmp_path / "adapter_model.safetensors").stat().st_size > 1_000_000

@@ -54,12 +54,11 @@ class BackendCache:
             if spec.backend == "simulated":
                 backend = SimulatedBackend(spec)
             elif settings.ASYNCLM_SGLANG_URL and name in settings.ASYNCLM_SGLANG_MODELS:
-                if spec.adapter is not None:
-                    raise BackendError(f"{name} is a base model plus a LoRA adapter, which the SGLang backend "
-                                       "does not apply; leave it out of ASYNCLM_SGLANG_MODELS")
-                # Streamed tokens wake the engine's loop like results do.
+                # Streamed tokens wake the engine's loop like results do. A tuned model is its base
+                # model on the server plus the server's copy of its adapter, by the adapter's name.
                 backend = SGLangBackend(spec, settings.ASYNCLM_SGLANG_URL, notify=self._wake.set,
-                                        served_name=settings.ASYNCLM_SGLANG_SERVED.get(name, ""))
+                                        served_name=settings.ASYNCLM_SGLANG_SERVED.get(spec.base or name, ""),
+                                        lora=spec.adapter.name if spec.adapter else "")
             else:
                 path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
                 adapter = verified_adapter_path(spec, settings.BASE_DIR) if spec.adapter else None
