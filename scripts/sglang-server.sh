@@ -7,8 +7,8 @@
 # usage: scripts/sglang-server.sh install|convert|start|stop|status
 #   install  create .venv-sglang (idempotent: skipped while requirements/sglang-server.txt is unchanged)
 #   convert  the GGUF model -> var/sglang/models/<model> (Hugging Face folder; skipped when present)
-#   start    start the server in the background and wait until it answers (log: var/sglang/server.log)
-#   stop     stop the server this script started (its pid is in var/sglang/server.pid)
+#   start    start the server in the background and wait until it answers (log: var/sglang/server-MODEL.log)
+#   stop     stop the server this script started (its pid is in var/sglang/server-MODEL.pid)
 #   status   exit 0 when the server runs and answers, 1 otherwise
 # environment: ASYNCLM_SGLANG_PORT (30123), ASYNCLM_SGLANG_MODEL (smollm2-135m: a catalog name),
 #   ASYNCLM_SGLANG_START_TIMEOUT (180 s), ASYNCLM_SGLANG_MAX_TOTAL_TOKENS (32768: the KV cache;
@@ -26,8 +26,8 @@ SG_MODEL_DIR="$SG_DIR/models/$SG_MODEL"
 SG_HOST=127.0.0.1
 SG_PORT="${ASYNCLM_SGLANG_PORT:-30123}"
 SG_URL="http://$SG_HOST:$SG_PORT"
-SG_LOG="$SG_DIR/server.log"
-SG_PIDFILE="$SG_DIR/server.pid"
+SG_LOG="$SG_DIR/server-$SG_MODEL.log"
+SG_PIDFILE="$SG_DIR/server-$SG_MODEL.pid"
 SG_TIMEOUT="${ASYNCLM_SGLANG_START_TIMEOUT:-180}"
 SG_MAX_TOKENS="${ASYNCLM_SGLANG_MAX_TOTAL_TOKENS:-32768}"
 # SGLANG_USE_CPU_ENGINE=1: sglang 0.5.23 takes its CPU code paths only when it is set (is_cpu()

@@ -12,21 +12,35 @@ cd "$ROOT"
 started=$(date +%s)
 scripts/bootstrap.sh --dev --models "qwen2.5-coder-0.5b smollm2-135m"
 scripts/sglang-server.sh install
-scripts/sglang-server.sh convert
-ours=0
-if ! scripts/sglang-server.sh status >/dev/null 2>&1; then
-  scripts/sglang-server.sh start
-  ours=1
-fi
-stop() { [ "$ours" = 1 ] && scripts/sglang-server.sh stop || true; }
-trap stop EXIT
-
 export PATH="$VENV/bin:$PATH"
 export DJANGO_SETTINGS_MODULE=webapp.settings.test
-export ASYNCLM_TEST_SGLANG_URL="http://127.0.0.1:${ASYNCLM_SGLANG_PORT:-30123}"
 ensure_redis
-say "SGLang tests against the imitation and the real server at $ASYNCLM_TEST_SGLANG_URL"
-python -m pytest tests/integration/test_sglang_servers.py tests/integration/test_calls_with_model.py \
-  tests/integration/test_sglang_backend.py tests/unit/test_sglang_protocol.py tests/unit/test_scheduler_remote.py \
-  tests/unit/test_grammar.py "$@"
+
+# One server at a time (two cores): SmolLM2-135M for the backend tests (fast), then
+# Qwen2.5-Coder-0.5B, the model the mode tests run on every backend.
+ours=""
+stop() { [ -z "$ours" ] || ASYNCLM_SGLANG_MODEL="$ours" ASYNCLM_SGLANG_PORT="$port" scripts/sglang-server.sh stop; ours=""; }
+trap stop EXIT
+serve() {  # serve MODEL PORT: convert and start the server unless one already answers there
+  export ASYNCLM_SGLANG_MODEL="$1" ASYNCLM_SGLANG_PORT="$2"
+  port="$2"
+  scripts/sglang-server.sh convert
+  if ! scripts/sglang-server.sh status >/dev/null 2>&1; then
+    scripts/sglang-server.sh start
+    ours="$1"
+  fi
+}
+
+serve smollm2-135m 30123
+export ASYNCLM_TEST_SGLANG_URL="http://127.0.0.1:30123"
+say "SGLang backend tests against the imitation and the real server at $ASYNCLM_TEST_SGLANG_URL"
+python -m pytest tests/integration/test_sglang_servers.py tests/integration/test_sglang_backend.py \
+  tests/unit/test_sglang_protocol.py tests/unit/test_scheduler_remote.py tests/unit/test_grammar.py "$@"
+stop
+
+serve qwen2.5-coder-0.5b 30124
+export ASYNCLM_TEST_SGLANG_QWEN_URL="http://127.0.0.1:30124"
+say "the mode tests on every backend, the real server at $ASYNCLM_TEST_SGLANG_QWEN_URL included"
+python -m pytest tests/integration/test_calls_with_model.py "$@"
+stop
 say "make test-sglang passed in $(( $(date +%s) - started )) s"

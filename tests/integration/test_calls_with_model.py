@@ -48,7 +48,7 @@ def sglang_url(tmp_path_factory):
     proc.kill()
 
 
-REAL_SGLANG = os.environ.get("ASYNCLM_TEST_SGLANG_URL", "")  # set by `make test-sglang`
+REAL_SGLANG = os.environ.get("ASYNCLM_TEST_SGLANG_QWEN_URL", "")  # a real server with MODEL (`make test-sglang`)
 
 
 @pytest.fixture(params=["embedded", "sglang", *(["sglang-real"] if REAL_SGLANG else [])])

@@ -122,3 +122,13 @@ def test_the_sglang_image_is_the_release_the_backend_speaks_to(compose):
     contract = (ROOT / "requirements" / "sglang-contract.txt").read_text()
     version = next(line.split("==")[1].strip() for line in contract.splitlines() if line.startswith("sglang=="))
     assert compose["services"]["sglang"]["image"].endswith(f"lmsysorg/sglang:v{version}}}")
+
+
+def test_the_sglang_server_honours_seeds_and_the_engine_checks_its_model_name(compose):
+    services = compose["services"]
+    command = services["sglang"]["command"]
+    assert "--enable-deterministic-inference" in command
+    served = command[command.index("--served-model-name") + 1]
+    env = services["engine-gpu"]["environment"]
+    mapping = dict(item.split("=", 1) for item in env["ASYNCLM_SGLANG_SERVED"].split(","))
+    assert mapping == {env["ASYNCLM_SGLANG_MODELS"]: served}
