@@ -76,7 +76,8 @@ class Publisher(Protocol):
 @dataclass
 class EngineConfig:
     engine_id: str
-    max_active: int = 4
+    max_active: int = 4  # tasks decoding at once (parked and blocked ones do not count)
+    max_held: int = 16  # tasks held at once, waiting ones included (each holds a context)
     heartbeat_ttl: int = 15
     flush_interval_s: float = 0.25
     flush_max_events: int = 64
@@ -230,13 +231,13 @@ class EngineProcess:
             return False
         self._last_beat = now
         health.beat(self.r, "engine", self.config.engine_id, self.config.heartbeat_ttl,
-                    models=self.config.models, active=self.scheduler.active,
+                    models=self.config.models, active=self.scheduler.busy, held=self.scheduler.active,
                     capacity=self.config.max_active, problems=dict(self.config.model_problems))
         return False  # bookkeeping, not work
 
     def poll_intake(self) -> bool:
         now = time.monotonic()
-        free = self.config.max_active - self.scheduler.active
+        free = min(self.config.max_active - self.scheduler.busy, self.config.max_held - self.scheduler.active)
         if free <= 0 or now - self._last_poll < self.config.intake_poll_s:
             return False
         self._last_poll = now

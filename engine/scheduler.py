@@ -61,7 +61,14 @@ class Scheduler:
     # -- queries ---------------------------------------------------------------------------
     @property
     def active(self) -> int:
+        """Tasks this engine holds (a context each), waiting ones included."""
         return len(self._runs)
+
+    @property
+    def busy(self) -> int:
+        """Tasks that take decode steps: a task parked on [TRAP] or blocked in sync mode does not,
+        so it must not hold a slot that the task it waits for (a sub-agent) may need."""
+        return sum(1 for run in self._runs.values() if run.status not in (Status.PARKED, Status.BLOCKED))
 
     def has_work(self) -> bool:
         return bool(self._ready or self.remote.draining)

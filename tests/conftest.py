@@ -63,6 +63,12 @@ def alice(make_user):
 
 
 @pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
 def bob(make_user):
     return make_user("bob")
 

@@ -32,6 +32,14 @@ def ping(sent_at: float) -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "received_at": time.time(), "sent_at": sent_at}
 
 
+@shared_task(name="workers.tasks.start_agent", acks_late=True)
+def start_agent(request: dict) -> None:
+    """An `agent` tool's call: create and queue the sub-agent's task (it reports when it ends)."""
+    from webapp.runs.agents import start_child
+
+    start_child(CallRequest(**request))
+
+
 def _worker_name(task) -> str:
     return f"{task.request.hostname or socket.gethostname()}/{os.getpid()}"
 

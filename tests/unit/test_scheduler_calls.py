@@ -87,6 +87,8 @@ def test_a_trap_parks_until_the_next_result_and_costs_no_steps():
     assert kinds(events, "trap")
     assert events[-1].kind == "trap" and events[-1].payload["action"] == "parked"
     assert scheduler.step() == [] and not scheduler.has_work()
+    # Held but not busy: a parked task leaves its decode slot to others (a sub-agent it waits for).
+    assert scheduler.active == 1 and scheduler.busy == 0
     events = scheduler.deliver(1, "a", ok=True, value=2) + run_until_idle(scheduler)
     assert kinds(events, "resumed", "interrupt_injected", "token", "finish") == [
         "resumed",

@@ -13,12 +13,6 @@ VALID = {"prompt": "Say hi", "model": "smollm2-135m", "max_tokens": 16, "tempera
          "mode": "async", "max_calls": 16, "max_wall_s": 300}
 
 
-@pytest.fixture
-def alice_client(client, alice):
-    client.force_login(alice)
-    return client
-
-
 def test_it_requires_login(client):
     response = client.get(reverse("dashboard"))
     assert response.status_code == 302 and response.url.startswith(reverse("login"))

@@ -34,9 +34,13 @@ def task_document(task: Task, calls: bool = True) -> dict[str, Any]:
         "output": task.final_text,
         "metrics": task.metrics,
         "compare_group": task.compare_group,
+        # A sub-agent's task: the task (and its call) that started it.
+        "parent": task.parent_id,
+        "parent_call_id": task.parent_call_id,
     }
     if calls:
         doc["calls"] = [{f: getattr(c, f) for f in CALL_FIELDS} for c in task.calls.all()]
+        doc["children"] = list(task.children.order_by("pk").values_list("pk", flat=True))
     return doc
 
 

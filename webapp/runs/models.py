@@ -48,9 +48,17 @@ class Task(models.Model):
     compare_group = models.UUIDField(null=True, blank=True, db_index=True)
     # The LoRA adapter the engine ran the model with ({"name", "sha256"}), null for a plain model.
     adapter = models.JSONField(null=True, blank=True)
+    # A sub-agent's task: the task whose call of an `agent` tool started it, that call's id, and
+    # how deep it is below a task a person submitted (0).
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    parent_call_id = models.CharField(max_length=64, blank=True)
+    depth = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["parent", "parent_call_id"],
+                                               condition=models.Q(parent__isnull=False),
+                                               name="one_child_per_agent_call")]
 
     def __str__(self) -> str:
         return f"Task {self.pk} ({self.status})"

@@ -15,6 +15,7 @@ from engine.intake import Intake
 from engine.keys import inbox_stream
 from engine.messages import Budgets, Control, Sampling, TaskSubmission
 from webapp.core.redis import ServiceUnavailable, client
+from webapp.runs.agents import end_children, report_outcome
 from webapp.runs.models import Task
 
 
@@ -124,10 +125,16 @@ def submit_comparison(owner, **fields) -> list[Task]:
 
 
 def on_task_final(task_id: int) -> Task | None:
-    """What follows a task's end (the engine calls it once the end is stored): the next run of its
-    comparison, if any, is queued. Returns that task."""
-    task = Task.objects.filter(pk=task_id).only("compare_group").first()
-    if task is None or task.compare_group is None:
+    """What follows a task's end (the engine calls it once the end is stored): a sub-agent's
+    outcome goes to its parent, its own unfinished sub-agents are cancelled, and the next run of
+    its comparison, if any, is queued. Returns that next run."""
+    task = Task.objects.filter(pk=task_id).first()
+    if task is None:
+        return None
+    if task.parent_id:
+        report_outcome(task)
+    end_children(task, f"its parent task {task.pk} {task.status}")
+    if task.compare_group is None:
         return None
     following = Task.objects.filter(compare_group=task.compare_group, pk__gt=task_id).order_by("pk").first()
     if following is None or following.status != Task.Status.QUEUED:
@@ -171,6 +178,9 @@ def cancel_task(task: Task, reason: str = "cancelled by the user") -> str:
             finished_at=timezone.now())
     if Task.objects.filter(pk=task.pk, status=Task.Status.QUEUED).update(
             status=Task.Status.CANCELLED, status_reason=reason, finished_at=timezone.now()):
+        if task.parent_id:  # a sub-agent that never ran: its parent's call gets an error result
+            task.refresh_from_db()
+            report_outcome(task)
         return "cancelled before it started"
     task.refresh_from_db()
     if task.is_final:

@@ -126,6 +126,12 @@ ASYNCLM_MODEL_DIR = env.path("ASYNCLM_MODEL_DIR", VAR_DIR / "models")
 ASYNCLM_DEFAULT_MODEL = env.str("ASYNCLM_DEFAULT_MODEL", "qwen2.5-coder-0.5b")
 ASYNCLM_ENGINE_THREADS = env.int("ASYNCLM_ENGINE_THREADS", 2, min=1)
 ASYNCLM_ENGINE_MAX_ACTIVE = env.int("ASYNCLM_ENGINE_MAX_ACTIVE", 4, min=1, max=64)
+# Sub-agents (tools of kind `agent`): how deep they may nest below a person's task, and how many
+# one task may start.
+ASYNCLM_AGENT_MAX_DEPTH = env.int("ASYNCLM_AGENT_MAX_DEPTH", 2, min=0, max=8)
+ASYNCLM_AGENT_MAX_FANOUT = env.int("ASYNCLM_AGENT_MAX_FANOUT", 8, min=1, max=64)
+# Tasks one engine holds at once, parked and blocked ones included (they wait without decoding).
+ASYNCLM_ENGINE_MAX_HELD = env.int("ASYNCLM_ENGINE_MAX_HELD", 16, min=1, max=256)
 # The time one engine step may take: prefill and injection chunks are sized to it at the model's
 # measured speed (other tasks, heartbeats and wall budgets wait for a step to end).
 ASYNCLM_ENGINE_STEP_S = env.float("ASYNCLM_ENGINE_STEP_S", 1.0, min=0.05)

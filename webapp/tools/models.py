@@ -23,6 +23,7 @@ class Tool(models.Model):
         PYTHON = "python"
         HTTP = "http"
         BFCL = "bfcl", "BFCL stateful class"
+        AGENT = "agent", "sub-agent (an LLM task)"
 
     pack = models.ForeignKey(ToolPack, on_delete=models.CASCADE, related_name="tools")
     name = models.CharField(max_length=200, help_text="dotted names are allowed, e.g. e1.cd")
@@ -46,12 +47,17 @@ class Tool(models.Model):
         class; a named instance prefixes the tool's name (`e1.cd`); its scenario is kept once, in
         the task's `instances`."""
         name, config = self.name, dict(self.config)
+        timeout_s = self.timeout_s
         if self.kind == self.Kind.BFCL:
             config.setdefault("instance", config.get("class", ""))
             if instance:
                 name, config["instance"] = f"{instance}.{self.name}", instance
+        if self.kind == self.Kind.AGENT:
+            from webapp.runs.agents import AGENT_GRACE_S, agent_wall_s
+
+            timeout_s = agent_wall_s(config) + AGENT_GRACE_S  # the child's own budget, then a grace
         return ToolSpec(name=name, description=self.description, parameters=self.parameters,
-                        est_latency_ms=self.est_latency_ms, timeout_s=self.timeout_s, kind=self.kind,
+                        est_latency_ms=self.est_latency_ms, timeout_s=timeout_s, kind=self.kind,
                         config=config, tool_id=self.pk)
 
     def clean(self):

@@ -113,6 +113,7 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"engine: loaded {name}")
         config = EngineConfig(engine_id=id or health.process_id("engine"), max_active=max_active,
+                              max_held=max(max_active, settings.ASYNCLM_ENGINE_MAX_HELD),
                               heartbeat_ttl=settings.ASYNCLM_HEARTBEAT_TTL, models=backends.names,
                               model_problems=backends.problems)
         engine = EngineProcess(

@@ -1,0 +1,67 @@
+"""Sub-agents through the real processes: an engine that may decode one task at a time
+(ASYNCLM_ENGINE_MAX_ACTIVE=1), a Celery worker, Redis. The parent's call of an `agent` tool
+starts a child task; the parent parks on [TRAP] and so frees the slot the child needs; the
+child's answer is injected into the parent as the call's result. Both run on the simulated
+decoder (a plan in each prompt), so the calls happen whatever a small model would write."""
+
+import json
+
+import pytest
+
+from tests.helpers import wait_for
+from webapp.runs.models import Task, TraceEvent
+from webapp.runs.submit import submit_task
+from webapp.tools.models import Tool, ToolPack
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHILD_PLAN = {"calls": [], "final": "Sunny, 21 C.", "token_ms": 5}
+HELPER_CONFIG = {"model": "simulated", "mode": "async", "pack": "", "max_wall_s": 60, "max_tokens": 64,
+                 "instruction": f"You answer weather questions.\n[plan] {json.dumps(CHILD_PLAN)}\n"}
+
+
+@pytest.fixture
+def helper(db):
+    pack = ToolPack.objects.create(name="agents")
+    tool = Tool.objects.create(pack=pack, name="ask_helper", description="Delegate a sub-question.", kind="agent",
+                               est_latency_ms=500,
+                               parameters={"type": "object", "properties": {"task": {"type": "string"}},
+                                           "required": ["task"]}, config=HELPER_CONFIG)
+    return tool
+
+
+def parent_prompt(calls: list[dict]) -> str:
+    plan = {"calls": calls, "final": "The helper says: done.", "token_ms": 5, "wait": "trap"}
+    return f"Ask the helper.\n[plan] {json.dumps(plan)}\n"
+
+
+def test_a_parent_on_a_one_slot_engine_gets_its_sub_agents_answer(start_engine, celery_worker_proc, alice, helper):
+    start_engine("engine-agents", preload="simulated", ASYNCLM_ENGINE_MAX_ACTIVE="1")
+    call = {"id": "c1", "call": "ask_helper(task='Weather in Paris?')", "e": 500, "after": None}
+    parent = submit_task(alice, prompt=parent_prompt([call]), model="simulated", mode="async", max_tokens=200,
+                         tools=[helper.spec().to_dict()])
+    wait_for(lambda: Task.objects.get(pk=parent.pk).is_final, 60, "the parent to end")
+    parent.refresh_from_db()
+    assert parent.status == "finished", parent.status_reason
+    (child,) = parent.children.all()
+    assert child.status == "finished" and child.owner == alice and child.final_text == "Sunny, 21 C."
+    result = TraceEvent.objects.get(task=parent, kind="call_result")
+    assert result.payload["ok"] and "Sunny, 21 C." in result.payload["injected"]
+    injected = TraceEvent.objects.get(task=parent, kind="interrupt_injected")
+    parked = TraceEvent.objects.filter(task=parent, kind="trap").first()
+    assert parked is not None and parked.seq < injected.seq  # it waited parked, not holding the slot
+    assert child.started_at is not None and child.started_at < Task.objects.get(pk=parent.pk).finished_at
+
+
+def test_a_sub_agent_that_fails_gives_the_parent_an_error_result(start_engine, celery_worker_proc, alice, helper):
+    helper.config = {**HELPER_CONFIG, "model": "qwen2.5-coder-1.5b"}  # not loaded here: the child fails
+    helper.save()
+    start_engine("engine-agents-fail", preload="simulated")
+    call = {"id": "c1", "call": "ask_helper(task='Weather in Oslo?')", "e": 500, "after": None}
+    parent = submit_task(alice, prompt=parent_prompt([call]), model="simulated", mode="async", max_tokens=200,
+                         tools=[helper.spec().to_dict()])
+    wait_for(lambda: Task.objects.get(pk=parent.pk).is_final, 60, "the parent to end")
+    (child,) = Task.objects.get(pk=parent.pk).children.all()
+    assert child.status == "failed"
+    result = TraceEvent.objects.get(task=parent, kind="call_result")
+    assert not result.payload["ok"] and f"sub-agent task {child.pk} failed" in result.payload["injected"]
