@@ -40,6 +40,14 @@ def start_agent(request: dict) -> None:
     start_child(CallRequest(**request))
 
 
+@shared_task(name="workers.tasks.team_message")
+def team_message(request: dict) -> None:
+    """A team member's send_message call: deliver it to the teammate, report to the sender."""
+    from webapp.runs.teams import deliver_message
+
+    deliver_message(CallRequest(**request))
+
+
 def _worker_name(task) -> str:
     return f"{task.request.hostname or socket.gethostname()}/{os.getpid()}"
 

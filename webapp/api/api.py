@@ -23,6 +23,8 @@ from webapp.api.schemas import (
     TaskIn,
     TaskOut,
     TaskSummary,
+    TeamIn,
+    TeamOut,
     ValidationErrorOut,
 )
 from webapp.core.redis import ServiceUnavailable
@@ -39,6 +41,8 @@ from webapp.runs.submit import (
     submit_task,
     task_fields,
 )
+from webapp.runs.team_forms import members_of, team_forms
+from webapp.runs.teams import submit_team
 
 
 class TokenAuth(HttpBearer):
@@ -102,6 +106,31 @@ def create_task(request, payload: TaskIn):
     except TooManyTasks as exc:
         return Status(409, {"detail": str(exc)})
     return Status(201, task_document(task))
+
+
+@tasks.post("/teams", response={201: TeamOut, 409: ErrorOut, 422: ValidationErrorOut, 429: ErrorOut, 503: ErrorOut},
+            throttle=[SettingRateThrottle("ASYNCLM_API_TASK_RATE")],
+            summary="Start a team of agents (a task per member; each can message the others while it works)")
+def create_team(request, payload: TeamIn):
+    form, members = team_forms(payload.form_data(), request.auth)
+    if not (form.is_valid() & members.is_valid()):
+        errors = {f"team.{k}": [str(m) for m in v] for k, v in form.errors.items()}
+        for i, member_errors in enumerate(members.errors):
+            errors |= {f"members.{i}.{k}": [str(m) for m in v] for k, v in member_errors.items()}
+        if members.non_form_errors():
+            errors["members"] = [str(m) for m in members.non_form_errors()]
+        return Status(422, {"detail": "invalid team", "errors": errors})
+    data = form.cleaned_data
+    try:
+        team = submit_team(request.auth, data["goal"], members_of(members), max_tokens=data["max_tokens"],
+                           max_wall_s=data["max_wall_s"])
+    except ServiceUnavailable as exc:
+        return Status(503, {"detail": str(exc)})
+    except RateLimited as exc:
+        return Status(429, {"detail": str(exc)})
+    except TooManyTasks as exc:
+        return Status(409, {"detail": str(exc)})
+    return Status(201, {"team": team[0].team, "tasks": [task_document(t) for t in team]})
 
 
 @tasks.get("/tasks", response=list[TaskSummary], summary="Your tasks, newest first")

@@ -12,7 +12,7 @@ from ninja import Field, Schema
 from pydantic import field_validator
 
 from webapp.core.validators import unstorable
-from webapp.tools.models import Tool
+from webapp.tools.models import Tool, ToolPack
 
 Mode = Literal["async", "sync", "sync_parallel"]
 
@@ -108,10 +108,47 @@ class TaskSummary(Schema):
     output: str
     metrics: dict[str, Any]
     compare_group: UUID | None
+    parent: int | None = Field(None, description="a sub-agent's task: the task whose agent call started it")
+    parent_call_id: str = ""
+    team: UUID | None = Field(None, description="a team member's task: the team's id")
+    member: str = ""
 
 
 class TaskOut(TaskSummary):
     calls: list[CallOut]
+    children: list[int] = Field(default_factory=list, description="the sub-agent tasks this task started")
+
+
+class MemberIn(Schema):
+    name: str = Field(description="how teammates address it (a letter, then letters, digits, _ or -)")
+    role: str = Field(description="its instruction")
+    model: str | None = Field(None, description="a catalog model; the default model when left out")
+    mode: Mode = "async"
+    pack: str | None = Field(None, description="the tool pack it may use (besides send_message)")
+
+
+class TeamIn(Schema):
+    goal: str
+    members: list[MemberIn]
+    max_tokens: int = 256
+    max_wall_s: float = 300.0
+
+    def form_data(self) -> dict[str, Any]:
+        """The team page's input: the API validates exactly like the page."""
+        data: dict[str, Any] = {"team-goal": self.goal, "team-max_tokens": self.max_tokens,
+                                "team-max_wall_s": self.max_wall_s, "member-TOTAL_FORMS": len(self.members),
+                                "member-INITIAL_FORMS": 0}
+        for i, m in enumerate(self.members):
+            pack = ToolPack.objects.filter(name=m.pack).values_list("pk", flat=True).first() if m.pack else ""
+            data |= {f"member-{i}-name": m.name, f"member-{i}-role": m.role,
+                     f"member-{i}-model": m.model or settings.ASYNCLM_DEFAULT_MODEL, f"member-{i}-mode": m.mode,
+                     f"member-{i}-pack": pack if pack is not None else f"unknown pack {m.pack!r}"}
+        return data
+
+
+class TeamOut(Schema):
+    team: UUID
+    tasks: list[TaskOut]
 
 
 class ComparisonOut(Schema):

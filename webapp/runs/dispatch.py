@@ -13,9 +13,11 @@ def celery_task_id(task_id: int, call_id: str) -> str:
 class CeleryDispatcher:
     def dispatch(self, request: CallRequest) -> None:
         timeout = float(request.tool.get("timeout_s", 10.0))
-        if request.tool.get("kind") == "agent":
-            # A worker creates the sub-agent's task and returns; the child's end reports the result.
-            app.send_task("workers.tasks.start_agent", args=[request.to_dict()], queue="tools",
+        special = {"agent": "workers.tasks.start_agent", "team": "workers.tasks.team_message"}.get(
+            str(request.tool.get("kind")))
+        if special:
+            # A sub-agent's task is created, or a teammate messaged, by a worker that returns at once.
+            app.send_task(special, args=[request.to_dict()], queue="tools",
                           task_id=celery_task_id(request.task_id, request.call_id), expires=timeout + CALL_GRACE_S)
             return
         # Soft limit first so the tool's error is reported; the hard limit kills a stuck child. A

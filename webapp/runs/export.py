@@ -37,6 +37,8 @@ def task_document(task: Task, calls: bool = True) -> dict[str, Any]:
         # A sub-agent's task: the task (and its call) that started it.
         "parent": task.parent_id,
         "parent_call_id": task.parent_call_id,
+        "team": task.team,
+        "member": task.member,
     }
     if calls:
         doc["calls"] = [{f: getattr(c, f) for f in CALL_FIELDS} for c in task.calls.all()]

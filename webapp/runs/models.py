@@ -53,6 +53,9 @@ class Task(models.Model):
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     parent_call_id = models.CharField(max_length=64, blank=True)
     depth = models.PositiveSmallIntegerField(default=0)
+    # A team member's task: the team's id (every member's) and its name in the team.
+    team = models.UUIDField(null=True, blank=True, db_index=True)
+    member = models.CharField(max_length=32, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -171,6 +171,14 @@ def cancel_task(task: Task, reason: str = "cancelled by the user") -> str:
     cancelled by its engine (which revokes its queued calls) on a control message."""
     if task.is_final:
         return f"the task had already {task.status}"
+    if task.team:
+        # A team stops together: the other members are cancelled too.
+        for mate in Task.objects.filter(team=task.team).exclude(pk=task.pk).exclude(status__in=Task.FINAL):
+            _cancel_one(mate, f"team member {task.member or task.pk} was cancelled")
+    return _cancel_one(task, reason)
+
+
+def _cancel_one(task: Task, reason: str) -> str:
     if task.compare_group:
         # Cancelling one run of a comparison cancels the runs that have not started yet.
         Task.objects.filter(compare_group=task.compare_group, pk__gt=task.pk, status=Task.Status.QUEUED).update(

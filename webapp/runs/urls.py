@@ -9,4 +9,5 @@ urlpatterns = [
     path("tasks/<int:pk>/message/", views.task_message, name="task_message"),
     path("tasks/<int:pk>/trace.json", views.task_trace, name="task_trace"),
     path("compare/<uuid:group>/", views.compare, name="compare"),
+    path("teams/new/", views.team_new, name="team_new"),
 ]

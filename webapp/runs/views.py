@@ -23,6 +23,8 @@ from webapp.runs.submit import (
     submit_task,
     task_fields,
 )
+from webapp.runs.team_forms import members_of, team_forms
+from webapp.runs.teams import TeamError, submit_team, teammates
 
 
 @login_required
@@ -46,6 +48,22 @@ def dashboard(request):
     return render(request, "runs/dashboard.html",
                   {"form": form, "tasks": tasks, "filters": filters, "query": query.urlencode()},
                   status=400 if form.errors else 200)
+
+
+@login_required
+def team_new(request):
+    form, members = team_forms(request.POST or None, request.user)
+    if request.method == "POST" and form.is_valid() and members.is_valid():
+        data = form.cleaned_data
+        try:
+            tasks = submit_team(request.user, data["goal"], members_of(members), max_tokens=data["max_tokens"],
+                                max_wall_s=data["max_wall_s"])
+        except (ServiceUnavailable, TooManyTasks, TeamError) as exc:
+            form.add_error(None, str(exc)[:1].upper() + str(exc)[1:] + ".")
+        else:
+            return redirect("task_detail", pk=tasks[0].pk)
+    return render(request, "runs/team_new.html", {"form": form, "members": members},
+                  status=400 if request.method == "POST" else 200)
 
 
 @login_required
@@ -106,7 +124,7 @@ def task_detail(request, pk: int):
             warning = (f"Engine {task.engine_id} that runs this task stopped answering. The task will "
                        "be marked failed when an engine starts again.")
     return render(request, "runs/task_detail.html",
-                  {"task": task, "engine_warning": warning, "calls": task.calls.all(),
+                  {"task": task, "engine_warning": warning, "calls": task.calls.all(), "teammates": teammates(task),
                    "sync_twin": sync_twin(task), "max_message_chars": settings.ASYNCLM_MAX_MESSAGE_CHARS})
 
 

@@ -1,6 +1,6 @@
 """One executor per tool kind. Nothing typed into the registry is ever executed as code."""
 
-from workers.executors.agent import AgentExecutor
+from workers.executors.agent import AgentExecutor, TeamExecutor
 from workers.executors.base import BaseExecutor, CallFailed, Executor, StatefulExecutor, ToolError, TransientToolError
 from workers.executors.bfcl import BfclExecutor
 from workers.executors.http import HttpExecutor
@@ -9,7 +9,7 @@ from workers.executors.simulated import SimulatedExecutor
 
 EXECUTORS: dict[str, BaseExecutor] = {
     "simulated": SimulatedExecutor(), "python": PythonExecutor(), "http": HttpExecutor(), "bfcl": BfclExecutor(),
-    "agent": AgentExecutor(),
+    "agent": AgentExecutor(), "team": TeamExecutor(),
 }
 
 

@@ -1,5 +1,6 @@
-"""Tools of kind `agent`: a call starts a sub-agent's task (webapp/runs/agents.py), which the
-dispatcher hands to `workers.tasks.start_agent`; nothing here runs the call itself."""
+"""Tools of kind `agent` (a call starts a sub-agent's task, webapp/runs/agents.py) and `team` (a
+team member's built-in send_message, webapp/runs/teams.py): the dispatcher hands their calls to
+`workers.tasks.start_agent` and `workers.tasks.team_message`; nothing here runs a call itself."""
 
 from __future__ import annotations
 
@@ -22,3 +23,10 @@ class AgentExecutor(Executor):
 
     def run(self, tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any:
         raise ToolError("an agent tool's call starts a sub-agent task; it is not run by a tool worker")
+
+
+class TeamExecutor(Executor):
+    kind = "team"
+
+    def run(self, tool: ToolSpec, args: dict[str, Any], ctx: CallContext) -> Any:
+        raise ToolError("send_message is delivered by the team's worker task, not run as a tool")
