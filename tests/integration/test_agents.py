@@ -65,3 +65,28 @@ def test_a_sub_agent_that_fails_gives_the_parent_an_error_result(start_engine, c
     assert child.status == "failed"
     result = TraceEvent.objects.get(task=parent, kind="call_result")
     assert not result.payload["ok"] and f"sub-agent task {child.pk} failed" in result.payload["injected"]
+
+
+def test_a_sub_agent_whose_engine_dies_is_resumed_and_its_parent_gets_one_result(start_engine, celery_worker_proc,
+                                                                                  alice, helper):
+    # The child writes for about 5 s, so it can be cut mid-decode; the parent waits parked.
+    long_plan = {"calls": [], "final": "It will be sunny all week. " * 8, "token_ms": 50}
+    helper.config = {**HELPER_CONFIG, "instruction": f"You answer weather questions.\n[plan] {json.dumps(long_plan)}\n"}
+    helper.save()
+    first = start_engine("engine-agents-a", preload="simulated", ASYNCLM_HEARTBEAT_TTL="3")
+    call = {"id": "c1", "call": "ask_helper(task='Weather this week?')", "e": 500, "after": None}
+    parent = submit_task(alice, prompt=parent_prompt([call]), model="simulated", mode="async", max_tokens=200,
+                         tools=[helper.spec().to_dict()])
+    wait_for(lambda: Task.objects.filter(parent=parent).exists(), 30, "the child task")
+    child = Task.objects.get(parent=parent)
+    wait_for(lambda: TraceEvent.objects.filter(task=child, kind="token").count() >= 5, 30, "the child's first tokens")
+    start_engine("engine-agents-b", preload="simulated", ASYNCLM_HEARTBEAT_TTL="3")
+    first.kill(sig=9)  # the parent's engine too: both are taken over
+    wait_for(lambda: Task.objects.get(pk=parent.pk).is_final, 90, "the parent to end")
+    parent.refresh_from_db()
+    child.refresh_from_db()
+    assert parent.status == "finished", parent.status_reason
+    assert child.status == "finished" and "sunny all week" in child.final_text
+    assert TraceEvent.objects.filter(task=child, kind="resumed").exists()
+    (result,) = TraceEvent.objects.filter(task=parent, kind="call_result")
+    assert result.payload["ok"] and "sunny all week" in result.payload["injected"]

@@ -88,6 +88,7 @@ class Soak:
         self.url = f"redis://127.0.0.1:{self.port}/1"
         self.aof_dir = log_dir / "redis-aof"
         self.faults = Faults()
+        self.extra_tasks = 0  # the long tasks submitted for the engine kills
         self.t0 = time.time()
 
     # -- processes -----------------------------------------------------------------------
@@ -144,20 +145,36 @@ class Soak:
             self.redis_proc.wait(10)
 
     # -- faults --------------------------------------------------------------------------
-    def kill_engine(self, name: str) -> None:
-        """SIGKILL an engine once it holds a task (up to 10 s), so that a task is cut mid-decode."""
-        pid = _child(self.procs[name].popen.pid)
-        engine_id = f"engine-{socket.gethostname()}-{pid}"  # run_engine's default id
-        deadline = time.monotonic() + 10
-        busy = False
-        while pid and not busy and time.monotonic() < deadline:
-            busy = TraceEvent.objects.filter(task__status=Task.Status.RUNNING, task__engine_id=engine_id,
-                                             kind="token").exists()
-            if not busy:
-                time.sleep(0.02)
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-        self.faults.record(self.t0, f"SIGKILL {name} (pid {pid}) {'holding a task' if busy else 'idle'}")
+    def kill_engine_mid_task(self, client: Client, owner: int, accepted: dict[int, int]) -> None:
+        """SIGKILL the engine that decodes a long task submitted for this fault, once a few of its
+        tokens are stored: the kill cuts a task mid-decode, and another engine must resume it.
+        (Waiting for one of the load's short tasks left engines idle at the kill in some runs.)"""
+        plan = {"calls": [], "final": "a long answer " * 40, "token_ms": 50}  # about 7 s of decoding
+        body = {"prompt": f"Write at length.\n[plan] {json.dumps(plan)}\n", "model": "simulated", "mode": "async",
+                "max_tokens": 400, "max_wall_s": 300}
+        response = self._post(client, body)
+        if response.status_code != 201:
+            self.faults.record(self.t0, f"no engine killed: the long task was refused ({response.status_code})")
+            return
+        task_id = response.json()["id"]
+        accepted[task_id] = owner
+        self.extra_tasks += 1
+        deadline = time.monotonic() + 30
+        engine_id, tokens = "", 0
+        while time.monotonic() < deadline:
+            engine_id = Task.objects.filter(pk=task_id).values_list("engine_id", flat=True).first() or ""
+            tokens = TraceEvent.objects.filter(task_id=task_id, kind="token").count()
+            if engine_id and tokens >= 5:
+                break
+            time.sleep(0.05)
+        for name in ("engine1", "engine2"):
+            pid = _child(self.procs[name].popen.pid)
+            if pid and engine_id == f"engine-{socket.gethostname()}-{pid}":  # run_engine's default id
+                os.kill(pid, signal.SIGKILL)
+                self.faults.record(self.t0, f"SIGKILL {name} (pid {pid}) mid-decode of task {task_id} "
+                                            f"({tokens} tokens stored)")
+                return
+        self.faults.record(self.t0, f"no engine killed: task {task_id} was not decoding on one within 30 s")
 
     def kill_worker_process(self) -> None:
         """A pool process of a worker, which may be running a call."""
@@ -192,9 +209,10 @@ class Soak:
         accepted: dict[int, int] = {}  # task id -> owner id
         refused: Counter[str] = Counter()
         answers: Counter[int] = Counter()
+        kill_engine = lambda: self.kill_engine_mid_task(clients[0], users[0].pk, accepted)  # noqa: E731
         faults_at = {int(self.plan.tasks * f): fault for f, fault in
-                     ((0.25, lambda: self.kill_engine("engine1")), (0.45, self.kill_worker_process),
-                      (0.6, self.restart_redis), (0.75, lambda: self.kill_engine("engine2")))}
+                     ((0.25, kill_engine), (0.45, self.kill_worker_process), (0.6, self.restart_redis),
+                      (0.75, kill_engine))}
         period = 1.0 / self.plan.rate_per_s
         with override_settings(REDIS_URL=self.url, ASYNCLM_MAX_OPEN_TASKS_PER_USER=10_000, ASYNCLM_TASK_RATE="10000/m",
                                ASYNCLM_API_TASK_RATE="10000/m",
@@ -283,7 +301,7 @@ class Soak:
         return {
             "plan": self.plan.__dict__, "wall_s": round(time.time() - self.t0, 1), "faults": self.faults.done,
             "answers": {str(k): v for k, v in sorted(answers.items())}, "hostile": dict(refused),
-            "tasks": {"submitted": self.plan.tasks, "accepted": len(accepted), "finished": finished,
+            "tasks": {"submitted": self.plan.tasks + self.extra_tasks, "accepted": len(accepted), "finished": finished,
                       "resumed": len(resumed), "failed_with_reason": sum(bool(f["reason"]) for f in failed),
                       "failed_without_reason": sum(not f["reason"] for f in failed),
                       "stuck": sum(not t.is_final for t in tasks.values()),
