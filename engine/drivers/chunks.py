@@ -2,10 +2,15 @@
 
 A step must stay short (other tasks wait for it, and the wall budget and heartbeats are only
 checked between steps), but a step of one token wastes the batch a model evaluates at once.
-So the size follows the backend's measured speed: as many tokens as fit `budget_s` at the time
-per token seen so far on that backend, between `low` and `high`. Until a backend has been
-measured, the first chunk is `first` tokens. Speeds are kept per backend because a 135M and a
-1.5B model on the same engine differ tenfold.
+So the size follows the backend's measured speed: the largest power of two of tokens that fits
+`budget_s` at the time per token seen so far on that backend, between `low` and `high`. Until a
+backend has been measured, the first chunk is `first` tokens. Speeds are kept per backend
+because a 135M and a 1.5B model on the same engine differ tenfold.
+
+Powers of two, capped at 128 by default: llama.cpp's numbers depend slightly on where batches
+split, so a prompt must be cut the same way run after run (greedy outputs then repeat exactly);
+any model that evaluates 128 tokens within the budget always gets 128, and only a slower one
+gets 64, 32, ...
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ChunkSizer:
-    budget_s: float = 1.0
+    budget_s: float = 2.0
     first: int = 128
     low: int = 8
-    high: int = 1024
+    high: int = 128
     # A chunk's time includes a fixed cost per evaluation, so a small chunk overstates the time
     # per token and the next one comes out smaller still; chunks below this size are not measured.
     min_measured: int = 8
@@ -28,9 +33,8 @@ class ChunkSizer:
         per = self._s_per_token.get(backend_key)
         if per is None:
             return self.first
-        if per <= 0:
-            return self.high
-        return max(self.low, min(self.high, int(self.budget_s / per)))
+        fits = int(self.budget_s / per) if per > 0 else self.high
+        return max(self.low, min(self.high, 1 << max(0, fits.bit_length() - 1)))
 
     def observe(self, backend_key: int, n_tokens: int, seconds: float) -> None:
         if n_tokens < self.min_measured or seconds < 0:

@@ -44,8 +44,10 @@ def submission(task_id: int, prompt: str) -> TaskSubmission:
 def test_it_starts_with_the_first_chunk_then_sizes_chunks_to_the_budget():
     sizer = ChunkSizer(budget_s=1.0, first=32, low=8, high=1024)
     assert sizer.size(1) == 32
-    sizer.observe(1, 32, 0.64)  # 20 ms a token
-    assert sizer.size(1) == 50
+    sizer.observe(1, 32, 0.64)  # 20 ms a token: 50 would fit, a power of two is taken
+    assert sizer.size(1) == 32
+    sizer.observe(1, 32, 0.32)  # faster: the estimate moves halfway, to 15 ms (66 fit)
+    assert sizer.size(1) == 64
     assert sizer.size(2) == 32  # another backend is measured on its own
 
 
@@ -84,7 +86,16 @@ def test_it_keeps_every_prefill_step_of_a_slow_model_within_the_budget():
     assert max(backend.steps) <= 1.0
     assert prefill["ms"] == round(sum(backend.steps[:n_prefill]) * 1000, 2)
 
-def test_it_grows_chunks_on_a_fast_model():
+def test_a_model_that_evaluates_128_tokens_within_the_budget_always_gets_128():
+    sizer = ChunkSizer()  # the engine's defaults: 2 s, 128 tokens at most
+    for seconds in (0.2, 1.4, 0.6, 1.9):  # a loaded machine's readings vary; the cut does not
+        sizer.observe(1, 128, seconds)
+        assert sizer.size(1) == 128
+    sizer.observe(1, 128, 3.0)  # too slow for 128 in 2 s
+    assert sizer.size(1) == 64
+
+
+def test_it_grows_chunks_on_a_fast_model_up_to_the_cap():
     clock = SlowClock()
     backend = SlowBackend(clock, per_token=0.0005)
     scheduler = Scheduler(lambda name: backend, clock=clock, wall=lambda: 0.0,
@@ -93,4 +104,4 @@ def test_it_grows_chunks_on_a_fast_model():
     run_until_idle(scheduler)
     sizes = [n for kind, n in backend.calls if kind == "append"]
     assert sizes[0] == 16
-    assert max(sizes) == 1024  # 2000 fit the budget; the upper bound holds
+    assert set(sizes[1:-3]) == {128}  # 2000 would fit the budget; the cap holds

@@ -132,9 +132,10 @@ ASYNCLM_AGENT_MAX_DEPTH = env.int("ASYNCLM_AGENT_MAX_DEPTH", 2, min=0, max=8)
 ASYNCLM_AGENT_MAX_FANOUT = env.int("ASYNCLM_AGENT_MAX_FANOUT", 8, min=1, max=64)
 # Tasks one engine holds at once, parked and blocked ones included (they wait without decoding).
 ASYNCLM_ENGINE_MAX_HELD = env.int("ASYNCLM_ENGINE_MAX_HELD", 16, min=1, max=256)
-# The time one engine step may take: prefill and injection chunks are sized to it at the model's
-# measured speed (other tasks, heartbeats and wall budgets wait for a step to end).
-ASYNCLM_ENGINE_STEP_S = env.float("ASYNCLM_ENGINE_STEP_S", 1.0, min=0.05)
+# The time one engine step may take: prefill and injection chunks (128 tokens) are halved for a
+# model too slow to evaluate them within it (other tasks, heartbeats and wall budgets wait for a
+# step to end).
+ASYNCLM_ENGINE_STEP_S = env.float("ASYNCLM_ENGINE_STEP_S", 2.0, min=0.05)
 ASYNCLM_N_CTX = env.int("ASYNCLM_N_CTX", 4096, min=256)
 ASYNCLM_MAX_PROMPT_CHARS = env.int("ASYNCLM_MAX_PROMPT_CHARS", 8000, min=1)
 ASYNCLM_MAX_TOKENS_LIMIT = env.int("ASYNCLM_MAX_TOKENS_LIMIT", 2048, min=1)
