@@ -99,13 +99,15 @@ def create_task(request, payload: TaskIn):
             runs = submit_comparison(request.auth, **task_fields(form.cleaned_data))
             return Status(201, {"compare_group": str(runs[0].compare_group), "tasks": [task_document(t) for t in runs]})
         task = submit_task(request.auth, **task_fields(form.cleaned_data))
-    except ServiceUnavailable as exc:
-        return Status(503, {"detail": str(exc)})
-    except RateLimited as exc:
-        return Status(429, {"detail": str(exc)})
-    except TooManyTasks as exc:
-        return Status(409, {"detail": str(exc)})
+    except (ServiceUnavailable, TooManyTasks) as exc:
+        return _refused(exc)
     return Status(201, task_document(task))
+
+
+def _refused(exc: Exception) -> Status:
+    """A valid request the service could not take: Redis unreachable, rate or per-user cap."""
+    code = 503 if isinstance(exc, ServiceUnavailable) else 429 if isinstance(exc, RateLimited) else 409
+    return Status(code, {"detail": str(exc)})
 
 
 @tasks.post("/teams", response={201: TeamOut, 409: ErrorOut, 422: ValidationErrorOut, 429: ErrorOut, 503: ErrorOut},
@@ -124,12 +126,8 @@ def create_team(request, payload: TeamIn):
     try:
         team = submit_team(request.auth, data["goal"], members_of(members), max_tokens=data["max_tokens"],
                            max_wall_s=data["max_wall_s"])
-    except ServiceUnavailable as exc:
-        return Status(503, {"detail": str(exc)})
-    except RateLimited as exc:
-        return Status(429, {"detail": str(exc)})
-    except TooManyTasks as exc:
-        return Status(409, {"detail": str(exc)})
+    except (ServiceUnavailable, TooManyTasks) as exc:
+        return _refused(exc)
     return Status(201, {"team": team[0].team, "tasks": [task_document(t) for t in team]})
 
 
