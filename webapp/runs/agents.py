@@ -140,15 +140,20 @@ def report_outcome(child: Task, error: str = "") -> None:
 
 
 def _report(parent: Task, rep: CallReport) -> None:
-    from workers.reporting import report
-
-    engine_id = Task.objects.filter(pk=parent.pk).values_list("engine_id", flat=True).first()
-    if not engine_id:
-        log.warning("agent call %s of task %s: the parent has no engine to report to", rep.call_id, parent.pk)
-        return
     # Short patience: this may run in an engine's loop (a child's end); if Redis stays away the
     # parent's call ends by its timeout (the child's budget plus a grace) with an error result.
-    report(engine_id, rep, patience_s=1.0)
+    report_to_engine_of(parent, rep, patience_s=1.0)
+
+
+def report_to_engine_of(task: Task, rep: CallReport, patience_s: float = 5.0) -> None:
+    """Hand a call's outcome to the engine holding `task` now (it may have moved since the call)."""
+    from workers.reporting import report
+
+    engine_id = Task.objects.filter(pk=task.pk).values_list("engine_id", flat=True).first()
+    if not engine_id:
+        log.warning("call %s of task %s: the task has no engine to report to", rep.call_id, task.pk)
+        return
+    report(engine_id, rep, patience_s=patience_s)
 
 
 def end_children(task: Task, reason: str) -> None:

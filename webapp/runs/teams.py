@@ -22,6 +22,7 @@ from django.conf import settings
 from engine.messages import CallReport, CallRequest
 from engine.tools import ToolSpec
 from webapp.core.validators import unstorable
+from webapp.runs.agents import report_to_engine_of
 from webapp.runs.models import Task
 
 SEND_MESSAGE = "send_message"
@@ -113,17 +114,9 @@ def deliver_message(request: CallRequest) -> None:
             send_message(mate, f"Message from {sender.member}: {text}")
         except (TaskNotRunning, ServiceUnavailable) as exc:
             problem = f"the message did not reach {to}: {exc}"
-    _report(sender, CallReport(sender.pk, request.call_id, "finished", "team", time.time(), ok=not problem,
+    report_to_engine_of(sender, CallReport(sender.pk, request.call_id, "finished", "team", time.time(), ok=not problem,
                                result=f"delivered to {to}" if not problem else None, error=problem,
                                error_type="invalid_arguments" if problem else ""))
-
-
-def _report(sender: Task, rep: CallReport) -> None:
-    from workers.reporting import report
-
-    engine_id = Task.objects.filter(pk=sender.pk).values_list("engine_id", flat=True).first()
-    if engine_id:
-        report(engine_id, rep)
 
 
 def teammates(task: Task) -> list[Task]:
