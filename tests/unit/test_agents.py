@@ -145,3 +145,18 @@ def test_the_api_and_the_trace_download_carry_the_tree(parent, helper_tool, redi
     assert alice_client.get(reverse("task_trace", args=[parent.pk])).json()["children"] == [child.pk]
     doc = alice_client.get(reverse("task_trace", args=[child.pk])).json()
     assert doc["parent"] == parent.pk and doc["parent_call_id"] == "c1"
+
+
+def test_the_compare_view_lists_each_runs_sub_agents(alice, helper_tool, redis_client, alice_client):
+    import uuid
+
+    from django.urls import reverse
+
+    group = uuid.uuid4()
+    runs = [Task.objects.create(owner=alice, prompt="p", model="smollm2-135m", mode=mode, compare_group=group,
+                                status="running", engine_id=ENGINE) for mode in ("sync", "sync_parallel", "async")]
+    start_child(call(runs[2], helper_tool))
+    (child,) = runs[2].children.all()
+    page = alice_client.get(reverse("compare", args=[group])).content.decode()
+    assert f'data-parent="{runs[2].pk}"' in page and reverse("task_detail", args=[child.pk]) in page
+    assert f'data-parent="{runs[0].pk}"' not in page
