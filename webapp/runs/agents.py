@@ -69,11 +69,10 @@ def check_agent_config(config: dict[str, Any]) -> None:
 
 
 def _child_tools(pack: str) -> list[dict[str, Any]]:
-    from webapp.tools.models import Tool
+    from webapp.tools.models import ToolPack
 
-    if not pack:
-        return []
-    return [t.spec().to_dict() for t in Tool.objects.filter(pack__name=pack, enabled=True)]
+    found = ToolPack.objects.filter(name=pack).first() if pack else None
+    return found.tool_specs() if found else []
 
 
 def start_child(request: CallRequest) -> None:

@@ -47,7 +47,7 @@ class MemberForm(forms.Form):
 
     def member(self) -> dict[str, Any]:
         data = self.cleaned_data
-        tools = [t.spec().to_dict() for t in data["pack"].tools.filter(enabled=True)] if data.get("pack") else []
+        tools = data["pack"].tool_specs() if data.get("pack") else []
         return {"name": data["name"], "role": data["role"], "model": data["model"], "mode": data["mode"],
                 "tools": tools}
 

@@ -16,6 +16,10 @@ class ToolPack(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def tool_specs(self) -> list[dict]:
+        """The snapshots of its enabled tools, as a task keeps them."""
+        return [t.spec().to_dict() for t in self.tools.filter(enabled=True)]
+
 
 class Tool(models.Model):
     class Kind(models.TextChoices):
