@@ -25,6 +25,18 @@ def pytest_configure(config):
     multiprocessing.set_start_method("spawn", force=True)
 
 
+@pytest.fixture(autouse=True)
+def fresh_channel_layer() -> Iterator[None]:
+    """Each test gets channel layers of its own: channels_redis keeps receive state (a lock, a
+    count, the loop) per layer, and a receive left over from an earlier test's event loop would
+    hold this test's consumer back."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
     """The real Redis on the tests' own database number, with the service's keys removed before

@@ -16,6 +16,11 @@ each injected token `inject_ms`; the prompt is free (latency is measured from th
 The cost is not slept: the sequence is busy for that long (`busy_s`), and the engine loop steps
 other tasks meanwhile and waits for the earliest one only when nothing else is ready.
 
+A sub-agent's prompt is its agent tool's fixed instruction plus the task its parent wrote. So that
+a parent's call stays as short as a real one, the instruction may carry several plans by key,
+`[plans] {"q1": {...}, "q2": {...}}`, and the task names one, `plan:q2`: the decoder follows the
+plan whose key the prompt names after the `[plans]` line.
+
 Tokens are chunks of up to four characters of text (about what a real tokenizer gives for code).
 """
 
@@ -36,6 +41,8 @@ EOS = 0
 VOCAB = 1 << 16
 CHUNK = 4
 PLAN = re.compile(r"\[plan\] (\{.*\})\s*(?:\n|<\|im_end\|>)")  # complete once its line ends
+PLANS = re.compile(r"\[plans\] (\{.*\})\s*(?:\n|<\|im_end\|>)")
+PLAN_KEY = re.compile(r"\bplan:([A-Za-z0-9_-]{1,64})(?=[^A-Za-z0-9_-])")  # whole: the prompt comes in chunks
 INJECTED = re.compile(r"\[INTR\]\s*([A-Za-z_][A-Za-z0-9_]*)\s*\[HEAD\]")
 # The plan comes from a prompt: its charges are capped, so no step holds the engine loop long.
 LIMITS_MS = {"token_ms": 200.0, "inject_ms": 50.0}
@@ -70,12 +77,7 @@ class SimulatedSequence(Sequence):
         text = self.backend.detokenize(foreign)
         if self.plan is None:
             self.prompt_text += text
-            match = PLAN.search(self.prompt_text)
-            if match:
-                try:
-                    self.plan = _checked(json.loads(match.group(1)))
-                except json.JSONDecodeError as exc:
-                    raise BackendError(f"the [plan] line is not valid JSON: {exc}") from None
+            self.plan = _plan_in(self.prompt_text)
         else:
             # A long frame arrives in chunks: a marker may straddle two of them.
             window = self.frame_tail + text
@@ -92,7 +94,8 @@ class SimulatedSequence(Sequence):
 
     def logits(self) -> np.ndarray:
         if self.plan is None:
-            raise BackendError("the simulated decoder needs a [plan] line in the prompt")
+            raise BackendError("the simulated decoder needs a [plan] line in the prompt (or a [plans] line "
+                               "and a plan:KEY naming one of them)")
         if not self.queue:
             self.queue = self.backend.tokenize(self._next_piece()) or [EOS]
         token = self.queue.pop(0)
@@ -164,6 +167,31 @@ class SimulatedBackend(LocalBackend):
 
     def open_sequence(self, prompt_ids: Seq[int] = ()) -> SimulatedSequence:
         return SimulatedSequence(self)
+
+
+def _plan_in(prompt: str) -> dict[str, Any] | None:
+    """The plan the prompt holds so far: a whole `[plan]` line, or the plan of a `[plans]` line
+    that a later `plan:KEY` names (None until one is complete)."""
+    match = PLAN.search(prompt)
+    if match:
+        return _checked(_json(match.group(1), "[plan]"))
+    match = PLANS.search(prompt)
+    if not match:
+        return None
+    plans = _json(match.group(1), "[plans]")
+    if not isinstance(plans, dict):
+        raise BackendError("the [plans] line must map keys to plans")
+    for key in PLAN_KEY.findall(prompt[match.end():]):
+        if key in plans:
+            return _checked(plans[key])
+    return None
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BackendError(f"the {what} line is not valid JSON: {exc}") from None
 
 
 def _checked(plan: Any) -> dict[str, Any]:

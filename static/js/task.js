@@ -68,6 +68,49 @@
     detail.textContent = T.describeInjection(tr, inj);
   }
 
+  // ---- lanes: the team, or this task and its sub-agents, on one clock ------------------------
+  const lanesSvg = document.getElementById("agent-lanes");
+  const lanes = new Map();  // task id -> {info, trace, anchor}
+  const laneRunning = lane => lane.trace.status === "running" && !lane.trace.finish;
+
+  function laneNow(lane) {
+    if (lane.info.current) return nowT();
+    return lane.anchor && !lane.trace.finish ? lane.anchor.t + (performance.now() - lane.anchor.at) : 0;
+  }
+
+  function addLanes(infos) {
+    infos.forEach(function (info) {
+      let lane = lanes.get(info.id);
+      if (!lane) {
+        lane = {info: info, trace: info.current ? trace : new T.Trace(), anchor: null};
+        lanes.set(info.id, lane);
+        if (!info.current) {
+          T.follow(info.ws_path, lane.trace, {onEvents: function (events) {
+            lane.anchor = {t: events[events.length - 1].t_ms, at: performance.now()};
+            schedule();
+          }});
+        }
+      }
+      lane.info = info;
+    });
+  }
+
+  // New sub-agents and late starts show up while anything here still runs.
+  function pollLanes() {
+    const done = trace.finish && Array.from(lanes.values()).every(l => l.trace.finish);
+    if (done) return;
+    fetch(lanesSvg.dataset.lanesUrl, {credentials: "same-origin"})
+      .then(r => (r.ok ? r.json() : null))
+      .then(function (data) { if (data) { addLanes(data.lanes); schedule(); } })
+      .catch(function () {})
+      .then(function () { setTimeout(pollLanes, 3000); });
+  }
+
+  function drawAgentLanes() {
+    T.drawLanes(lanesSvg, Array.from(lanes.values()).map(l => ({label: l.info.label, url: l.info.url,
+      current: l.info.current, trace: l.trace, offset: l.info.offset_ms, nowT: laneNow(l)})));
+  }
+
   function draw() {
     if (dirty) {
       T.drawStream(output, trace);
@@ -75,10 +118,13 @@
       dirty = false;
     }
     T.drawTimeline(svg, trace, {nowT: nowT(), onSelect: select});
+    if (lanesSvg) drawAgentLanes();
     showMetrics(trace.metrics(nowT()));
   }
 
-  const schedule = T.redrawer(draw, function () { return !trace.finish && anchor && trace.status === "running"; });
+  const schedule = T.redrawer(draw, function () {
+    return (!trace.finish && anchor && trace.status === "running") || Array.from(lanes.values()).some(laneRunning);
+  });
 
   function onEvents(events) {
     dirty = true;
@@ -125,6 +171,10 @@
     onCall: function () { dirty = true; schedule(); },
     onState: function (state) { if (!trace.finish) liveEl.textContent = state; },
   });
+  if (lanesSvg) {
+    addLanes(JSON.parse(document.getElementById("initial-lanes").textContent));
+    setTimeout(pollLanes, 3000);
+  }
   window.addEventListener("resize", function () { dirty = true; schedule(); });
-  if (document.body.dataset.testHooks !== undefined) window.asynclmTrace = trace;
+  if (document.body.dataset.testHooks !== undefined) { window.asynclmTrace = trace; window.asynclmLanes = lanes; }
 })();

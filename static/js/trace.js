@@ -201,38 +201,51 @@
   function fmt(ms) { return ms >= 1000 ? (ms / 1000).toFixed(ms >= 10000 ? 0 : 1) + " s" : Math.round(ms) + " ms"; }
 
   // Draws `trace` into `svg`; `opts.maxT` shares one axis between several timelines.
-  function drawTimeline(svg, trace, opts) {
-    opts = opts || {};
+  // Clears `svg`, sizes it for `rows` lanes and draws the time axis up to `maxT`; returns the
+  // function from a time (ms) to an x coordinate.
+  function axis(svg, rows, maxT) {
     const width = Math.max(480, svg.parentNode.clientWidth || 900);
-    const calls = Array.from(trace.calls.values());
-    const rows = 1 + calls.length;
     const height = AXIS_H + rows * ROW_H + 6;
-    const maxT = Math.max(opts.maxT || 0, trace.endT(opts.nowT), 1);
     const plotW = width - LABEL_W - 10;
     const x = t => LABEL_W + Math.max(0, t) / maxT * plotW;
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     svg.setAttribute("viewBox", "0 0 " + width + " " + height);
     svg.setAttribute("width", width);
     svg.setAttribute("height", height);
-
     const step = niceStep(maxT);
     for (let t = 0; t <= maxT + 1e-9; t += step) {
       el("line", {x1: x(t), x2: x(t), y1: AXIS_H - 4, y2: height, class: "grid"}, svg);
       el("text", {x: x(t), y: AXIS_H - 8, class: "tick"}, svg).textContent = fmt(t);
     }
-    const rowY = i => AXIS_H + i * ROW_H;
-    el("text", {x: 4, y: rowY(0) + 17, class: "lane-label"}, svg).textContent = "model";
-    const end = trace.endT(opts.nowT);
+    return x;
+  }
+
+  const rowY = i => AXIS_H + i * ROW_H;
+
+  // The decode lane of `trace` in row `row`, shifted right by `offset` ms: its states and the
+  // messages it received.
+  function decodeLane(svg, trace, x, row, offset, nowT) {
+    const end = trace.endT(nowT);
     trace.segments.forEach(s => {
       const s1 = s.end === null ? end : s.end;
-      el("rect", {x: x(s.start), y: rowY(0) + 4, width: Math.max(1, x(s1) - x(s.start)), height: ROW_H - 8,
-        class: "seg seg-" + s.state}, svg, STATE_TITLES[s.state] + ": " + fmt(s.start) + " → " + fmt(s1));
+      el("rect", {x: x(offset + s.start), y: rowY(row) + 4, width: Math.max(1, x(offset + s1) - x(offset + s.start)),
+        height: ROW_H - 8, class: "seg seg-" + s.state}, svg, STATE_TITLES[s.state] + ": " + fmt(s.start) + " → " + fmt(s1));
     });
     trace.messages.forEach(m => {
-      const cx = x(m.t), cy = rowY(0) + ROW_H / 2;
+      const cx = x(offset + m.t), cy = rowY(row) + ROW_H / 2;
       el("path", {d: `M${cx} ${cy - 7} L${cx + 6} ${cy} L${cx} ${cy + 7} L${cx - 6} ${cy} Z`, class: "mark-message"},
-        svg, "your message at " + fmt(m.t) + ": " + m.text);
+        svg, "message at " + fmt(m.t) + ": " + m.text);
     });
+  }
+
+  function drawTimeline(svg, trace, opts) {
+    opts = opts || {};
+    const calls = Array.from(trace.calls.values());
+    const x = axis(svg, 1 + calls.length, Math.max(opts.maxT || 0, trace.endT(opts.nowT), 1));
+    const height = AXIS_H + (1 + calls.length) * ROW_H + 6;
+    el("text", {x: 4, y: rowY(0) + 17, class: "lane-label"}, svg).textContent = "model";
+    const end = trace.endT(opts.nowT);
+    decodeLane(svg, trace, x, 0, 0, opts.nowT);
 
     calls.forEach((c, i) => {
       const y = rowY(i + 1);
@@ -267,6 +280,26 @@
       const show = () => { if (opts.onSelect) opts.onSelect(trace, inj); };
       g.addEventListener("click", show);
       g.addEventListener("keydown", ev => { if (ev.key === "Enter") show(); });
+    });
+  }
+
+  // Several tasks on one clock (a team, or a task and its sub-agents), one decode lane each:
+  // lanes are [{label, url, current, trace, offset (ms; null while it waits for an engine), nowT}].
+  function drawLanes(svg, lanes) {
+    const placed = lanes.filter(l => l.offset !== null);
+    const x = axis(svg, lanes.length, Math.max(1, ...placed.map(l => l.offset + l.trace.endT(l.nowT))));
+    lanes.forEach((l, i) => {
+      const link = el("a", {href: l.url, class: "lane-link" + (l.current ? " current" : "")}, svg);
+      el("text", {x: 4, y: rowY(i) + 17, class: "lane-label"}, link).textContent = l.label.slice(0, 22);
+      if (l.offset === null) {
+        el("text", {x: LABEL_W, y: rowY(i) + 17, class: "tick lane-waiting"}, svg).textContent = "waiting for an engine";
+        return;
+      }
+      decodeLane(svg, l.trace, x, i, l.offset, l.nowT);
+      l.trace.injections.forEach(inj => {
+        el("line", {x1: x(l.offset + inj.t), x2: x(l.offset + inj.t), y1: rowY(i) + 2, y2: rowY(i) + ROW_H - 2,
+          class: "mark-line"}, svg, "injected at " + fmt(inj.t));
+      });
     });
   }
 
@@ -440,7 +473,7 @@
     return schedule;
   }
 
-  window.AsyncLMTrace = {Trace: Trace, drawTimeline: drawTimeline, drawStream: drawStream, follow: follow,
+  window.AsyncLMTrace = {Trace: Trace, drawTimeline: drawTimeline, drawLanes: drawLanes, drawStream: drawStream, follow: follow,
     describeInjection: describeInjection, fmt: fmt, redrawer: redrawer, union: union, overlap: overlap,
     kinds: K, handledKinds: function () { return Object.keys(HANDLERS); }};
 })();

@@ -1,5 +1,6 @@
 """A team from the browser: the New team page starts one task per member; each member's page
-names its teammates and links to them, and both run to their end on a real engine."""
+names its teammates, links to them and draws every member as a lane on one clock, and both run
+to their end on a real engine."""
 
 import re
 
@@ -35,6 +36,14 @@ def test_a_team_starts_from_its_page_and_members_link_to_each_other(page, web_se
     for task in (picker, checker):
         wait_for(lambda t=task: Task.objects.get(pk=t.pk).is_final, 90, f"{task.member} to end")
     expect(page.locator("#status")).to_have_text("finished", timeout=30_000)
+    # Both members on one clock: a lane each, with the decoding drawn in both rows.
+    lanes = page.locator("#agent-lanes")
+    expect(lanes.locator("a.lane-link")).to_have_count(2)
+    expect(lanes.locator("a.lane-link.current")).to_contain_text("checker")
+    page.wait_for_function("new Set(Array.from(document.querySelectorAll('#agent-lanes rect.seg-decoding'))"
+                           ".map(r => r.getAttribute('y'))).size === 2", timeout=30_000)
+    lanes.locator("a.lane-link", has_text="picker").click()
+    expect(page).to_have_url(re.compile(rf"/tasks/{picker.pk}/$"))
 
 
 def test_a_bad_team_is_explained_and_the_input_kept(page, web_server, alice, redis_client):

@@ -53,6 +53,30 @@ def test_a_parent_on_a_one_slot_engine_gets_its_sub_agents_answer(start_engine, 
     assert child.started_at is not None and child.started_at < Task.objects.get(pk=parent.pk).finished_at
 
 
+def test_a_parent_and_its_sub_agents_run_on_two_engines(start_engine, celery_worker_proc, alice, helper):
+    # Engine A may hold one task (the parent), so both children go to engine B, while A's parent
+    # keeps decoding: its second call is written while the first child runs.
+    start_engine("engine-parent", preload="simulated", ASYNCLM_ENGINE_MAX_ACTIVE="1", ASYNCLM_ENGINE_MAX_HELD="1")
+    calls = [{"id": f"c{i}", "call": f"ask_helper(task='Weather in {city}?')", "e": 500, "after": None}
+             for i, city in ((1, "Paris"), (2, "Rome"))]
+    parent = submit_task(alice, prompt=parent_prompt(calls), model="simulated", mode="async", max_tokens=200,
+                         tools=[helper.spec().to_dict()])
+    wait_for(lambda: Task.objects.get(pk=parent.pk).engine_id == "engine-parent", 30, "the parent to start")
+    start_engine("engine-children", preload="simulated")
+    wait_for(lambda: Task.objects.get(pk=parent.pk).is_final, 60, "the parent to end")
+    parent.refresh_from_db()
+    assert parent.status == "finished", parent.status_reason
+    assert parent.engine_id == "engine-parent"
+    children = list(parent.children.order_by("parent_call_id"))
+    assert [(c.parent_call_id, c.status, c.engine_id) for c in children] == [
+        ("c1", "finished", "engine-children"), ("c2", "finished", "engine-children")]
+    results = TraceEvent.objects.filter(task=parent, kind="call_result")
+    assert sorted(r.payload["call_id"] for r in results if r.payload["ok"]) == ["c1", "c2"]
+    first_dispatch = TraceEvent.objects.filter(task=parent, kind="call_dispatched").order_by("seq").first()
+    second_call = TraceEvent.objects.get(task=parent, kind="call_decoded", payload__call_id="c2")
+    assert first_dispatch.payload["call_id"] == "c1" and first_dispatch.seq < second_call.seq
+
+
 def test_a_sub_agent_that_fails_gives_the_parent_an_error_result(start_engine, celery_worker_proc, alice, helper):
     helper.config = {**HELPER_CONFIG, "model": "qwen2.5-coder-1.5b"}  # not loaded here: the child fails
     helper.save()

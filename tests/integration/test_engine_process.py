@@ -22,10 +22,12 @@ def submit(user, model: str, prompt: str = "Count from one to twenty in words.",
 
 async def receive_until_finish(communicator) -> list[dict]:
     received: list[dict] = []
-    while not received or received[-1]["kind"] != "finish":
-        message = await communicator.receive_json_from(timeout=60)
-        received += message.get("events", [])
-    await communicator.disconnect()
+    try:
+        while not received or received[-1]["kind"] != "finish":
+            message = await communicator.receive_json_from(timeout=60)
+            received += message.get("events", [])
+    finally:
+        await communicator.disconnect()
     return received
 
 

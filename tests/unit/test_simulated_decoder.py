@@ -19,10 +19,11 @@ PLAN = {"calls": [{"id": "a", "call": "f(x=1)", "e": 50, "after": None},
         "final": "All three are done.", "token_ms": 0, "inject_ms": 0}
 
 
-def run(mode: str, plan=PLAN, results=None):
+def run(mode: str, plan=PLAN, results=None, prompt=None):
     backend = SimulatedBackend(get_model("simulated"))
     scheduler = Scheduler(lambda name: backend)
-    sub = TaskSubmission(1, "simulated", f"question\n[plan] {json.dumps(plan)}", 400, time.time(), mode=mode,
+    prompt = f"question\n[plan] {json.dumps(plan)}" if prompt is None else prompt
+    sub = TaskSubmission(1, "simulated", prompt, 400, time.time(), mode=mode,
                          tools=[F.to_dict()], budgets=Budgets())
     events = scheduler.submit(sub)
     for _ in range(2000):
@@ -88,6 +89,18 @@ def test_a_prompt_without_a_plan_fails_the_task_with_the_reason():
     for _ in range(10):
         events += scheduler.step()
     assert events[-1].payload["status"] == "failed" and "[plan]" in events[-1].payload["reason"]
+
+
+def test_a_sub_agent_follows_the_plan_its_task_names_among_its_instructions_plans():
+    other = {**PLAN, "calls": PLAN["calls"][:1], "final": "Only a."}
+    plans = json.dumps({"q1": other, "q12": PLAN})
+    events = run("async", prompt=f"You answer one sub-question.\n[plans] {plans}\n\nplan:q12 Find b.")
+    assert order(events, "call_decoded") == ["b", "a", "c"]
+    assert events[-1].payload["text"].endswith("All three are done.")
+    events = run("async", prompt=f"You answer.\n[plans] {plans}\n\nplan:q1 Find a.")
+    assert order(events, "call_decoded") == ["a"] and events[-1].payload["text"].endswith("Only a.")
+    events = run("async", prompt=f"You answer.\n[plans] {plans}\n\nplan:q7 Unknown.")
+    assert events[-1].payload["status"] == "failed" and "plan:KEY" in events[-1].payload["reason"]
 
 
 def test_a_plan_asking_for_a_slow_decoder_is_refused_with_the_reason():

@@ -222,6 +222,58 @@ def test_the_trace_downloads_as_json_for_its_owner_only(alice_client, alice, bob
     assert alice_client.get(reverse("task_trace", args=[theirs.pk])).status_code == 404
 
 
+def test_the_trace_download_holds_the_sub_agents_traces(alice_client, alice):
+    from webapp.runs.models import TraceEvent
+
+    parent = Task.objects.create(owner=alice, prompt="p", model="m", status="finished")
+    child = Task.objects.create(owner=alice, prompt="c", model="m", status="finished", parent=parent,
+                                parent_call_id="c1", depth=1)
+    grandchild = Task.objects.create(owner=alice, prompt="g", model="m", status="failed", parent=child,
+                                     parent_call_id="c2", depth=2)
+    TraceEvent.objects.create(task=grandchild, seq=1, t_ms=3.0, kind="token", payload={"text": "deep"})
+    doc = alice_client.get(reverse("task_trace", args=[parent.pk])).json()
+    [sub] = doc["sub_agents"]
+    assert (sub["id"], sub["parent"], sub["parent_call_id"]) == (child.pk, parent.pk, "c1")
+    [deeper] = sub["sub_agents"]
+    assert deeper["id"] == grandchild.pk and deeper["events"][0]["payload"] == {"text": "deep"}
+    assert "exported_at" in doc and "exported_at" not in sub
+
+
+def test_a_task_with_sub_agents_shows_them_as_lanes_on_one_clock(alice_client, alice, bob):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    t0 = timezone.now()
+    parent = Task.objects.create(owner=alice, prompt="p", model="m", status="running", started_at=t0)
+    Task.objects.create(owner=alice, prompt="c", model="m", status="running", parent=parent, parent_call_id="c1",
+                        depth=1, started_at=t0 + timedelta(milliseconds=1500))
+    Task.objects.create(owner=alice, prompt="c", model="m", status="queued", parent=parent, parent_call_id="c2",
+                        depth=1)
+    page = alice_client.get(reverse("task_detail", args=[parent.pk])).content.decode()
+    assert 'id="agent-lanes"' in page and "Sub-agents" in page
+    lanes = alice_client.get(reverse("task_lanes", args=[parent.pk])).json()["lanes"]
+    assert [(lane["label"], lane["offset_ms"], lane["current"]) for lane in lanes] == [
+        ("this task", 0.0, True), (f"c1 → task {parent.pk + 1}", 1500.0, False),
+        (f"c2 → task {parent.pk + 2}", None, False)]
+    assert lanes[1]["ws_path"] == f"/ws/tasks/{parent.pk + 1}/"
+    lonely = Task.objects.create(owner=alice, prompt="p", model="m")
+    assert 'id="agent-lanes"' not in alice_client.get(reverse("task_detail", args=[lonely.pk])).content.decode()
+    theirs = Task.objects.create(owner=bob, prompt="p", model="m")
+    assert alice_client.get(reverse("task_lanes", args=[theirs.pk])).status_code == 404
+
+
+def test_a_team_members_page_draws_every_member(alice_client, alice):
+    import uuid
+
+    team = uuid.uuid4()
+    ids = [Task.objects.create(owner=alice, prompt="p", model="m", team=team, member=name).pk
+           for name in ("planner", "critic")]
+    lanes = alice_client.get(reverse("task_lanes", args=[ids[1]])).json()["lanes"]
+    assert [(lane["id"], lane["label"], lane["current"]) for lane in lanes] == [
+        (ids[0], "planner", False), (ids[1], "critic", True)]
+
+
 def test_the_message_box_sends_to_the_engine_and_explains_refusals(alice_client, alice, redis_client):
     from engine.keys import inbox_stream
 

@@ -68,10 +68,12 @@ class Setup:
 
 @dataclass
 class Services:
-    """Redis, an engine with the benchmark's model and a Celery worker, all for the benchmark."""
+    """Redis, engines with the benchmark's model (one unless told) and a Celery worker, all for the
+    benchmark."""
 
     log_dir: Path
     model: str = "simulated"
+    engines: int = 1
     worker_concurrency: int = 12
     redis_db: int = BENCH_REDIS_DB
     redis_url: str = ""
@@ -99,9 +101,12 @@ class Services:
         client.flushdb()
         env = service_env(self.redis_url, ASYNCLM_TEST_REDIS_DB=str(self.redis_db), LOG_LEVEL="WARNING")
         self.engine_id = f"bench-engine-{os.getpid()}"
-        say(f"starting an engine and a Celery worker ({self.worker_concurrency} processes) on {self.redis_url}")
+        say(f"starting {self.engines} engine(s) and a Celery worker ({self.worker_concurrency} processes) on "
+            f"{self.redis_url}")
         try:
-            self.procs.append(start_engine(self.engine_id, self.model, env, self.log_dir, client, "--max-active", "8"))
+            for n in range(self.engines):
+                engine_id = self.engine_id if n == 0 else f"{self.engine_id}-{n + 1}"
+                self.procs.append(start_engine(engine_id, self.model, env, self.log_dir, client, "--max-active", "8"))
             self.procs.append(start_worker(f"bench-worker-{os.getpid()}@localhost", env, self.log_dir, client,
                                            concurrency=self.worker_concurrency, loglevel="WARNING"))
         except ProcessError as exc:

@@ -51,9 +51,10 @@ def events_after(task: Task, after: int, limit: int) -> list[dict[str, Any]]:
     return [{"seq": e.seq, "t_ms": e.t_ms, "kind": e.kind, "payload": e.payload} for e in rows]
 
 
-def trace_document(task: Task, *, with_config: bool = False) -> dict[str, Any]:
-    """Everything about one task: its settings and tool snapshot, calls and every trace event. A
-    tool's `config` (URLs, entry points, instance state) only for staff (`with_config`)."""
+def trace_document(task: Task, *, with_config: bool = False, stamp: bool = True) -> dict[str, Any]:
+    """Everything about one task: its settings and tool snapshot, calls, every trace event and its
+    sub-agents' traces. A tool's `config` (URLs, entry points, instance state) only for staff
+    (`with_config`)."""
     doc = task_document(task)
     doc["tool_specs"] = task.tools if with_config else [{k: v for k, v in t.items() if k != "config"}
                                                        for t in task.tools]
@@ -61,5 +62,13 @@ def trace_document(task: Task, *, with_config: bool = False) -> dict[str, Any]:
         doc["instances"] = task.instances  # named instances' starting states
     doc["events"] = [{"seq": e.seq, "t_ms": e.t_ms, "kind": e.kind, "payload": e.payload}
                      for e in task.events.order_by("seq").iterator(chunk_size=2000)]
-    doc["exported_at"] = timezone.now()
+    # The tree: each sub-agent's whole trace, nested (depth and fan-out are capped at submission).
+    doc["sub_agents"] = [trace_document(child, with_config=with_config, stamp=False)
+                         for child in task.children.order_by("pk")]
+    if task.team:
+        doc["teammates"] = [{"id": t.pk, "member": t.member, "status": t.status}
+                            for t in Task.objects.filter(team=task.team, owner=task.owner).exclude(pk=task.pk)
+                            .order_by("pk")]
+    if stamp:
+        doc["exported_at"] = timezone.now()
     return doc

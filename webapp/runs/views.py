@@ -13,6 +13,7 @@ from webapp.core.redis import ServiceUnavailable, read_health
 from webapp.core.validators import unstorable
 from webapp.runs.export import trace_document
 from webapp.runs.forms import TaskFilterForm, TaskForm
+from webapp.runs.lanes import lanes
 from webapp.runs.models import Task
 from webapp.runs.submit import (
     TaskNotRunning,
@@ -85,6 +86,13 @@ def task_trace(request, pk: int):
 
 
 @login_required
+def task_lanes(request, pk: int):
+    """The page polls this while any lane runs: sub-agents appear as their parent starts them."""
+    task = get_object_or_404(Task, pk=pk, owner=request.user)
+    return JsonResponse({"lanes": lanes(task)})
+
+
+@login_required
 @require_POST
 def task_message(request, pk: int):
     task = get_object_or_404(Task, pk=pk, owner=request.user)
@@ -125,6 +133,7 @@ def task_detail(request, pk: int):
                        "be marked failed when an engine starts again.")
     return render(request, "runs/task_detail.html",
                   {"task": task, "engine_warning": warning, "calls": task.calls.all(), "teammates": teammates(task),
+                   "lanes": lanes(task),
                    "sync_twin": sync_twin(task), "max_message_chars": settings.ASYNCLM_MAX_MESSAGE_CHARS})
 
 

@@ -21,6 +21,7 @@ from django.db import connections
 from engine.backends.base import BackendError
 from engine.catalog import UnknownModel, get_model
 from engine.modelfiles import ModelFileError
+from webapp.bench.agents_command import KS, parse_ks, run_agents
 from webapp.bench.plot import plot
 from webapp.bench.report import markdown, profile_of, summarize
 from webapp.bench.runner import BENCH_REDIS_DB, BenchError, Services, Setup, measure, run_scenario
@@ -82,11 +83,20 @@ class Command(BaseCommand):
         parser.add_argument("--token-ms", type=float, default=10.0, help="simulated decoder: ms per generated token")
         parser.add_argument("--inject-ms", type=float, default=None,
                             help="simulated decoder: ms per injected token (default a tenth of --token-ms)")
-        parser.add_argument("--limit", type=int, default=20, help="scenarios per dataset")
+        parser.add_argument("--limit", type=int, default=None,
+                            help="scenarios per dataset (default 20), or per k with --agents (default 3)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--concurrency", type=int, default=1,
                             help="scenarios run at once (1: one after another; concurrent runs on 2 cores distort "
                                  "each other's latencies)")
+        parser.add_argument("--agents", action="store_true",
+                            help="the sub-agent benchmark instead of BFCL: an orchestrator delegates k "
+                                 "sub-questions to a sub-agent tool (report under --out/agents)")
+        parser.add_argument("--ks", default=",".join(map(str, KS)),
+                            help="--agents: the numbers of sub-questions (default %(default)s)")
+        parser.add_argument("--engines", type=int, default=None,
+                            help="--agents: engine processes (default: one per agent, the parent and its largest "
+                                 "k children)")
         parser.add_argument("--out", default=str(settings.ASYNCLM_BENCH_DIR))
         parser.add_argument("--redis-db", type=int, default=BENCH_REDIS_DB,
                             help=f"the Redis database the benchmark's engine and worker use, emptied at the start "
@@ -104,11 +114,14 @@ class Command(BaseCommand):
         if opts["remeasure"]:
             return self._remeasure(Path(opts["out"]))
         datasets, modes = _csv(opts["datasets"], ALL_DATASETS, "datasets"), _csv(opts["modes"], MODES, "modes")
+        opts["limit"] = opts["limit"] if opts["limit"] is not None else 3 if opts["agents"] else 20
         if opts["concurrency"] < 1 or opts["limit"] < 1:
             raise CommandError("--concurrency and --limit must be at least 1")
         if not 1 <= opts["redis_db"] <= 15:
             raise CommandError("--redis-db must be 1-15 (the benchmark empties it; never database 0)")
         setup = self._setup(opts)
+        if opts["agents"]:
+            return self._agents(setup, modes, opts)
         if HUMAN_MESSAGE in datasets and setup.decoder != "embedded":
             raise CommandError(f"{HUMAN_MESSAGE} needs a real model (--decoder embedded): the simulated decoder "
                                "follows a fixed plan and cannot take up a message")
@@ -151,6 +164,19 @@ class Command(BaseCommand):
                   "machine": platform.node(), "git_commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "parts": [*previous_parts, part]}
         self._write(out_dir, params, rows, f"in {part['seconds']} s")
+
+    def _agents(self, setup: Setup, modes: list[str], opts: dict[str, Any]) -> None:
+        if opts["engines"] is not None and not 1 <= opts["engines"] <= 16:
+            raise CommandError("--engines must be from 1 to 16")
+        try:
+            ks = parse_ks(opts["ks"])
+            report = run_agents(setup, modes, ks, opts["limit"], opts["engines"], Path(opts["out"]) / "agents",
+                                opts["append"], _commit(), self.stdout.write, redis_db=opts["redis_db"])
+        except (ValueError, BenchError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(report)
+        self.stdout.write(self.style.SUCCESS(f"saved {Path(opts['out']) / 'agents'}/agents.json, agents.md, "
+                                             "agents.jsonl"))
 
     def _write(self, out_dir: Path, params: dict[str, Any], rows: list[dict[str, Any]], how: str) -> None:
         params["decoder"] = " + ".join(dict.fromkeys(p["label"] for p in params["parts"]))
