@@ -99,7 +99,10 @@ class Services:
             raise BenchError(f"another benchmark is running on Redis database {self.redis_db} ({', '.join(running)}): "
                              "wait for it to end, or pass --redis-db with a free database")
         client.flushdb()
-        env = service_env(self.redis_url, ASYNCLM_TEST_REDIS_DB=str(self.redis_db), LOG_LEVEL="WARNING")
+        # Its own processes for its own user: sub-agents are tasks, and a run starts more of them
+        # than a person may (the per-user rate and open-task cap would refuse the later ones).
+        env = service_env(self.redis_url, ASYNCLM_TEST_REDIS_DB=str(self.redis_db), LOG_LEVEL="WARNING",
+                          ASYNCLM_TASK_RATE="100000/m", ASYNCLM_MAX_OPEN_TASKS_PER_USER="1000")
         self.engine_id = f"bench-engine-{os.getpid()}"
         say(f"starting {self.engines} engine(s) and a Celery worker ({self.worker_concurrency} processes) on "
             f"{self.redis_url}")
