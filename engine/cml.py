@@ -20,6 +20,16 @@ OPENERS = (CALL, TRAP, INTR)
 MARKERS = (CALL, HEAD, END, TRAP, INTR)
 MAX_BLOCK_CHARS = 4000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Injected frames are neutralised (no marker inside), so a block ends at its first [END].
+_BLOCKS = re.compile(r"\[(?:CALL|INTR)\][\s\S]*?\[END\]|\[TRAP\]\s*\[END\]"
+                     r"|<\|im_end\|>\s*<\|im_start\|>user[\s\S]*?<\|im_end\|>\s*<\|im_start\|>assistant"
+                     r"|<\|im_(?:start|end)\|>")
+
+
+def prose(text: str) -> str:
+    """What a model wrote outside its calls, traps, injected frames and the messages it was sent:
+    a sub-agent's answer as its caller should read it."""
+    return " ".join(_BLOCKS.sub(" ", text).split())
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cml import CallComplete, CallOpened, CallSyntaxError, Future, Malformed, Monitor, Text, Trap, parse_call
+from engine.cml import (
+    CallComplete,
+    CallOpened,
+    CallSyntaxError,
+    Future,
+    Malformed,
+    Monitor,
+    Text,
+    Trap,
+    parse_call,
+    prose,
+)
 
 
 def feed_all(chunks) -> list:
@@ -134,3 +145,11 @@ def test_it_refuses_arguments_that_are_not_json_values(argument, why):
 
 def test_it_reads_tuples_as_lists_and_keeps_json_values():
     assert parse_call('f((1, 2.5), b={"k": [None, True, "s"]})') == ("f", [[1, 2.5]], {"b": {"k": [None, True, "s"]}})
+
+
+def test_prose_is_what_the_model_wrote_outside_calls_frames_and_turns():
+    text = ("Let me look. [CALL] c1 [HEAD] lookup(query='a') [END] [TRAP][END] [INTR] c1 [HEAD] "
+            "{\"fact\": 993, \"note\": \"(END) not a marker\"} [END] The fact is 993."
+            "<|im_end|>\n<|im_start|>user\nAlso b?<|im_end|>\n<|im_start|>assistant\nAnd b is 7.")
+    assert prose(text) == "Let me look. The fact is 993. And b is 7."
+    assert prose("[CALL] c1 [HEAD] f() [END]") == ""

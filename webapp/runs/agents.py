@@ -7,7 +7,8 @@ any engine can run it and no worker waits for it. When the child ends, its engin
 end and calls `on_task_final`, which hands the outcome to the engine now holding the parent, as
 a worker reports a result. The child is a durable task: if an engine dies, the child is resumed
 or failed like any task, and exactly one outcome reaches the parent (one child per (parent,
-call id), and the engine resolves a call once).
+call id), and the engine resolves a call once). The parent gets the child's answer: what it wrote
+outside its own calls and the results injected into it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from engine.catalog import UnknownModel, get_model
+from engine.cml import prose
 from engine.messages import CallReport, CallRequest
 from webapp.runs.models import Task
 
@@ -133,7 +135,7 @@ def report_outcome(child: Task, error: str = "") -> None:
     ok = child.status == Task.Status.FINISHED and not error
     reason = error or child.status_reason or f"the sub-agent's task {child.status}"
     _report(parent, CallReport(parent.pk, child.parent_call_id, "finished", f"agent-task-{child.pk}", time.time(),
-                               ok=ok, result=child.final_text if ok else None,
+                               ok=ok, result=(prose(child.final_text) or child.final_text) if ok else None,
                                error="" if ok else f"sub-agent task {child.pk} {child.status}: {reason}",
                                error_type="" if ok else "agent_failed"))
 
