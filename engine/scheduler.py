@@ -209,6 +209,8 @@ class Scheduler:
                 self._ready.append(run.task_id)  # its sequence is still busy: the others go first
                 tried += 1
                 if tried >= len(self._ready):
+                    # Every runnable task has queued its work: a batching backend evaluates it now.
+                    self.worked = self.local.flush()
                     return drained
                 continue
             try:

@@ -155,6 +155,12 @@ class LocalBackend(Backend):
         """A fresh KV state for a task. It may already hold a prefix of `prompt_ids` (a reused
         cache): the caller evaluates only `prompt_ids[seq.n_tokens:]`."""
 
+    def flush(self) -> bool:
+        """A batching backend queues appends and evaluates them together here, once every
+        runnable task has queued its work (its sequences are busy until then). Returns whether
+        there was work. Others evaluate in `append`."""
+        return False
+
 
 class RemoteBackend(Backend):
     """A server samples for itself (SGLang): the engine submits contexts and reads streams."""

@@ -123,27 +123,12 @@ class LlamaCppBackend(LocalBackend):
         return llama
 
     def _apply_adapter(self, llama: Any) -> None:
-        """Load the LoRA adapter into this context's model and apply it to the context."""
-        import llama_cpp
-
         assert self._adapter_path is not None
-        log: list[str] = []
-        with _llama_log_to(log):  # llama.cpp's reasons, and not a warning per tensor on stderr
-            adapter = llama_cpp.llama_adapter_lora_init(llama._model.model, self._adapter_path.encode())
-        if not adapter:
-            llama.close()
-            errors = " ".join(line.strip() for line in log if "error" in line.lower() or "fail" in line.lower())
-            raise BackendError(
-                f"could not load adapter {self._adapter_path} for {self.spec.name}: llama.cpp refused it "
-                f"(not a GGUF LoRA adapter, or made for another base model): {errors or 'no reason given'}"
-            )
-        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
-        scales = (ctypes.c_float * 1)(self._adapter_scale)
-        if llama_cpp.llama_set_adapters_lora(llama._ctx.ctx, adapters, 1, scales) != 0:
+        try:
+            apply_adapter(llama, llama._ctx.ctx, self._adapter_path, self._adapter_scale, self.spec.name)
+        except BackendError:
             llama.close()  # frees the model, which frees its adapters
-            raise BackendError(f"could not apply adapter {self._adapter_path} to a context of {self.spec.name}")
-        # Owned by this context's model (freed with it); kept here so it is plain which one applies.
-        llama._asynclm_adapter = adapter
+            raise
 
     @property
     def n_ctx(self) -> int:
@@ -170,7 +155,7 @@ class LlamaCppBackend(LocalBackend):
         with self._lock:
             best, best_len = None, -1
             for llama in self._idle:
-                shared = _common_prefix(llama.input_ids[: llama.n_tokens], prompt)
+                shared = common_prefix(llama.input_ids[: llama.n_tokens], prompt)
                 if shared > best_len:
                     best, best_len = llama, shared
             if best is not None:
@@ -185,6 +170,28 @@ class LlamaCppBackend(LocalBackend):
         with self._lock:
             if len(self._idle) < self._max_idle or llama is self._tokenizer:
                 self._idle.append(llama)
+
+
+def apply_adapter(llama: Any, ctx: Any, adapter_path: str, scale: float, model_name: str) -> None:
+    """Load the LoRA adapter into `llama`'s model and apply it to the context `ctx` (a
+    llama_context pointer); BackendError says why not."""
+    import llama_cpp
+
+    log: list[str] = []
+    with _llama_log_to(log):  # llama.cpp's reasons, and not a warning per tensor on stderr
+        adapter = llama_cpp.llama_adapter_lora_init(llama._model.model, adapter_path.encode())
+    if not adapter:
+        errors = " ".join(line.strip() for line in log if "error" in line.lower() or "fail" in line.lower())
+        raise BackendError(
+            f"could not load adapter {adapter_path} for {model_name}: llama.cpp refused it "
+            f"(not a GGUF LoRA adapter, or made for another base model): {errors or 'no reason given'}"
+        )
+    adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+    scales = (ctypes.c_float * 1)(scale)
+    if llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales) != 0:
+        raise BackendError(f"could not apply adapter {adapter_path} to a context of {model_name}")
+    # Owned by the model (freed with it); kept here so it is plain which one applies.
+    llama._asynclm_adapter = adapter
 
 
 @contextlib.contextmanager
@@ -205,7 +212,7 @@ def _llama_log_to(lines: list[str]) -> Iterator[None]:
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
     differ = np.nonzero(a[:n] != b[:n])[0]
     return int(differ[0]) if len(differ) else n

@@ -27,9 +27,11 @@ class LocalDriver:
         self._table = table
         self.chunks = chunks
         self._bans: dict[int, IntrBan] = {}
+        self._backends: dict[int, LocalBackend] = {}
 
     def open(self, run: TaskRun) -> None:
         assert isinstance(run.backend, LocalBackend)
+        self._backends[id(run.backend)] = run.backend
         run.seq = run.backend.open_sequence(run.prompt_ids)
         run.prefilled = run.reused_tokens = run.seq.n_tokens
 
@@ -39,6 +41,10 @@ class LocalDriver:
         if ban is None:
             ban = self._bans[id(backend)] = IntrBan(backend.vocab_texts())
         return ban
+
+    def flush(self) -> bool:
+        """Evaluate what batching backends have queued (one batch each); whether any had work."""
+        return any([backend.flush() for backend in self._backends.values()])
 
     def busy_s(self, run: TaskRun) -> float:
         """How long the task's sequence is still busy with its last append (0: it can step)."""

@@ -137,6 +137,12 @@ ASYNCLM_ENGINE_MAX_HELD = env.int("ASYNCLM_ENGINE_MAX_HELD", 16, min=1, max=256)
 # step to end).
 ASYNCLM_ENGINE_STEP_S = env.float("ASYNCLM_ENGINE_STEP_S", 2.0, min=0.05)
 ASYNCLM_N_CTX = env.int("ASYNCLM_N_CTX", 4096, min=256)
+# The embedded model with continuous batching: one llama.cpp context, a sequence per task, one
+# batch per step (engine/backends/llamacpp_batched.py); false: a context per task, round-robin.
+ASYNCLM_EMBEDDED_BATCHED = env.bool("ASYNCLM_EMBEDDED_BATCHED", False)
+# Prefill and interrupt-frame tokens one batched step evaluates at most, beside every decoding
+# task's next token.
+ASYNCLM_ENGINE_STEP_TOKENS = env.int("ASYNCLM_ENGINE_STEP_TOKENS", 128, min=16, max=2048)
 ASYNCLM_MAX_PROMPT_CHARS = env.int("ASYNCLM_MAX_PROMPT_CHARS", 8000, min=1)
 ASYNCLM_MAX_TOKENS_LIMIT = env.int("ASYNCLM_MAX_TOKENS_LIMIT", 2048, min=1)
 ASYNCLM_HEARTBEAT_TTL = env.int("ASYNCLM_HEARTBEAT_TTL", 15, min=3)

@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from engine import health
 from engine.backends.base import Backend, BackendError
 from engine.backends.llamacpp import LlamaCppBackend
+from engine.backends.llamacpp_batched import BatchedLlamaBackend
 from engine.backends.sglang import ServedModelMismatch, SGLangBackend
 from engine.backends.simulated import SimulatedBackend
 from engine.catalog import UnknownModel, get_model
@@ -33,9 +34,10 @@ class BackendCache:
     """Loads each model once, on first use; a model that fails to load fails its tasks with the
     reason, and is tried again for the next task (the file may have been fixed)."""
 
-    def __init__(self, wake: threading.Event) -> None:
+    def __init__(self, wake: threading.Event, sequences: int = 16) -> None:
         self._loaded: dict[str, Backend] = {}
         self._wake = wake
+        self._sequences = sequences  # a batched backend's sequences: every task the engine may hold
         self.problems: dict[str, str] = {}  # model -> why it could not be loaded (shown on the health bar)
 
     def __call__(self, name: str) -> Backend:
@@ -62,9 +64,14 @@ class BackendCache:
             else:
                 path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
                 adapter = verified_adapter_path(spec, settings.BASE_DIR) if spec.adapter else None
-                backend = LlamaCppBackend(spec, path, adapter_path=adapter, n_ctx=settings.ASYNCLM_N_CTX,
-                                          n_threads=settings.ASYNCLM_ENGINE_THREADS,
-                                          max_idle_contexts=settings.ASYNCLM_ENGINE_MAX_ACTIVE)
+                if settings.ASYNCLM_EMBEDDED_BATCHED:
+                    backend = BatchedLlamaBackend(spec, path, adapter_path=adapter, n_ctx=settings.ASYNCLM_N_CTX,
+                                                  n_threads=settings.ASYNCLM_ENGINE_THREADS, n_seq=self._sequences,
+                                                  step_tokens=settings.ASYNCLM_ENGINE_STEP_TOKENS)
+                else:
+                    backend = LlamaCppBackend(spec, path, adapter_path=adapter, n_ctx=settings.ASYNCLM_N_CTX,
+                                              n_threads=settings.ASYNCLM_ENGINE_THREADS,
+                                              max_idle_contexts=settings.ASYNCLM_ENGINE_MAX_ACTIVE)
             self._loaded[name] = backend
         return backend
 
@@ -100,7 +107,8 @@ class Command(BaseCommand):
         client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=10)
         wait_for_redis(client, redis_wait)
         wake = threading.Event()
-        backends = BackendCache(wake)
+        max_held = max(max_active, settings.ASYNCLM_ENGINE_MAX_HELD)
+        backends = BackendCache(wake, sequences=max_held)
         for name in filter(None, (n.strip() for n in preload.split(","))):
             try:
                 backends(name)
@@ -113,7 +121,7 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"engine: loaded {name}")
         config = EngineConfig(engine_id=id or health.process_id("engine"), max_active=max_active,
-                              max_held=max(max_active, settings.ASYNCLM_ENGINE_MAX_HELD),
+                              max_held=max_held,
                               heartbeat_ttl=settings.ASYNCLM_HEARTBEAT_TTL, models=backends.names,
                               model_problems=backends.problems)
         engine = EngineProcess(
