@@ -51,13 +51,15 @@ def sglang_url(tmp_path_factory):
 REAL_SGLANG = os.environ.get("ASYNCLM_TEST_SGLANG_QWEN_URL", "")  # a real server with MODEL (`make test-sglang`)
 
 
-@pytest.fixture(params=["embedded", "sglang", *(["sglang-real"] if REAL_SGLANG else [])])
+@pytest.fixture(params=["embedded", "embedded-batched", "sglang", *(["sglang-real"] if REAL_SGLANG else [])])
 def engine(request, start_engine, celery_worker_proc):
-    """Every mode test runs once per backend: the embedded model, and SGLang over HTTP (the
-    imitation server, generating with the same model; and a real SGLang server under
-    `make test-sglang`)."""
+    """Every mode test runs once per backend: the embedded model (a context per task, and the
+    batched backend: one context, a batch per step), and SGLang over HTTP (the imitation server,
+    generating with the same model; and a real SGLang server under `make test-sglang`)."""
     if request.param == "embedded":
         return start_engine(preload=MODEL)
+    if request.param == "embedded-batched":
+        return start_engine("engine-batched", preload=MODEL, ASYNCLM_EMBEDDED_BATCHED="true")
     url = REAL_SGLANG if request.param == "sglang-real" else request.getfixturevalue("sglang_url")
     return start_engine(f"engine-sglang-{request.node.name[-20:]}", preload=MODEL, ASYNCLM_SGLANG_URL=url,
                         ASYNCLM_SGLANG_MODELS=MODEL)
