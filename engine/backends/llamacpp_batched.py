@@ -72,13 +72,15 @@ class BatchedSequence(Sequence):
         return math.inf if self.slot.pending else 0.0
 
     def logits(self) -> np.ndarray:
+        """The sequence's own copy of its last logits (made when its batch was evaluated): the
+        caller may change it in place; the next append replaces it."""
         if self.slot.pending:
             self._backend.flush(everything=True)
         if self.slot.error:
             raise BackendError(self.slot.error)
         if self.slot.logits is None:
             raise BackendError("no logits before the first append")
-        return self.slot.logits.copy()
+        return self.slot.logits
 
     def truncate(self, n_tokens: int) -> None:
         if not 0 <= n_tokens <= self.n_tokens:
@@ -113,7 +115,8 @@ class BatchedLlamaBackend(LocalBackend):
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * n_seq
         params.n_seq_max = n_seq
-        params.n_batch = params.n_ubatch = step_tokens + n_seq
+        capacity = max(step_tokens, MIN_CHUNK_SHARE) + n_seq  # the most one flush puts in a batch
+        params.n_batch = params.n_ubatch = capacity
         params.n_threads = params.n_threads_batch = n_threads
         params.kv_unified = False
         # As the per-context backend (llama-cpp-python's default): the same numbers for the same tokens.
@@ -125,7 +128,7 @@ class BatchedLlamaBackend(LocalBackend):
             scale = spec.adapter.scale if spec.adapter is not None else 1.0
             apply_adapter(self._tokenizer, self._ctx, str(adapter_path), scale, spec.name)
         self._mem = llama_cpp.llama_get_memory(self._ctx)
-        self._batch = llama_cpp.llama_batch_init(step_tokens + n_seq, 0, 1)
+        self._batch = llama_cpp.llama_batch_init(capacity, 0, 1)
         self.n_vocab = int(self._tokenizer.n_vocab())
         self._slots = [Slot(i) for i in range(n_seq)]
         self._dirty: dict[int, Slot] = {}  # queued work, in the order it came

@@ -307,6 +307,25 @@ def test_every_pooled_context_applies_the_adapter_over_shared_weights(tmp_path, 
 
 
 @pytest.mark.slow
+def test_the_batched_backend_applies_the_adapter_to_its_one_context(tmp_path, base_path):
+    from engine.backends.llamacpp_batched import BatchedLlamaBackend
+
+    tensors = lora_tensors(seed=3)
+    per_context = load_with(tmp_path, base_path, tensors)
+    spec = tuned(get_model(BASE), name=f"{BASE}-test", label="t", adapter=adapter_spec(tmp_path / "lora.gguf"))
+    batched = BatchedLlamaBackend(spec, base_path, adapter_path=verified_adapter_path(spec), n_ctx=256, n_seq=2)
+    ids = batched.tokenize("def fibonacci(n):\n    ")
+    seqs = [batched.open_sequence(), batched.open_sequence()]
+    for seq in seqs:
+        seq.append(ids)
+    expected = last_logits(per_context)
+    for seq in seqs:  # both sequences, evaluated in one batch, are the tuned model
+        assert np.argmax(seq.logits()) == np.argmax(expected)
+        assert np.corrcoef(seq.logits(), expected)[0, 1] > 0.995
+        seq.close()
+
+
+@pytest.mark.slow
 def test_it_refuses_an_adapter_made_for_another_model(tmp_path, base_path):
     # Layer 30 does not exist in the 24-layer 0.5B model; llama.cpp's reason is in the message.
     with pytest.raises(BackendError, match="could not load adapter .*lora.gguf for qwen2.5-coder-0.5b-test.*"

@@ -6,6 +6,8 @@
   what a small model would choose to write. Tasks run one at a time.
 - inject_ms / reprefill_ms, overhead_ms_per_token, engine_tok_s / raw_tok_s: in this process, on
   the same model file.
+- concurrency: 1/2/4/8 tasks on one engine, a context per task against the batched backend
+  (webapp/bench/concurrency.py); `--only-concurrency` runs just that and adds it to --out.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from django.core.management.base import BaseCommand, CommandError
 from engine.backends.base import Sequence
 from engine.backends.delegating import DelegatingBackend
 from engine.backends.llamacpp import LlamaCppBackend
+from engine.backends.llamacpp_batched import BatchedLlamaBackend
 from engine.catalog import get_model
 from engine.messages import Budgets, TaskSubmission
 from engine.modelfiles import verified_adapter_path, verified_path
@@ -33,6 +36,7 @@ from engine.profiles import profile_for
 from engine.scheduler import Scheduler
 from engine.timeline import EventKind, Timeline
 from engine.tools import ToolSpec
+from webapp.bench.concurrency import concurrency, run_tasks
 from webapp.core.processes import (
     Proc,
     ProcessError,
@@ -125,17 +129,26 @@ class Command(BaseCommand):
                             help='what the server is, recorded with the numbers (e.g. "SGLang 0.5.23 on H100" or '
                                  '"the tests\' SGLang imitation")')
         parser.add_argument("--interrupts", type=int, default=30, help="interrupts for the SGLang path")
+        parser.add_argument("--only-concurrency", action="store_true",
+                            help="run only the concurrency section (1/2/4/8 tasks on one engine: a context per "
+                                 "task against the batched backend) and add it to --out")
 
     def say(self, text: str) -> None:
         self.stdout.write(text)
         self.stdout.flush()
 
     def handle(self, *args, model, calls, calls_per_task, tokens, out, sglang_url, sglang_label, interrupts,
-               **options):
+               only_concurrency, **options):
         if sglang_url:
             return self.sglang(model, sglang_url, sglang_label, interrupts, out)
         spec = get_model(model)
         path = verified_path(spec, settings.ASYNCLM_MODEL_DIR)
+        if only_concurrency:
+            previous = json.loads(Path(out).read_text()) if Path(out).exists() else {}
+            previous["concurrency"] = self.concurrency(spec, path)
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(previous, indent=2))
+            return self.say(self.style.SUCCESS(f"saved the concurrency section in {out}"))
         result = {"params": {"model": model, "calls": calls, "tokens": tokens, "machine": platform.node(),
                              "cpu_count": os.cpu_count(), "threads": settings.ASYNCLM_ENGINE_THREADS,
                              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -143,17 +156,35 @@ class Command(BaseCommand):
         adapter = verified_adapter_path(spec, settings.BASE_DIR) if spec.adapter else None
         backend = LlamaCppBackend(spec, path, adapter_path=adapter, n_ctx=2048,
                                   n_threads=settings.ASYNCLM_ENGINE_THREADS)
-        self.say("[1/3] injection vs re-prefill")
+        self.say("[1/4] injection vs re-prefill")
         result["inject_ms"], result["reprefill_ms"] = self.injection(backend)
-        self.say("[2/3] engine vs raw decode speed")
+        self.say("[2/4] engine vs raw decode speed")
         result.update(self.decode_speed(backend, tokens))
         backend = None
-        self.say(f"[3/3] dispatch and interrupt latency over {calls} calls through engine, worker and Redis")
+        self.say(f"[3/4] dispatch and interrupt latency over {calls} calls through engine, worker and Redis")
         result.update(self.system(model, calls, calls_per_task))
+        self.say("[4/4] several tasks on one engine: a context per task against the batched backend")
+        result["concurrency"] = self.concurrency(spec, path)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))
         self.say(json.dumps({k: v for k, v in result.items() if k != "params"}, indent=2))
         self.say(self.style.SUCCESS(f"saved {out}"))
+
+    def concurrency(self, spec, path) -> dict:
+        adapter = verified_adapter_path(spec, settings.BASE_DIR) if spec.adapter else None
+        threads = settings.ASYNCLM_ENGINE_THREADS
+        before = LlamaCppBackend(spec, path, adapter_path=adapter, n_ctx=2048, n_threads=threads, max_idle_contexts=8)
+        after = BatchedLlamaBackend(spec, path, adapter_path=adapter, n_ctx=2048, n_threads=threads, n_seq=16,
+                                    step_tokens=settings.ASYNCLM_ENGINE_STEP_TOKENS)
+        for backend in (before, after):  # contexts made and caches warm before anything is timed
+            run_tasks(backend, 8, 4, [LOOKUP], calls=False)
+        def make(budget: int) -> BatchedLlamaBackend:
+            return BatchedLlamaBackend(spec, path, adapter_path=adapter, n_ctx=2048, n_threads=threads, n_seq=8,
+                                       step_tokens=budget)
+
+        result = concurrency(before, after, [LOOKUP], say=self.say, make_batched=make)
+        result["step_tokens"] = settings.ASYNCLM_ENGINE_STEP_TOKENS
+        return result
 
     # -- the SGLang path ------------------------------------------------------------------------
     def sglang(self, model: str, url: str, label: str, interrupts: int, out: str) -> None:

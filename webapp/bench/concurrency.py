@@ -1,0 +1,206 @@
+"""Several tasks on one engine (`make bench-engine`, the concurrency section): the per-context
+backend (round-robin, one token per step) against the batched one (one batch per step), in this
+process through the engine's scheduler, on the same model file and in the same run.
+
+- ceiling: what the machine can do at best: llama-cpp-python evaluating N tokens of one
+  sequence at once (the arithmetic of one token of each of N sequences) against one token.
+- plain / with calls: N tasks of `tokens` generated tokens each, started together. Tokens are
+  forced from a text (every step is still a real forward pass; only the emitted token is
+  scripted), so every task writes exactly as much in every run; "with calls" writes CML calls of a
+  30 ms tool in async mode, answered in this process, so interrupts land while others decode.
+  Aggregate tokens/s (all tokens / first token to last), per-task tokens/s p50, and time to first
+  token p50.
+- shared prefix: time to first token of a task whose prompt (system prompt and tools) is already
+  in the cache of a running task, against a cold one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from engine.backends.base import LocalBackend
+from engine.messages import Budgets, Sampling, TaskSubmission
+from engine.profiles import profile_for
+from engine.scheduler import Scheduler
+from engine.tools import ToolSpec
+
+STORY = "Once upon a time " + "the keeper climbed the stairs and lit the lamp again, slowly. " * 60
+QUESTION = "Write a long story about a lighthouse keeper, number {i}."
+CALL_LATENCY_S = 0.03
+
+
+def ceiling(backend: Any, prompt: list[int], ns: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 12) -> dict[str, Any]:
+    """ms per llama-cpp eval of N tokens on one sequence (a per-context backend's) after the
+    tasks' own prompt (attention over as long a context as theirs), and the tokens/s that gives
+    relative to one token."""
+    seq = backend.open_sequence()
+    llama = seq.llama
+    out: dict[str, Any] = {}
+    for n in ns:
+        times = []
+        for _ in range(repeats):
+            llama.reset()
+            llama.eval(prompt[:-max(ns)])
+            t = time.perf_counter()
+            llama.eval(prompt[-n:])
+            times.append(time.perf_counter() - t)
+        out[str(n)] = {"ms": round(statistics.median(times) * 1000, 2)}
+    one = out["1"]["ms"]
+    for n in ns:
+        out[str(n)]["speedup"] = round(n * one / out[str(n)]["ms"], 2)
+    seq.close()
+    return out
+
+
+def _script(calls: bool, i: int) -> str:
+    if not calls:
+        return STORY
+    return " ".join(f"Item {j}. [CALL] c{j} [HEAD] lookup(q={i * 100 + j}) [END] and on I write about it for "
+                    "a while, more words." for j in range(1, 12)) + " " + STORY
+
+
+def run_tasks(backend: LocalBackend, n: int, tokens: int, tools: list[ToolSpec], calls: bool,
+              prompts: Callable[[int], str] = QUESTION.format) -> dict[str, Any]:
+    """N tasks started together through the scheduler; results of calls come back after
+    CALL_LATENCY_S (a timer in this loop, as a worker's result would)."""
+    scheduler = Scheduler(lambda name: backend)
+    start = time.perf_counter()
+    for i in range(n):
+        scheduler.submit(TaskSubmission(i + 1, backend.spec.name, prompts(i=i), tokens, time.time(), Sampling(),
+                                        mode="async", tools=[t.to_dict() for t in tools],
+                                        budgets=Budgets(max_calls=50), forced_text=_script(calls, i)))
+    due: list[tuple[float, int, str]] = []
+    stamps: dict[int, list[float]] = {i + 1: [] for i in range(n)}
+    while scheduler.has_work() or due:
+        for event in scheduler.step():
+            if event.kind == "token":
+                stamps[event.task_id].append(time.perf_counter())
+        for request in scheduler.take_dispatches():
+            due.append((time.perf_counter() + CALL_LATENCY_S, request.task_id, request.call_id))
+        now = time.perf_counter()
+        for item in [d for d in due if d[0] <= now]:
+            due.remove(item)
+            scheduler.deliver(item[1], item[2], ok=True, value={"answer": 7})
+        if not scheduler.worked and not scheduler.has_work() and due:
+            time.sleep(max(0.0, min(d[0] for d in due) - time.perf_counter()))
+    firsts = [s[0] for s in stamps.values() if s]
+    lasts = [s[-1] for s in stamps.values() if s]
+    total = sum(len(s) for s in stamps.values())
+    per_task = [(len(s) - 1) / (s[-1] - s[0]) for s in stamps.values() if len(s) > 1]
+    return {"tasks": n, "tokens": total,
+            "aggregate_tok_s": round(total / (max(lasts) - min(firsts)), 2) if total > 1 else None,
+            "per_task_tok_s_p50": round(statistics.median(per_task), 2) if per_task else None,
+            "ttft_ms_p50": round(statistics.median([(f - start) * 1000 for f in firsts]), 1) if firsts else None}
+
+
+def shared_prefix_ttft(backend: LocalBackend, tools: list[ToolSpec], tokens: int = 64) -> dict[str, Any]:
+    """TTFT of a task whose system prompt and tools a running task already holds, against a cold
+    start of the same task on an empty engine."""
+    def first_token(scheduler: Scheduler, task_id: int, text: str, others: bool) -> float:
+        start = time.perf_counter()
+        scheduler.submit(TaskSubmission(task_id, backend.spec.name, text, tokens, time.time(), Sampling(),
+                                        mode="async", tools=[t.to_dict() for t in tools], forced_text=STORY))
+        while True:
+            for event in scheduler.step():
+                if event.kind == "token" and event.task_id == task_id:
+                    return (time.perf_counter() - start) * 1000
+            if not scheduler.has_work() and not others:
+                raise RuntimeError("the task ended without a token")
+
+    cold_scheduler = Scheduler(lambda name: backend)
+    _clear(backend)
+    cold = first_token(cold_scheduler, 1, "Tell me about lighthouses in Norway.", others=False)
+    _drain(cold_scheduler)
+    _clear(backend)
+    warm_scheduler = Scheduler(lambda name: backend)
+    first_token(warm_scheduler, 2, "Tell me about lighthouses in Chile.", others=False)
+    warm = first_token(warm_scheduler, 3, "Tell me about lighthouses in Norway.", others=True)
+    _drain(warm_scheduler)
+    return {"cold_ms": round(cold, 1), "shared_prefix_ms": round(warm, 1), "ratio": round(warm / cold, 3)}
+
+
+def budget_sweep(make: Callable[[int], Any], tools: list[ToolSpec], budgets: tuple[int, ...] = (32, 64, 128, 256),
+                 decoding: int = 4) -> list[dict[str, Any]]:
+    """What the per-step token budget trades: `decoding` tasks write while a new task's prompt is
+    prefilled; the longest gap between two tokens of the decoding tasks (their stall) against the
+    new task's time to first token. `make(budget)` gives a batched backend with that budget."""
+    rows = []
+    for budget in budgets:
+        backend = make(budget)
+        scheduler = Scheduler(lambda name, b=backend: b)
+        for i in range(decoding):
+            scheduler.submit(TaskSubmission(i + 1, backend.spec.name, QUESTION.format(i=i), 400, time.time(),
+                                            Sampling(), mode="async", tools=[t.to_dict() for t in tools],
+                                            forced_text=STORY))
+        last: dict[int, float] = {}
+        while len(last) < decoding:  # every decoding task has begun writing
+            for event in scheduler.step():
+                if event.kind == "token":
+                    last[event.task_id] = time.perf_counter()
+        start = time.perf_counter()
+        # Another system prompt: nothing to copy, the whole prompt is prefilled.
+        scheduler.submit(TaskSubmission(99, backend.spec.name, "Summarise this: " + "the lamp " * 300, 4,
+                                        time.time(), Sampling(), forced_text=STORY))
+        stall, ttft = 0.0, None
+        while ttft is None:
+            for event in scheduler.step():
+                now = time.perf_counter()
+                if event.kind == "token" and event.task_id == 99:
+                    ttft = (now - start) * 1000
+                elif event.kind == "token":
+                    stall = max(stall, now - last[event.task_id])
+                    last[event.task_id] = now
+        for task_id in [*range(1, decoding + 1), 99]:
+            scheduler.cancel(task_id, "benchmark over")
+        _drain(scheduler)
+        rows.append({"step_tokens": budget, "decode_stall_ms": round(stall * 1000, 1),
+                     "new_task_ttft_ms": round(ttft, 1)})
+        del backend, scheduler
+    return rows
+
+
+def _drain(scheduler: Scheduler) -> None:
+    while scheduler.has_work():
+        scheduler.step()
+
+
+def _clear(backend: Any) -> None:
+    """Forget cached prefixes, so a cold start is cold."""
+    if hasattr(backend, "_slots"):
+        for slot in backend._slots:
+            if not slot.in_use:
+                backend._cut(slot, 0)
+    elif hasattr(backend, "_idle"):
+        for llama in backend._idle:
+            llama.reset()
+
+
+def concurrency(before: LocalBackend, after: LocalBackend, tools: list[ToolSpec], tokens: int = 128,
+                ns: tuple[int, ...] = (1, 2, 4, 8), say: Callable[[str], None] = print,
+                make_batched: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    prompt = profile_for(before.spec).prompt_ids(before, QUESTION.format(i=0), tools, "async")
+    out: dict[str, Any] = {"tokens_per_task": tokens, "prompt_tokens": len(prompt),
+                           "ceiling": ceiling(before, prompt, ns)}
+    say(f"  ceiling (eval of N tokens vs 1): {out['ceiling']}")
+    for label, backend in (("contexts", before), ("batched", after)):
+        rows = []
+        for calls in (False, True):
+            for n in ns:
+                row = {"calls": calls, **run_tasks(backend, n, tokens, tools, calls)}
+                rows.append(row)
+                say(f"  {label} {'with calls' if calls else 'plain'} x{n}: {row}")
+        out[label] = {"runs": rows, "prefix": shared_prefix_ttft(backend, tools)}
+        say(f"  {label} shared prefix: {out[label]['prefix']}")
+    if make_batched is not None:
+        out["budget_sweep"] = budget_sweep(make_batched, tools)
+        say(f"  batched, per-step token budget (4 tasks decoding, a new prompt prefilled): {out['budget_sweep']}")
+    one = next(r["aggregate_tok_s"] for r in out["contexts"]["runs"] if r["tasks"] == 1 and not r["calls"])
+    for r in out["batched"]["runs"]:
+        key = str(r["tasks"])
+        if not r["calls"] and key in out["ceiling"] and r["aggregate_tok_s"]:
+            # The machine's best for N sequences: one sequence's rate times the ceiling's speedup at N.
+            r["of_ceiling"] = round(r["aggregate_tok_s"] / (one * out["ceiling"][key]["speedup"]), 3)
+    return out
