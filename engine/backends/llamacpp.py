@@ -75,7 +75,35 @@ class LlamaSequence(Sequence):
             self._backend._release(self._llama)
 
 
-class LlamaCppBackend(LocalBackend):
+class LlamaVocab:
+    """The tokenizer side of both llama.cpp backends, from one `llama_cpp.Llama` object."""
+
+    spec: ModelSpec
+    n_vocab: int
+
+    def _init_vocab(self, llama: Any) -> None:
+        self._tokenizer = llama
+        self.n_vocab = int(llama.n_vocab())
+        self._piece_cache: dict[int, bytes] = {}
+        self._stop = frozenset(
+            {int(llama.token_eos())}
+            | {ids[0] for s in self.spec.stop_tokens if len(ids := self.tokenize(s, special=True)) == 1}
+        )
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return list(self._tokenizer.tokenize(text.encode("utf-8"), add_bos=False, special=special))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        piece = self._piece_cache.get(token_id)
+        if piece is None:
+            piece = self._piece_cache[token_id] = self._tokenizer.detokenize([token_id], special=False)
+        return piece
+
+    def stop_ids(self) -> frozenset[int]:
+        return self._stop
+
+
+class LlamaCppBackend(LlamaVocab, LocalBackend):
     constrained_calls = True
 
     def __init__(self, spec: ModelSpec, path: Path, *, adapter_path: Path | None = None, n_ctx: int = 4096,
@@ -99,14 +127,8 @@ class LlamaCppBackend(LocalBackend):
             raise
         except Exception as exc:  # llama.cpp raises ValueError on unreadable files
             raise BackendError(f"could not load {spec.name} from {path}: {exc}") from exc
-        self._tokenizer = first
         self._idle.append(first)
-        self.n_vocab = int(first.n_vocab())
-        self._piece_cache: dict[int, bytes] = {}
-        self._stop = frozenset(
-            {int(first.token_eos())}
-            | {ids[0] for s in spec.stop_tokens if len(ids := self.tokenize(s, special=True)) == 1}
-        )
+        self._init_vocab(first)
 
     def _new_context(self) -> Any:
         llama = self._llama_cls(
@@ -133,19 +155,6 @@ class LlamaCppBackend(LocalBackend):
     @property
     def n_ctx(self) -> int:
         return self._n_ctx
-
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        return list(self._tokenizer.tokenize(text.encode("utf-8"), add_bos=False, special=special))
-
-    def token_bytes(self, token_id: int) -> bytes:
-        piece = self._piece_cache.get(token_id)
-        if piece is None:
-            piece = self._tokenizer.detokenize([token_id], special=False)
-            self._piece_cache[token_id] = piece
-        return piece
-
-    def stop_ids(self) -> frozenset[int]:
-        return self._stop
 
     def open_sequence(self, prompt_ids: Seq[int] = ()) -> LlamaSequence:
         """A sequence for a new task. Idle contexts keep their KV cache, so the one sharing the

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.backends.base import BackendError, LocalBackend, Sequence
-from engine.backends.llamacpp import apply_adapter, common_prefix
+from engine.backends.llamacpp import LlamaVocab, apply_adapter, common_prefix
 from engine.catalog import ModelSpec
 
 MIN_CHUNK_SHARE = 32  # prefill and frame tokens per step even when decode tokens fill the budget
@@ -93,7 +93,7 @@ class BatchedSequence(Sequence):
             self._backend.release(self.slot)
 
 
-class BatchedLlamaBackend(LocalBackend):
+class BatchedLlamaBackend(LlamaVocab, LocalBackend):
     constrained_calls = True
 
     def __init__(self, spec: ModelSpec, path: Path, *, adapter_path: Path | None = None, n_ctx: int = 4096,
@@ -129,14 +129,9 @@ class BatchedLlamaBackend(LocalBackend):
             apply_adapter(self._tokenizer, self._ctx, str(adapter_path), scale, spec.name)
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(capacity, 0, 1)
-        self.n_vocab = int(self._tokenizer.n_vocab())
+        self._init_vocab(self._tokenizer)
         self._slots = [Slot(i) for i in range(n_seq)]
         self._dirty: dict[int, Slot] = {}  # queued work, in the order it came
-        self._piece_cache: dict[int, bytes] = {}
-        self._stop = frozenset(
-            {int(self._tokenizer.token_eos())}
-            | {ids[0] for s in spec.stop_tokens if len(ids := self.tokenize(s, special=True)) == 1}
-        )
         self.flushes = 0  # batches evaluated (for tests and benchmarks)
 
     def __del__(self) -> None:
@@ -146,22 +141,9 @@ class BatchedLlamaBackend(LocalBackend):
             llama.llama_free(self._ctx)
             self._ctx = None
 
-    # -- tokenizer ---------------------------------------------------------------------------
     @property
     def n_ctx(self) -> int:
         return self._n_ctx
-
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        return list(self._tokenizer.tokenize(text.encode("utf-8"), add_bos=False, special=special))
-
-    def token_bytes(self, token_id: int) -> bytes:
-        piece = self._piece_cache.get(token_id)
-        if piece is None:
-            piece = self._piece_cache[token_id] = self._tokenizer.detokenize([token_id], special=False)
-        return piece
-
-    def stop_ids(self) -> frozenset[int]:
-        return self._stop
 
     # -- sequences ---------------------------------------------------------------------------
     def open_sequence(self, prompt_ids: Seq[int] = ()) -> BatchedSequence:
