@@ -70,6 +70,8 @@ class InboxReader(Protocol):
 class Publisher(Protocol):
     def publish(self, event: TraceEvent) -> None: ...
 
+    def publish_many(self, events: list[TraceEvent]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -109,6 +111,7 @@ class EngineProcess:
         self.r = client
         self._entries: dict[int, str] = {}  # task id -> intake entry id
         self._unsaved: list[TraceEvent] = []
+        self._unpublished: list[TraceEvent] = []  # handed to the publisher once per tick
         self.writer = StoreWriter()
         self._last_flush = time.monotonic()
         self._last_poll = self._last_beat = self._last_recover = float("-inf")  # all due at the first tick
@@ -157,6 +160,7 @@ class EngineProcess:
         self.dispatch()
         for event in events:
             self.handle(event)
+        self.hand_over()
         self.flush()
         # A prefill chunk has no events but is work: waiting for a wake-up after each one added up
         # to 50 ms per 128 prompt tokens to the time to first token.
@@ -348,13 +352,20 @@ class EngineProcess:
     def handle(self, event: TraceEvent) -> None:
         self._unsaved.append(event)
         if event.kind != "finish":
-            self.publisher.publish(event)
+            self._unpublished.append(event)
             return
+        self.hand_over()  # the end is announced after it is stored, and never before what came first
         self.flush(force=True)
         end = TaskEnd(self, event, self._entries.pop(event.task_id, None))
         # A task's end is retried for minutes (a database that is away comes back): until it is
         # stored the task would show as running.
         self.writer.submit(end, f"the end of task {event.task_id}", attempts=FINISH_ATTEMPTS)
+
+    def hand_over(self) -> None:
+        """The tick's events to the publishing thread, in order, in one hand-over."""
+        if self._unpublished:
+            batch, self._unpublished = self._unpublished, []
+            self.publisher.publish_many(batch)
 
     def flush(self, force: bool = False) -> None:
         if not self._unsaved:
@@ -373,6 +384,7 @@ class EngineProcess:
             for event in self.scheduler.cancel(task_id, "the engine was stopped while running this task"):
                 payload = dict(event.payload, status="failed")
                 self.handle(TraceEvent(event.task_id, event.seq, event.t_ms, event.kind, payload))
+        self.hand_over()
         self.flush(force=True)
         self.writer.close()
         self.inbox.close()

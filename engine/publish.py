@@ -36,14 +36,19 @@ class TracePublisher:
         self._redis_url = redis_url
         self._layer = channel_layer
         self._loop = asyncio.new_event_loop()
-        self._queue: asyncio.Queue[TraceEvent | None] | None = None
+        self._queue: asyncio.Queue[list[TraceEvent] | None] | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trace-publisher", daemon=True)
         self._thread.start()
         self._started.wait()
 
     def publish(self, event: TraceEvent) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)  # type: ignore[union-attr]
+        self.publish_many([event])
+
+    def publish_many(self, events: list[TraceEvent]) -> None:
+        """Hand over a tick's events at once: one wake-up of the publishing thread, not one each."""
+        if events:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, list(events))  # type: ignore[union-attr]
 
     def close(self, timeout: float = 5.0) -> None:
         """Send everything queued, then stop."""
@@ -68,7 +73,7 @@ class TracePublisher:
                 while not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 stop = None in batch
-                events = [e for e in batch if e is not None]
+                events = [e for part in batch if part is not None for e in part]
                 if events:
                     try:
                         await self._send(client, events)

@@ -60,9 +60,15 @@ class Store:
 class Publisher:
     def __init__(self) -> None:
         self.events: list[TraceEvent] = []
+        self.handovers: list[int] = []  # events per hand-over
 
     def publish(self, event):
         self.events.append(event)
+        self.handovers.append(1)
+
+    def publish_many(self, events):
+        self.events.extend(events)
+        self.handovers.append(len(events))
 
     def close(self):
         pass
@@ -134,6 +140,22 @@ def test_it_takes_a_task_dispatches_its_call_and_stores_its_end_before_announcin
     stored = [e.seq for batch in engine.store.batches for e in batch]
     assert stored == list(range(1, len(stored) + 1))  # every event stored, in order, once
     assert not engine.intake.r.xpending(engine.intake.stream, engine.intake.group)["pending"]
+
+
+def test_it_hands_a_ticks_events_to_the_publisher_at_once_in_order_and_the_end_last(engine):
+    submit(engine, 1)
+    handovers = []
+    for _ in range(30):
+        before = len(engine.publisher.handovers)
+        engine.tick()
+        handovers.append(len(engine.publisher.handovers) - before)
+    assert max(handovers) <= 1  # one wake-up of the publishing thread per tick at most
+    assert len(engine.publisher.handovers) < len(engine.publisher.events)  # a tick's events went together
+    engine.inbox.items.append(_report(engine, 1, "a"))
+    run(engine)
+    engine.writer.close()
+    seqs = [e.seq for e in engine.publisher.events]
+    assert seqs == sorted(seqs) and engine.publisher.events[-1].kind == "finish"
 
 
 def test_it_writes_events_in_batches_of_the_configured_size_and_all_at_the_end(engine):
