@@ -175,6 +175,12 @@ class LlamaCppBackend(LlamaVocab, LocalBackend):
         best.n_tokens = max(0, min(best_len, len(prompt) - 1))
         return LlamaSequence(self, best)
 
+    def drop_cache(self) -> None:
+        """Forget what idle contexts hold, so the next task starts cold (benchmarks)."""
+        with self._lock:
+            for llama in self._idle:
+                llama.reset()
+
     def _release(self, llama: Any) -> None:
         with self._lock:
             if len(self._idle) < self._max_idle or llama is self._tokenizer:

@@ -182,6 +182,12 @@ class BatchedLlamaBackend(LlamaVocab, LocalBackend):
         with self._lock:
             slot.in_use = False
 
+    def drop_cache(self) -> None:
+        """Forget what idle sequences hold, so the next task starts cold (benchmarks)."""
+        for slot in self._slots:
+            if not slot.in_use:
+                self._cut(slot, 0)
+
     def queue(self, slot: Slot, ids: Seq[int]) -> None:
         if slot.error:
             raise BackendError(slot.error)

@@ -149,6 +149,10 @@ def test_a_new_task_reuses_a_cached_prefix_or_copies_a_live_one(backend, plain):
     assert third.slot is first.slot and third.n_tokens >= len(system)
     second.close()
     third.close()
+    backend.drop_cache()  # a cold start for the next task: nothing cached is reused
+    cold = backend.open_sequence(third_prompt)
+    assert cold.n_tokens == 0 and backend.cells(cold.slot) == 0
+    cold.close()
 
 
 def test_a_closed_sequence_frees_its_slot_mid_batch(backend):

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from webapp.bench.agents import (
-    KS,
     agent_scenarios,
     ensure_pack,
     markdown_agents,
@@ -87,5 +86,3 @@ def _previous(out: Path, label: str, engines: int) -> tuple[list[dict[str, Any]]
     return ([r for r in rows if (r["label"], r["engines"]) != same],
             [p for p in parts if (p["label"], p["engines"]) != same])
 
-
-__all__ = ["KS", "parse_ks", "run_agents"]

@@ -96,9 +96,10 @@ def run_tasks(backend: LocalBackend, n: int, tokens: int, tools: list[ToolSpec],
             "ttft_ms_p50": round(statistics.median([(f - start) * 1000 for f in firsts]), 1) if firsts else None}
 
 
-def shared_prefix_ttft(backend: LocalBackend, tools: list[ToolSpec], tokens: int = 64) -> dict[str, Any]:
+def shared_prefix_ttft(backend: Any, tools: list[ToolSpec], tokens: int = 64) -> dict[str, Any]:
     """TTFT of a task whose system prompt and tools a running task already holds, against a cold
-    start of the same task on an empty engine."""
+    start of the same task on an empty engine (`backend`: a llama.cpp backend, which can drop its
+    cache)."""
     def first_token(scheduler: Scheduler, task_id: int, text: str, others: bool) -> float:
         start = time.perf_counter()
         scheduler.submit(TaskSubmission(task_id, backend.spec.name, text, tokens, time.time(), Sampling(),
@@ -111,10 +112,10 @@ def shared_prefix_ttft(backend: LocalBackend, tools: list[ToolSpec], tokens: int
                 raise RuntimeError("the task ended without a token")
 
     cold_scheduler = Scheduler(lambda name: backend)
-    _clear(backend)
+    backend.drop_cache()
     cold = first_token(cold_scheduler, 1, "Tell me about lighthouses in Norway.", others=False)
     _drain(cold_scheduler)
-    _clear(backend)
+    backend.drop_cache()
     warm_scheduler = Scheduler(lambda name: backend)
     first_token(warm_scheduler, 2, "Tell me about lighthouses in Chile.", others=False)
     warm = first_token(warm_scheduler, 3, "Tell me about lighthouses in Norway.", others=True)
@@ -165,17 +166,6 @@ def budget_sweep(make: Callable[[int], Any], tools: list[ToolSpec], budgets: tup
 def _drain(scheduler: Scheduler) -> None:
     while scheduler.has_work():
         scheduler.step()
-
-
-def _clear(backend: Any) -> None:
-    """Forget cached prefixes, so a cold start is cold."""
-    if hasattr(backend, "_slots"):
-        for slot in backend._slots:
-            if not slot.in_use:
-                backend._cut(slot, 0)
-    elif hasattr(backend, "_idle"):
-        for llama in backend._idle:
-            llama.reset()
 
 
 def concurrency(before: LocalBackend, after: LocalBackend, tools: list[ToolSpec], tokens: int = 128,

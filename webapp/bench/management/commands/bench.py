@@ -21,7 +21,8 @@ from django.db import connections
 from engine.backends.base import BackendError
 from engine.catalog import UnknownModel, get_model
 from engine.modelfiles import ModelFileError
-from webapp.bench.agents_command import KS, parse_ks, run_agents
+from webapp.bench.agents import KS
+from webapp.bench.agents_command import parse_ks, run_agents
 from webapp.bench.plot import plot
 from webapp.bench.report import markdown, profile_of, summarize
 from webapp.bench.runner import BENCH_REDIS_DB, BenchError, Services, Setup, measure, run_scenario
