@@ -57,6 +57,9 @@ class Budgets:
     max_result_chars: int = 2000  # longer results are truncated with a visible marker
 
 
+TURN_ROLES = ("system", "user", "assistant")
+
+
 @dataclass(frozen=True)
 class TaskSubmission(JsonMessage):
     """Web -> engine, through the intake stream."""
@@ -77,6 +80,9 @@ class TaskSubmission(JsonMessage):
     # taken from this text (teacher forcing), so a systems measurement does not depend on what
     # a small model chooses to write. Results are labelled "forced".
     forced_text: str = ""
+    # The conversation before `prompt` (a chat client's earlier turns): [{"role", "content"}] with
+    # role system, user or assistant. The profile renders it as chat turns.
+    conversation: list[dict[str, str]] = field(default_factory=list)
     version: int = VERSION
 
     @classmethod
@@ -90,6 +96,11 @@ class TaskSubmission(JsonMessage):
             raise MessageError(f"malformed TaskSubmission: unknown mode {msg.mode!r}")
         if not isinstance(msg.instances, dict) or not all(isinstance(v, dict) for v in msg.instances.values()):
             raise MessageError("malformed TaskSubmission: instances must map names to objects")
+        if not isinstance(msg.conversation, list) or not all(
+                isinstance(m, dict) and m.get("role") in TURN_ROLES and isinstance(m.get("content"), str)
+                for m in msg.conversation):
+            raise MessageError("malformed TaskSubmission: conversation must be a list of {role, content} "
+                               f"with role in {', '.join(TURN_ROLES)}")
         return msg
 
 

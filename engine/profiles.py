@@ -8,6 +8,7 @@ final sentence after the results, and one where no call is needed.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +91,11 @@ class Profile:
         return f"{calls} [TRAP][END]{results}{EXAMPLE_ANSWER}"
 
     def prompt_ids(self, backend: Backend, user_text: str, tools: list[ToolSpec] | None = None,
-                   mode: str = "async") -> list[int]:
+                   mode: str = "async", conversation: Sequence[dict[str, str]] = ()) -> list[int]:
         """ChatML. Template markers are tokenized as special tokens; user text is not, so a prompt
-        containing `<|im_start|>` cannot forge a turn."""
+        containing `<|im_start|>` cannot forge a turn. `conversation`: a chat client's turns before
+        `user_text`; its system turns join the system text (ahead of the tools, so tasks with the
+        same instructions share the cached prefix), the others follow the worked examples."""
         spec = backend.spec
         if spec.chat_format != "chatml":
             raise ValueError(f"unsupported chat format {spec.chat_format!r}")
@@ -103,11 +106,16 @@ class Profile:
             ids = tok(f"<|im_start|>{role}\n", special=True) + tok(text)
             return ids + tok("<|im_end|>\n", special=True) if close else ids
 
-        ids = turn("system", self.system_text(spec.system_prompt, tools, mode))
+        system = "\n\n".join(filter(None, [spec.system_prompt,
+                                          *(m["content"] for m in conversation if m["role"] == "system")]))
+        ids = turn("system", self.system_text(system, tools, mode))
         if tools and self.few_shot:
             example_note = " (example; the weather function is only for this example)"
             ids += turn("user", EXAMPLE_QUESTION + example_note) + turn("assistant", self.example_turn(mode))
             ids += turn("user", NO_CALL_QUESTION) + turn("assistant", NO_CALL_ANSWER)
+        for message in conversation:
+            if message["role"] != "system":
+                ids += turn(message["role"], message["content"])
         ids += turn("user", user_text)
         return ids + tok("<|im_start|>assistant\n", special=True)
 

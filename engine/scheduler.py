@@ -247,7 +247,8 @@ class Scheduler:
         assert backend is not None
         try:
             profile = profile_for(backend.spec)
-            run.prompt_ids = profile.prompt_ids(backend, sub.prompt, list(run.tools.values()), sub.mode)
+            run.prompt_ids = profile.prompt_ids(backend, sub.prompt, list(run.tools.values()), sub.mode,
+                                                conversation=sub.conversation)
             if sub.forced_text:
                 run.forced = deque(backend.tokenize(sub.forced_text) + sorted(backend.stop_ids())[:1])
         except BackendError as exc:  # a remote tokenizer that does not answer

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -135,15 +136,43 @@ def own_celery_worker(tmp_path, redis_client) -> Iterator[Proc]:
     proc.kill()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def web_server(tmp_path, redis_client, web_server_env) -> Iterator[str]:
+    """The real web server (daphne) as a subprocess; its URL."""
+    port = free_port()
+    proc = Proc("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"],
+                subprocess_env(**web_server_env), tmp_path)
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    proc.wait_until(answers, 30, "it to listen")
+    yield f"http://127.0.0.1:{port}"
+    proc.kill()
+
+
+@pytest.fixture
+def web_server_env() -> dict[str, str]:
+    """Settings for the web server subprocess (a test module overrides this to change them)."""
+    return {}
+
+
 def start_sglang_imitation(model: str, log_dir: Path, *args: str) -> tuple[Proc, str]:
     """The SGLang imitation server (tests/sglang_imitation.py) with `model`, on a free port
     (`args`: more of its options)."""
-    import socket
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = Proc(f"sglang-imitation-{port}", [sys.executable, "-m", "tests.sglang_imitation", "--port", str(port),
                                               "--model", model, "--model-dir", str(settings.ASYNCLM_MODEL_DIR), *args],
                 subprocess_env(), log_dir)

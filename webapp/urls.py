@@ -15,4 +15,5 @@ urlpatterns = [
     path("", include("webapp.runs.urls")),
     path("", include("webapp.api.urls")),
     path("", include("webapp.bench.urls")),
+    path("", include("webapp.openai_api.urls")),
 ]

@@ -97,6 +97,8 @@ class TaskSummary(Schema):
     adapter: AdapterOut | None = Field(
         None, description="the LoRA adapter the engine ran the model with; null for a plain model or before it started")
     prompt: str
+    conversation: list[dict[str, str]] = Field(
+        default_factory=list, description="the turns before the prompt (a task from the OpenAI-compatible endpoint)")
     tools: list[str]
     max_tokens: int
     temperature: float

@@ -7,18 +7,16 @@ import logging
 
 import redis
 from django.http import HttpResponse, JsonResponse
+from django.utils.deprecation import MiddlewareMixin
 
 log = logging.getLogger(__name__)
 
 MESSAGE = "Redis unreachable: the service cannot take this request now. Try again in a moment."
 
 
-class RedisUnavailableMiddleware:
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        return self.get_response(request)
+class RedisUnavailableMiddleware(MiddlewareMixin):
+    """Sync and async (an async view, such as the OpenAI-compatible endpoint, stays on the event
+    loop, where a client's disconnect can cancel it)."""
 
     def process_exception(self, request, exception):
         if not isinstance(exception, redis.RedisError):
@@ -26,6 +24,9 @@ class RedisUnavailableMiddleware:
         log.warning("%s %s: %s", request.method, request.path, exception)
         if request.path.startswith("/api/"):
             return JsonResponse({"detail": MESSAGE}, status=503)
+        if request.path.startswith("/v1/"):  # OpenAI's error shape
+            return JsonResponse({"error": {"message": MESSAGE, "type": "service_unavailable", "param": None,
+                                           "code": "redis_unreachable"}}, status=503)
         response = HttpResponse(f"<!doctype html><title>Redis unreachable</title><h1>503</h1><p>{MESSAGE}</p>",
                                 status=503)
         response["Retry-After"] = "10"

@@ -7,37 +7,19 @@ sent. The client passes `?after=<seq>` when it reconnects, so nothing is sent tw
 
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qs
 
-import redis.asyncio as aioredis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.conf import settings
 
-from engine.keys import trace_stream
 from engine.messages import trace_group
-from webapp.runs.models import Task, TraceEvent
+from webapp.runs.follow import buffered_events, stored_events
+from webapp.runs.models import Task
 
 
 @database_sync_to_async
 def owned_task(user, pk: int) -> Task | None:
     return Task.objects.filter(pk=pk, owner=user).first()
-
-
-@database_sync_to_async
-def stored_events(task_id: int, after: int) -> list[dict]:
-    return [e.as_message() for e in TraceEvent.objects.filter(task_id=task_id, seq__gt=after).order_by("seq")]
-
-
-async def buffered_events(task_id: int, after: int) -> list[dict]:
-    client = aioredis.from_url(settings.REDIS_URL)
-    try:
-        entries = await client.xrange(trace_stream(task_id))
-    finally:
-        await client.aclose()
-    events = (json.loads(fields[b"e"]) for _, fields in entries)
-    return [e for e in events if e["seq"] > after]
 
 
 class TaskTraceConsumer(AsyncJsonWebsocketConsumer):

@@ -23,6 +23,7 @@ def task_document(task: Task, calls: bool = True) -> dict[str, Any]:
         "model": task.model,
         "adapter": task.adapter,
         "prompt": task.prompt,
+        "conversation": task.conversation,
         "tools": [t["name"] for t in task.tools],
         "max_tokens": task.max_tokens,
         "temperature": task.temperature,

@@ -31,6 +31,9 @@ class Task(models.Model):
     # Named stateful instances' starting states ({"e1": {...}}), once each rather than in every
     # tool snapshot of the instance.
     instances = models.JSONField(default=dict, blank=True)
+    # A chat client's turns before `prompt` ([{"role", "content"}], system/user/assistant): the
+    # OpenAI-compatible endpoint's message history. Empty for a task from the form or our API.
+    conversation = models.JSONField(default=list, blank=True)
     max_calls = models.PositiveIntegerField(default=16)
     max_wall_s = models.FloatField(default=300.0)
     max_result_chars = models.PositiveIntegerField(default=2000)

@@ -30,6 +30,7 @@ def submission_for(task: Task) -> TaskSubmission:
         mode=task.mode,
         tools=task.tools,
         instances=task.instances,
+        conversation=task.conversation,
         budgets=Budgets(max_calls=task.max_calls, max_wall_s=task.max_wall_s, max_result_chars=task.max_result_chars),
     )
 

@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "webapp.runs",
     "webapp.api",
     "webapp.bench",
+    "webapp.openai_api",
 ]
 
 MIDDLEWARE = [
