@@ -15,6 +15,7 @@ from engine.intake import Intake
 from engine.keys import inbox_stream
 from engine.messages import Budgets, Control, Sampling, TaskSubmission
 from webapp.core.redis import ServiceUnavailable, client
+from webapp.runs import otel
 from webapp.runs.agents import end_children, report_outcome
 from webapp.runs.models import Task
 
@@ -128,10 +129,12 @@ def submit_comparison(owner, **fields) -> list[Task]:
 def on_task_final(task_id: int) -> Task | None:
     """What follows a task's end (the engine calls it once the end is stored): a sub-agent's
     outcome goes to its parent, its own unfinished sub-agents are cancelled, and the next run of
-    its comparison, if any, is queued. Returns that next run."""
+    its comparison, if any, is queued; the task's trace goes to OpenTelemetry when an endpoint is
+    configured. Returns that next run."""
     task = Task.objects.filter(pk=task_id).first()
     if task is None:
         return None
+    otel.export(task_id)
     if task.parent_id:
         report_outcome(task)
     end_children(task, f"its parent task {task.pk} {task.status}")
