@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ import redis
 from django.conf import settings
 
 from webapp.core import processes
-from webapp.core.processes import Proc, service_env
+from webapp.core.processes import Proc, free_port, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,27 +135,13 @@ def own_celery_worker(tmp_path, redis_client) -> Iterator[Proc]:
     proc.kill()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def web_server(tmp_path, redis_client, web_server_env) -> Iterator[str]:
     """The real web server (daphne) as a subprocess; its URL."""
     port = free_port()
     proc = Proc("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"],
                 subprocess_env(**web_server_env), tmp_path)
-
-    def answers() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    proc.wait_until(answers, 30, "it to listen")
+    proc.wait_until(lambda: processes.listening(port), 30, "it to listen")
     yield f"http://127.0.0.1:{port}"
     proc.kill()
 

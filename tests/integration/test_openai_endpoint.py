@@ -4,7 +4,6 @@ the prompt) so that they happen whatever a small model would write; plain chat r
 test model."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 from django.conf import settings
 from openai.types.chat import ChatCompletionChunk
 
+from tests.conftest import subprocess_env
 from tests.helpers import wait_for
 from webapp.api.models import ApiToken
 from webapp.runs.models import Task
@@ -200,17 +200,31 @@ def readme_snippets() -> list[tuple[str, str]]:
     return re.findall(r"```(\w+)\n(.*?)```", section, re.S)
 
 
-def test_the_readmes_snippets_run_as_written(web_server, token, start_engine, celery_worker_proc, demo_pack):
+def test_the_readmes_snippets_run_as_written(web_server, token, start_engine, celery_worker_proc, demo_pack,
+                                            tmp_path):
+    from tests.integration.test_mcp_tools import McpHttpServers
+
+    mcp_servers = McpHttpServers(tmp_path)
     start_engine("engine-openai-readme", preload=settings.ASYNCLM_DEFAULT_MODEL)
     snippets = readme_snippets()
-    assert [lang for lang, _ in snippets] == ["sh", "sh", "python"]
-    env = {**os.environ, "ASYNCLM_URL": web_server, "ASYNCLM_TOKEN": token}
-    assert "export ASYNCLM_URL=" in snippets[0][1]  # what a reader sets; the test set it above
-    curl = subprocess.run(["bash", "-c", snippets[1][1]], env=env, capture_output=True, text=True, timeout=120)
+    assert [lang for lang, _ in snippets] == ["sh", "sh", "sh", "python"]
+    setup, add_mcp, curl_snippet, client_snippet = (code for _, code in snippets)
+    assert "export ASYNCLM_URL=" in setup and "export MCP_URL=" in setup  # what a reader sets; the test sets it
+    try:
+        # the test's database and Redis, as a reader's shell has their service's
+        env = subprocess_env(ASYNCLM_URL=web_server, ASYNCLM_TOKEN=token, MCP_URL=mcp_servers())
+        added = subprocess.run(["bash", "-c", add_mcp], env=env, cwd=settings.BASE_DIR, capture_output=True,
+                               text=True, timeout=120)
+        assert added.returncode == 0, added.stderr
+        assert "pack mcp-weather: 7 new" in added.stdout
+    finally:
+        for proc in mcp_servers.procs.values():
+            proc.kill()
+    curl = subprocess.run(["bash", "-c", curl_snippet], env=env, capture_output=True, text=True, timeout=120)
     assert curl.returncode == 0, curl.stderr
     reply = json.loads(curl.stdout)
     assert reply["choices"][0]["finish_reason"] in ("stop", "length") and reply["asynclm"]["status"] == "finished"
-    client = subprocess.run([sys.executable, "-c", snippets[2][1]], env=env, capture_output=True, text=True,
+    client = subprocess.run([sys.executable, "-c", client_snippet], env=env, capture_output=True, text=True,
                             timeout=120)
     assert client.returncode == 0, client.stderr
     assert client.stdout.strip()

@@ -20,6 +20,8 @@ def test_the_service_survives_the_soak_at_a_small_size(tmp_path, redis_client, t
     # Each engine kill cut a long task mid-decode, and another engine resumed it.
     assert sum("mid-decode" in f["what"] for f in result["faults"]) == 2, result["faults"]
     assert tasks["resumed"] >= 2, result["faults"]  # the long tasks, and whatever else the engines held
+    resumes = result["resume_after_kill_ms"]
+    assert len(resumes) == 2 and all(r["ms"] is not None and r["ms"] > 0 for r in resumes), resumes
     assert calls["dispatched"] > 0 and calls["duplicates"] == [] and calls["missing"] == []
     assert [f["what"].split(" ")[0] for f in result["faults"]] == ["SIGKILL", "SIGKILL", "Redis", "SIGKILL"]
     assert all("expected" not in name for name in result["hostile"])

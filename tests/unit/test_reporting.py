@@ -1,6 +1,5 @@
 """A worker's report outlives a Redis restart instead of being lost."""
 
-import socket
 import threading
 import time
 
@@ -8,14 +7,8 @@ import redis
 
 from engine.keys import inbox_stream
 from engine.messages import CallReport
-from webapp.core.processes import PrivateRedis
+from webapp.core.processes import PrivateRedis, free_port
 from workers.reporting import report
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_it_keeps_a_finished_calls_report_until_redis_answers_again(tmp_path):

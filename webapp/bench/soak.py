@@ -172,7 +172,7 @@ class Soak:
             if pid and engine_id == f"engine-{socket.gethostname()}-{pid}":  # run_engine's default id
                 os.kill(pid, signal.SIGKILL)
                 self.faults.record(self.t0, f"SIGKILL {name} (pid {pid}) mid-decode of task {task_id} "
-                                            f"({tokens} tokens stored)")
+                                            f"({tokens} tokens stored)", task=task_id, killed_at=time.time())
                 return
         self.faults.record(self.t0, f"no engine killed: task {task_id} was not decoding on one within 30 s")
 
@@ -314,7 +314,20 @@ class Soak:
             "queue_wait_ms": {user: {"p50": percentile(w, 50), "p95": percentile(w, 95), "n": len(w)}
                               for user, w in sorted(waits.items())},
             "finished_share": round(finished / max(1, len(accepted)), 4),
+            "resume_after_kill_ms": [resume_ms(fault, events.get(fault["task"], []))
+                                     for fault in self.faults.done if "killed_at" in fault],
         }
+
+
+def resume_ms(fault: dict[str, Any], events: list[TraceEvent]) -> dict[str, Any]:
+    """From an engine's SIGKILL to the first token its task decoded on the engine that resumed it
+    (event times are the task's clock from its first start, which a resumed task keeps)."""
+    started = next((e.payload.get("started_at") for e in events if e.kind == "status"), None)
+    resumed = next((e for e in events if e.kind == "resumed" and e.payload.get("from") == "engine"), None)
+    token = next((e for e in events if resumed and e.seq > resumed.seq and e.kind == "token"), None)
+    if started is None or token is None:
+        return {"task": fault["task"], "ms": None, "why": "the task was not resumed, or wrote no token after"}
+    return {"task": fault["task"], "ms": round((started + token.t_ms / 1000 - fault["killed_at"]) * 1000, 1)}
 
 
 def verdict(result: dict[str, Any]) -> list[str]:

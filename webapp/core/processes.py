@@ -117,6 +117,21 @@ def start_worker(name: str, env: dict[str, str], log_dir: Path, client: redis.Re
     return proc
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a server a test or benchmark starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def redis_answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.3):

@@ -188,3 +188,7 @@ LOGGING = {
 ASYNCLM_PYTHON_TOOL_MODULES = env.list("ASYNCLM_PYTHON_TOOL_MODULES", ["workers.toolbox"])
 ASYNCLM_WORKER_MAX_RESULT_BYTES = env.int("ASYNCLM_WORKER_MAX_RESULT_BYTES", 1_000_000, min=1000)
 ASYNCLM_HTTP_TOOL_HOSTS = env.list("ASYNCLM_HTTP_TOOL_HOSTS", ["127.0.0.1", "localhost"])
+# MCP servers: streamable HTTP servers on these hosts ("host" for any port, or "host:port"), and
+# stdio servers started from these commands only (name=command line; the admin picks a name).
+ASYNCLM_MCP_HOSTS = env.list("ASYNCLM_MCP_HOSTS", ["127.0.0.1", "localhost"])
+ASYNCLM_MCP_STDIO_COMMANDS = env.mapping("ASYNCLM_MCP_STDIO_COMMANDS", {})

@@ -1,8 +1,10 @@
 """Settings for pytest: the same services as local, a file test database so subprocesses see it."""
 
+import sys
+
 from webapp.core.redis_dbs import TEST_DB
 from webapp.settings.base import *  # noqa: F403
-from webapp.settings.base import DATABASES, VAR_DIR, env
+from webapp.settings.base import BASE_DIR, DATABASES, VAR_DIR, env
 
 SECRET_KEY = "test-secret-key-not-for-production-use-0123456789"
 DEBUG = False
@@ -36,3 +38,7 @@ ASYNCLM_TEST_HOOKS = True
 
 # Low, so the rate-limit test needs few requests (the redis_client fixture resets the counters).
 ASYNCLM_API_TASK_RATE = env.str("ASYNCLM_API_TASK_RATE", "5/m")
+
+# The tests' own MCP server over stdio (tests/mcp_servers.py, built with the MCP SDK).
+ASYNCLM_MCP_STDIO_COMMANDS = env.mapping(
+    "ASYNCLM_MCP_STDIO_COMMANDS", {"test-weather": f"{sys.executable} {BASE_DIR / 'tests' / 'mcp_servers.py'} stdio"})

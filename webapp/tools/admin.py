@@ -6,7 +6,8 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from webapp.tools.models import Tool, ToolPack
+from webapp.tools.mcp import import_tools
+from webapp.tools.models import McpServer, Tool, ToolPack
 from webapp.tools.testcall import run_test_call
 
 
@@ -31,6 +32,7 @@ class ToolForm(forms.ModelForm):
             "kind",
             "config",
             "enabled",
+            "read_only",
         ]
         widgets = {
             "parameters": PrettyJSONWidget(attrs={"rows": 12, "cols": 80, "class": "vLargeTextField"}),
@@ -67,8 +69,8 @@ class TestCallForm(forms.Form):
 @admin.register(Tool)
 class ToolAdmin(admin.ModelAdmin):
     form = ToolForm
-    list_display = ("name", "pack", "kind", "est_latency_ms", "timeout_s", "enabled")
-    list_filter = ("pack", "kind", "enabled")
+    list_display = ("name", "pack", "kind", "est_latency_ms", "timeout_s", "enabled", "read_only")
+    list_filter = ("pack", "kind", "enabled", "read_only")
     search_fields = ("name", "description", "pack__name")
     actions = ["enable", "disable"]
     change_form_template = "admin/tools/tool/change_form.html"
@@ -103,3 +105,40 @@ class ToolAdmin(admin.ModelAdmin):
             "result_json": json.dumps(outcome.result, indent=2) if outcome and outcome.ok else "",
         }
         return TemplateResponse(request, "admin/tools/tool/test_call.html", context)
+
+
+class McpServerForm(forms.ModelForm):
+    url = forms.URLField(required=False, max_length=500, assume_scheme="http",
+                         help_text=McpServer._meta.get_field("url").help_text)
+
+    class Meta:
+        model = McpServer
+        fields = ["name", "transport", "url", "command", "timeout_s"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from django.conf import settings
+
+        # Only allow-listed commands can be chosen: nothing typed here is ever run.
+        commands = [("", "---------"), *((key, f"{key}: {line}") for key, line in
+                                           settings.ASYNCLM_MCP_STDIO_COMMANDS.items())]
+        self.fields["command"] = forms.ChoiceField(choices=commands, required=False,
+                                                   help_text=McpServer._meta.get_field("command").help_text)
+
+
+@admin.register(McpServer)
+class McpServerAdmin(admin.ModelAdmin):
+    form = McpServerForm
+    list_display = ("name", "transport", "url", "command", "imported_at", "last_error")
+    readonly_fields = ("imported_at", "last_error")
+    actions = ["import_selected"]
+
+    @admin.action(description="Import tools (list the server's tools into its pack)")
+    def import_selected(self, request, queryset):
+        for server in queryset:
+            try:
+                report = import_tools(server)
+            except Exception as exc:  # noqa: BLE001 - each server's outcome is shown
+                self.message_user(request, f"{server.name}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{server.name} -> pack {server.pack_name}: {report}", messages.SUCCESS)

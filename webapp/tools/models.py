@@ -28,6 +28,7 @@ class Tool(models.Model):
         HTTP = "http"
         BFCL = "bfcl", "BFCL stateful class"
         AGENT = "agent", "sub-agent (an LLM task)"
+        MCP = "mcp", "MCP server's tool"
 
     pack = models.ForeignKey(ToolPack, on_delete=models.CASCADE, related_name="tools")
     name = models.CharField(max_length=200, help_text="dotted names are allowed, e.g. e1.cd")
@@ -38,6 +39,8 @@ class Tool(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.SIMULATED)
     config = models.JSONField(default=dict, blank=True, help_text="kind-specific configuration")
     enabled = models.BooleanField(default=True)
+    read_only = models.BooleanField(default=False, help_text="only reads, changes nothing (an MCP server's "
+                                                             "readOnlyHint)")
 
     class Meta:
         ordering = ["pack__name", "name"]
@@ -75,3 +78,45 @@ class Tool(models.Model):
             executor_for(self.kind).check_config(self.config)
         except ToolError as exc:
             raise ValidationError({"config": str(exc)}) from exc
+
+
+class McpServer(models.Model):
+    """An MCP server whose tools are imported into a pack of their own (`mcp-<name>`)."""
+
+    class Transport(models.TextChoices):
+        HTTP = "http", "streamable HTTP"
+        STDIO = "stdio", "stdio (a command from ASYNCLM_MCP_STDIO_COMMANDS)"
+
+    name = models.SlugField(max_length=100, unique=True)
+    transport = models.CharField(max_length=10, choices=Transport.choices, default=Transport.HTTP)
+    url = models.URLField(max_length=500, blank=True, help_text="streamable HTTP: the server's endpoint, e.g. "
+                                                                 "http://127.0.0.1:8765/mcp (allow-listed hosts only)")
+    command = models.CharField(max_length=100, blank=True, help_text="stdio: the name of an allow-listed command")
+    timeout_s = models.FloatField(default=30.0, help_text="per call; also the imported tools' timeout")
+    imported_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "MCP server"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def pack_name(self) -> str:
+        return f"mcp-{self.name}"
+
+    def connection_config(self) -> dict[str, str]:
+        return {"transport": self.transport, "url": self.url if self.transport == self.Transport.HTTP else "",
+                "command": self.command if self.transport == self.Transport.STDIO else ""}
+
+    def clean(self):
+        from workers.executors import ToolError
+        from workers.mcp_sessions import McpConnection
+
+        field = "url" if self.transport == self.Transport.HTTP else "command"
+        try:
+            McpConnection.of(self.connection_config())
+        except ToolError as exc:
+            raise ValidationError({field: str(exc)}) from exc

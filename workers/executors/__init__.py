@@ -4,12 +4,13 @@ from workers.executors.agent import AgentExecutor, TeamExecutor
 from workers.executors.base import BaseExecutor, CallFailed, Executor, StatefulExecutor, ToolError, TransientToolError
 from workers.executors.bfcl import BfclExecutor
 from workers.executors.http import HttpExecutor
+from workers.executors.mcp import McpExecutor
 from workers.executors.python import PythonExecutor
 from workers.executors.simulated import SimulatedExecutor
 
 EXECUTORS: dict[str, BaseExecutor] = {
     "simulated": SimulatedExecutor(), "python": PythonExecutor(), "http": HttpExecutor(), "bfcl": BfclExecutor(),
-    "agent": AgentExecutor(), "team": TeamExecutor(),
+    "agent": AgentExecutor(), "team": TeamExecutor(), "mcp": McpExecutor(),
 }
 
 
