@@ -25,7 +25,7 @@ TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d494844520000000100000001080600
 
 
 def build(variant: str) -> MCPServer:
-    server = MCPServer("asynclm-test-weather")
+    server = MCPServer("asynclm-test-weather", log_level="WARNING")
 
     if variant == "changed":
         @server.tool(description="Current weather in a city, in the unit asked for.")

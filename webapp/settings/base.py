@@ -183,7 +183,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
     "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"},
-                "httpx": {"level": "WARNING"}},  # one line per SGLang request otherwise
+                # one line per SGLang request, and per MCP call (httpx2: the MCP client's), otherwise
+                "httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}, "mcp": {"level": "WARNING"}},
 }
 ASYNCLM_PYTHON_TOOL_MODULES = env.list("ASYNCLM_PYTHON_TOOL_MODULES", ["workers.toolbox"])
 ASYNCLM_WORKER_MAX_RESULT_BYTES = env.int("ASYNCLM_WORKER_MAX_RESULT_BYTES", 1_000_000, min=1000)

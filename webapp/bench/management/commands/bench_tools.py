@@ -60,10 +60,13 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=2, help="worker processes (prefork concurrency)")
         parser.add_argument("--paced-rate", type=float, default=100.0,
                             help="then enqueue at this many calls/s (0 skips) for the latency below saturation")
-        parser.add_argument("--mcp-calls", type=int, default=500, help="MCP calls, paced (0 skips the MCP row)")
+        parser.add_argument("--mcp-calls", type=int, default=400, help="MCP calls, paced (0 skips the MCP row)")
+        parser.add_argument("--mcp-rate", type=float, default=20.0,
+                            help="calls/s of the MCP row: below what the workers and the server (on the same "
+                                 "cores here) can take, so that it measures the call, not a queue")
         parser.add_argument("--out", default=str(settings.VAR_DIR / "bench" / "tools.json"))
 
-    def handle(self, *args, calls, workers, paced_rate, mcp_calls, out, **options):
+    def handle(self, *args, calls, workers, paced_rate, mcp_calls, mcp_rate, out, **options):
         url = redis_url(BENCH_ENGINE_DB)  # its own database: no service sees these
         r = redis.Redis.from_url(url)
         try:
@@ -81,7 +84,7 @@ class Command(BaseCommand):
             if paced_rate > 0:
                 result["paced"] = self.run_calls(r, url, min(calls, int(paced_rate * 10)), "paced", paced_rate)
             if mcp_calls > 0:
-                result["mcp"] = self.mcp_row(r, url, mcp_calls, paced_rate or 100.0)
+                result["mcp"] = self.mcp_row(r, url, mcp_calls, mcp_rate)
         finally:
             worker.kill(timeout=30)
         result["workers"] = workers
