@@ -24,6 +24,9 @@ if [ "$postgres" = 1 ]; then
     as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
     for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
   fi
+  if [ -z "${TEST_DATABASE_URL:-}" ] && ! psql -h 127.0.0.1 -U postgres -lqt 2>/dev/null | cut -d'|' -f1 | grep -qw asynclm; then
+    createdb -h 127.0.0.1 -U postgres asynclm  # pytest-django connects to it before making its test database
+  fi
   say "running the non-browser suite against PostgreSQL ($DATABASE_URL)"
   python -m pytest -m "not browser" --ignore=tests/browser tests
   exit 0
