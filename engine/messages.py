@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 VERSION = 1
@@ -13,12 +13,20 @@ class MessageError(ValueError):
     """A message that cannot be decoded: wrong version, missing or mistyped fields."""
 
 
+def plain(message: Any) -> dict[str, Any]:
+    """A message dataclass as a dict for the wire, without copying its values: `asdict` deep-copies
+    every nested dict and list (a tool's schema, an event's payload), which cost a dispatch about
+    0.3 ms of the decode loop's time. The dict is serialised at once and never changed."""
+    return {f.name: asdict(v) if is_dataclass(v) and not isinstance(v, type) else v
+            for f in fields(message) for v in (getattr(message, f.name),)}
+
+
 class JsonMessage:
     """Versioned JSON on the wire. Subclasses are dataclasses; `_build` turns the decoded dict
     into an instance (nested dataclasses included)."""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))  # type: ignore[call-overload]
+        return json.dumps(plain(self), separators=(",", ":"))
 
     @classmethod
     def _build(cls, data: dict[str, Any]) -> Any:
@@ -116,7 +124,7 @@ class TraceEvent:
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(self)
 
 
 def trace_group(task_id: int) -> str:
@@ -138,7 +146,7 @@ class CallRequest:
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return plain(self)
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,12 @@ def test_the_sglang_server_honours_seeds_and_the_engine_checks_its_model_name(co
     env = services["engine-gpu"]["environment"]
     mapping = dict(item.split("=", 1) for item in env["ASYNCLM_SGLANG_SERVED"].split(","))
     assert mapping == {env["ASYNCLM_SGLANG_MODELS"]: served}
+
+
+def test_every_way_of_starting_a_worker_runs_it_the_same_way(compose):
+    from webapp.core.processes import WORKER_ARGS
+
+    procfile = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("worker:"))
+    command = compose["services"]["worker"]["command"]
+    for arg in WORKER_ARGS:
+        assert arg in procfile.split() and arg in command, arg

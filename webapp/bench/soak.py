@@ -33,7 +33,7 @@ from django.test.utils import override_settings
 
 from engine import health
 from webapp.bench.report import percentile
-from webapp.core.processes import Proc, ProcessError, current_database_url, service_env
+from webapp.core.processes import WORKER_ARGS, Proc, ProcessError, current_database_url, service_env
 from webapp.runs.models import Task, TraceEvent
 from webapp.tools.demo import DEMO_PACK
 from webapp.tools.models import Tool
@@ -106,10 +106,10 @@ class Soak:
             engine = [SUPERVISE, py, "manage.py", "run_engine", "--preload", f"{self.plan.model},simulated",
                       "--max-active", "4"]
             self.procs[f"engine{n}"] = Proc(f"soak-engine{n}", engine, env, self.log_dir)
-            self.procs[f"worker{n}"] = Proc(f"soak-worker{n}", [SUPERVISE, py, "-m", "celery", "-A", "webapp", "worker",
-                                                                "--pool", "prefork", "--concurrency", "2", "-Q",
-                                                                "default,tools", "-n", f"soak{n}@localhost",
-                                                                "--loglevel", "WARNING"], env, self.log_dir)
+            self.procs[f"worker{n}"] = Proc(f"soak-worker{n}", [SUPERVISE, py, "-m", "celery", "-A", "webapp",
+                                                                *WORKER_ARGS, "--concurrency", "2",
+                                                                "-n", f"soak{n}@localhost", "--loglevel", "WARNING"],
+                                            env, self.log_dir)
         self._wait_alive(client, "engine", 2)
         self._wait_alive(client, "worker", 2)
         self.say(f"soak: Redis (AOF) on port {self.port}, 2 engines and 2 workers under supervise.sh")

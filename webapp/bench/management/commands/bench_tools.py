@@ -178,6 +178,7 @@ class Command(BaseCommand):
         reader.join(2)
         latencies = [(arrived[c] - sent[c]) * 1000 for c in arrived]
         in_worker = [(finished[c] - started[c]) * 1000 for c in finished if c in started]
+        to_start = [(started[c] - sent[c]) * 1000 for c in started if c in sent]
         elapsed = max(arrived.values()) - start if arrived else float("inf")
         return {
             "enqueue": f"at {rate:g} calls/s" if rate else "all at once",
@@ -190,6 +191,14 @@ class Command(BaseCommand):
                 "p99": round(float(np.percentile(latencies, 99)), 2),
             }
             if latencies
+            else None,
+            # enqueue -> the worker process starts the call (the engine's dispatch hop: broker, the
+            # worker's consumer, the hand-off to a pool process)
+            "to_start_ms": {
+                "p50": round(float(np.percentile(to_start, 50)), 3),
+                "p99": round(float(np.percentile(to_start, 99)), 3),
+            }
+            if to_start
             else None,
             "in_worker_ms": {
                 "p50": round(float(np.percentile(in_worker, 50)), 3),
