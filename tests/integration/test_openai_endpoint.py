@@ -148,6 +148,19 @@ def test_a_client_that_leaves_cancels_its_task(web_server, token, start_engine, 
     assert task.status == "cancelled" and "client" in task.status_reason
 
 
+def test_a_client_that_gives_up_waiting_for_a_whole_reply_cancels_its_task(web_server, token, start_engine, alice):
+    start_engine("engine-openai-timeout", preload="simulated")
+    slow = {"calls": [], "final": "word " * 200, "token_ms": 50}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{web_server}/v1/chat/completions", timeout=3, headers={"Authorization": f"Bearer {token}"},
+                   json={"model": "simulated", "max_tokens": 1000,
+                         "messages": [{"role": "user", "content": f"Go.\n[plan] {json.dumps(slow)}\n"}]})
+    task = Task.objects.get(owner=alice)
+    wait_for(lambda: Task.objects.get(pk=task.pk).is_final, 30, "the task to end")
+    task.refresh_from_db()
+    assert task.status == "cancelled" and "client" in task.status_reason
+
+
 @pytest.mark.parametrize("fields, status, words", [
     ({"model": "no-such-model"}, 404, "does not exist"),
     ({"asynclm_mode": "fast"}, 400, "asynclm_mode"),
