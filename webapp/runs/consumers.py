@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from engine.messages import trace_group
-from webapp.runs.follow import buffered_events, stored_events
+from webapp.runs.follow import buffered_events, newer, stored_events
 from webapp.runs.models import Task
 
 
@@ -57,10 +57,6 @@ class TaskTraceConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "call", "report": message["report"]})
 
     async def forward(self, events: list[dict]) -> None:
-        fresh = []
-        for event in sorted(events, key=lambda e: e["seq"]):
-            if event["seq"] > self.last_seq:
-                fresh.append(event)
-                self.last_seq = event["seq"]
+        fresh, self.last_seq = newer(events, self.last_seq)
         if fresh:
             await self.send_json({"type": "events", "events": fresh})

@@ -38,6 +38,17 @@ async def buffered_events(task_id: int, after: int) -> list[dict]:
     return [e for e in events if e["seq"] > after]
 
 
+def newer(events: list[dict], last_seq: int) -> tuple[list[dict], int]:
+    """The events after `last_seq`, in order and each once, and the new last sequence number
+    (what a reader that has seen up to `last_seq` should pass on)."""
+    fresh = []
+    for event in sorted(events, key=lambda e: e["seq"]):
+        if event["seq"] > last_seq:
+            fresh.append(event)
+            last_seq = event["seq"]
+    return fresh, last_seq
+
+
 @database_sync_to_async
 def _is_final(task_id: int) -> bool:
     return Task.objects.filter(pk=task_id, status__in=Task.FINAL).exists()
@@ -102,9 +113,5 @@ class TraceFollower:
         return self._fresh(await stored_events(self.task_id, self.last_seq) + buffered)
 
     def _fresh(self, events: list[dict]) -> list[dict]:
-        fresh = []
-        for event in sorted(events, key=lambda e: e["seq"]):
-            if event["seq"] > self.last_seq:
-                fresh.append(event)
-                self.last_seq = event["seq"]
+        fresh, self.last_seq = newer(events, self.last_seq)
         return fresh
