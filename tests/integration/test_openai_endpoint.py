@@ -234,7 +234,7 @@ def test_the_readmes_snippets_run_as_written(web_server, token, start_engine, ce
         for proc in mcp_servers.procs.values():
             proc.kill()
     curl = subprocess.run(["bash", "-c", curl_snippet], env=env, capture_output=True, text=True, timeout=120)
-    assert curl.returncode == 0, curl.stderr
+    assert curl.returncode == 0, curl.stderr + curl.stdout
     reply = json.loads(curl.stdout)
     assert reply["choices"][0]["finish_reason"] in ("stop", "length") and reply["asynclm"]["status"] == "finished"
     client = subprocess.run([sys.executable, "-c", client_snippet], env=env, capture_output=True, text=True,
