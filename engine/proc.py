@@ -3,7 +3,9 @@ around the pure Scheduler. One `tick()` does one piece of work and says whether 
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +77,21 @@ class Publisher(Protocol):
     def close(self) -> None: ...
 
 
+PR_SET_TIMERSLACK = 29
+
+
+def precise_timers() -> None:
+    """The loop waits for a sequence's work to end (a few ms per token with a fast decoder); Linux
+    lets each such wait overrun by the thread's timer slack (50 us by default) to batch wake-ups.
+    1 us instead: the next token is sampled when its work is done, not up to 50 us later."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.info("could not lower the loop thread's timer slack")
+
+
 @dataclass
 class EngineConfig:
     engine_id: str
@@ -124,6 +141,7 @@ class EngineProcess:
         log.info("engine %s started (models: %s)", self.config.engine_id, ", ".join(self.config.models))
         # Heartbeats on their own thread: a long step or a busy loop must not look like a death.
         threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True).start()
+        precise_timers()
         try:
             while not self.stopping.is_set():
                 if not self.weathered_tick():

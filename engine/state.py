@@ -112,7 +112,8 @@ class TaskRun:
     prefill_ms: float = 0.0
     generated: list[int] = field(default_factory=list)
     # Sampled but not yet evaluated into the KV cache: evaluating it starts the next step, so a
-    # token's event leaves the engine before the ~40 ms decode of its successor.
+    # token's event leaves the engine before the ~40 ms decode of its successor (a sequence that
+    # `defers_work` takes the token at once instead).
     unevaluated: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)  # generated and injected text, in context order
     tail: str = ""  # the last characters of the context's text, for the [INTR] ban

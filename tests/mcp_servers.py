@@ -71,12 +71,14 @@ def main() -> None:
     parser.add_argument("transport", choices=["stdio", "http"])
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--variant", default="first")
+    parser.add_argument("--json-response", action="store_true",
+                        help="answer each request with one JSON body instead of an event stream")
     options = parser.parse_args()
     server = build(options.variant)
     if options.transport == "stdio":
         server.run("stdio")
     else:
-        server.run("streamable-http", host="127.0.0.1", port=options.port)
+        server.run("streamable-http", host="127.0.0.1", port=options.port, json_response=options.json_response)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,10 @@ class Sequence(ABC):
     def close(self) -> None:
         """Give the KV state back to the backend."""
 
+    # True where `append` only records the work and returns (its cost shows in `busy_s`): the
+    # engine then appends a sampled token at once, so the work overlaps the engine's bookkeeping.
+    defers_work = False
+
     def busy_s(self) -> float:
         """Seconds until the last append's work is done (0: ready). A backend that models a
         device's timing (the simulated decoder) answers here instead of sleeping, so the engine

@@ -14,7 +14,11 @@ yield of sync_parallel).
 So it reacts to the real interrupts the engine injects. Each generated token costs `token_ms`,
 each injected token `inject_ms`; the prompt is free (latency is measured from the first token).
 The cost is not slept: the sequence is busy for that long (`busy_s`), and the engine loop steps
-other tasks meanwhile and waits for the earliest one only when nothing else is ready.
+other tasks meanwhile and waits for the earliest one only when nothing else is ready. Like a GPU
+beside its host, the decoder works while the engine does its bookkeeping: the engine charges a
+sampled token at once (`defers_work`) and publishes, dispatches and reads results while it is
+busy, so what the engine adds per token is only what it does between a token's readiness and
+the next sample.
 
 A sub-agent's prompt is its agent tool's fixed instruction plus the task its parent wrote. So that
 a parent's call stays as short as a real one, the instruction may carry several plans by key,
@@ -50,6 +54,8 @@ MAX_STEP_MS = 2000.0
 
 
 class SimulatedSequence(Sequence):
+    defers_work = True  # a device's step: charged, not run, so it overlaps the engine's bookkeeping
+
     def __init__(self, backend: SimulatedBackend) -> None:
         self.backend = backend
         self.ids: list[int] = []

@@ -119,8 +119,7 @@ class LocalDriver:
         if run.replay is not None and run.replay.tokens_left:
             token = run.replay.token(run.forced.popleft() if run.forced else None)
             events = on_token(self._table, run, token, run.utf8.decode(backend.token_bytes(token)))
-            if run.status not in FINAL:
-                run.unevaluated = [token]
+            self._keep(run, seq, token)
             return events
         if run.tools and not run.monitor.in_block:
             logits = self.warm(backend).apply(logits, run.tail, trap=bool(run.pending() or run.interrupts))
@@ -136,6 +135,17 @@ class LocalDriver:
             run.forced.extend(backend.tokenize(instead))
             token = run.forced.popleft()
         events = on_token(self._table, run, token, run.utf8.decode(backend.token_bytes(token)))
-        if run.status not in FINAL:
-            run.unevaluated = [token]
+        self._keep(run, seq, token)
         return events
+
+    @staticmethod
+    def _keep(run: TaskRun, seq: Sequence, token: int) -> None:
+        """The sampled token goes into the context: at once where the sequence only records the
+        work (it runs while the engine publishes and dispatches, as a device computes beside its
+        host), else with the next step, after this token's events have left."""
+        if run.status in FINAL:
+            return
+        if seq.defers_work:
+            seq.append([token])
+        else:
+            run.unevaluated = [token]

@@ -33,10 +33,11 @@ class McpHttpServers:
         self.log_dir = log_dir
         self.procs: dict[int, Proc] = {}
 
-    def __call__(self, variant: str = "first", port: int | None = None) -> str:
+    def __call__(self, variant: str = "first", port: int | None = None, json_response: bool = False) -> str:
         port = port or free_port()
-        proc = Proc(f"mcp-{port}", [sys.executable, str(SERVER), "http", "--port", str(port), "--variant", variant],
-                    subprocess_env(), self.log_dir)
+        argv = [sys.executable, str(SERVER), "http", "--port", str(port), "--variant", variant]
+        proc = Proc(f"mcp-{port}", argv + (["--json-response"] if json_response else []), subprocess_env(),
+                    self.log_dir)
         self.procs[port] = proc
         proc.wait_until(lambda: listening(port), 30, "the MCP server to listen")
         return f"http://127.0.0.1:{port}/mcp"
@@ -120,8 +121,10 @@ def test_an_unreachable_server_is_a_clear_error_and_is_recorded():
     assert McpServer.objects.get(name="gone").last_error
 
 
-def test_results_images_and_tool_errors_come_back_as_the_model_reads_them(start_mcp_http):
-    connection = McpConnection("http", start_mcp_http())
+@pytest.mark.parametrize("json_response", [False, True], ids=["event-stream", "json"])
+def test_results_images_and_tool_errors_come_back_as_the_model_reads_them(start_mcp_http, json_response):
+    """Whichever way the server answers (an event stream, or one JSON body per request)."""
+    connection = McpConnection("http", start_mcp_http(json_response=json_response))
     from workers.executors.mcp import result_value
 
     weather = result_value(pool().request(connection, "call_tool", "get_weather", {"city": "Paris"}, timeout_s=10))

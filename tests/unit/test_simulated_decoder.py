@@ -150,3 +150,20 @@ def test_it_enforces_the_wall_budget_of_a_slow_plan_within_a_step():
         wait_while_busy(scheduler)
     assert events[-1].payload["finish_reason"] == "time_limit"
     assert time.monotonic() - start < 0.5 + 0.25
+
+
+def test_it_starts_a_sampled_tokens_work_at_once_so_the_engines_bookkeeping_overlaps_it():
+    """As a device computes beside its host: the step that samples a token also charges its cost,
+    so the engine's publishing and dispatching after that step run while the token is 'decoded'."""
+    backend = SimulatedBackend(get_model("simulated"))
+    scheduler = Scheduler(lambda name: backend)
+    scheduler.submit(submission(1, {**PLAN, "calls": PLAN["calls"][:1], "token_ms": 50}))
+    events: list = []
+    while not any(e.kind == "token" for e in events):
+        events += scheduler.step()
+        wait_while_busy(scheduler)
+    run = scheduler.task(1)
+    assert run is not None and run.unevaluated == []
+    assert run.seq.n_tokens == len(run.prompt_ids) + len(run.generated)  # the token is in the context
+    assert 0.03 < run.seq.busy_s() <= 0.05  # and its 50 ms are running already
+    assert scheduler.step() == [] and not scheduler.worked  # nothing to do until they are over

@@ -17,7 +17,7 @@ class CeleryDispatcher:
             str(request.tool.get("kind")))
         if special:
             # A sub-agent's task is created, or a teammate messaged, by a worker that returns at once.
-            app.send_task(special, args=[request.to_dict()], queue="tools",
+            app.send_task(special, args=[request.to_dict()], queue="tools", ignore_result=True,
                           task_id=celery_task_id(request.task_id, request.call_id), expires=timeout + CALL_GRACE_S)
             return
         # Soft limit first so the tool's error is reported; the hard limit kills a stuck child. A
@@ -25,7 +25,10 @@ class CeleryDispatcher:
         # a dead worker's queued calls are not run minutes later for a task that moved on.
         # argsrepr: Celery would otherwise put a safe repr of the whole request (tool schema
         # included) in the headers, which doubled the message and cost the loop ~0.2 ms a call.
-        app.send_task("workers.tasks.run_tool", args=[request.to_dict()], queue="tools",
+        # ignore_result: results come back on the engine's inbox, never through Celery's backend;
+        # without it every send subscribes to the task's result channel and unsubscribes again
+        # (two more Redis commands in the loop per call).
+        app.send_task("workers.tasks.run_tool", args=[request.to_dict()], queue="tools", ignore_result=True,
                       task_id=celery_task_id(request.task_id, request.call_id),
                       soft_time_limit=timeout, time_limit=timeout + 1, expires=timeout + CALL_GRACE_S,
                       argsrepr=f"({request.tool.get('name')}: task {request.task_id}, call {request.call_id})",

@@ -64,9 +64,12 @@ class Command(BaseCommand):
         parser.add_argument("--mcp-rate", type=float, default=20.0,
                             help="calls/s of the MCP row: below what the workers and the server (on the same "
                                  "cores here) can take, so that it measures the call, not a queue")
+        parser.add_argument("--mcp-responses", choices=["json", "sse"], default="json",
+                            help="how the MCP server answers a call: one JSON body (default), or an event "
+                                 "stream (the SDK server's default, for servers that stream progress)")
         parser.add_argument("--out", default=str(settings.VAR_DIR / "bench" / "tools.json"))
 
-    def handle(self, *args, calls, workers, paced_rate, mcp_calls, mcp_rate, out, **options):
+    def handle(self, *args, calls, workers, paced_rate, mcp_calls, mcp_rate, mcp_responses, out, **options):
         url = redis_url(BENCH_ENGINE_DB)  # its own database: no service sees these
         r = redis.Redis.from_url(url)
         try:
@@ -84,7 +87,7 @@ class Command(BaseCommand):
             if paced_rate > 0:
                 result["paced"] = self.run_calls(r, url, min(calls, int(paced_rate * 10)), "paced", paced_rate)
             if mcp_calls > 0:
-                result["mcp"] = self.mcp_row(r, url, mcp_calls, mcp_rate)
+                result["mcp"] = self.mcp_row(r, url, mcp_calls, mcp_rate, mcp_responses)
         finally:
             worker.kill(timeout=30)
         result["workers"] = workers
@@ -98,15 +101,17 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(result, indent=2))
         self.stdout.write(self.style.SUCCESS(f"saved {out}"))
 
-    def mcp_row(self, r: redis.Redis, url: str, calls: int, rate: float) -> dict:
+    def mcp_row(self, r: redis.Redis, url: str, calls: int, rate: float, responses: str) -> dict:
         """The same paced calls to the zero-latency simulated tool and to an MCP tool that answers at
         once; the MCP overhead is the difference of their time in the worker."""
         if not MCP_SERVER.exists():
             raise CommandError(f"the MCP row needs the tests' MCP server ({MCP_SERVER}); --mcp-calls 0 skips it")
         port = free_port()
         log = (settings.VAR_DIR / "bench" / "mcp-server.log").open("w")
-        server = subprocess.Popen([sys.executable, str(MCP_SERVER), "http", "--port", str(port)], stdout=log,
-                                  stderr=subprocess.STDOUT)
+        command = [sys.executable, str(MCP_SERVER), "http", "--port", str(port)]
+        if responses == "json":
+            command.append("--json-response")
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
             while not listening(port):
@@ -122,7 +127,8 @@ class Command(BaseCommand):
         overhead = None
         if mcp["in_worker_ms"] and simulated["in_worker_ms"]:
             overhead = {k: round(mcp["in_worker_ms"][k] - simulated["in_worker_ms"][k], 2) for k in ("p50", "p99")}
-        return {"server": "tests/mcp_servers.py over streamable HTTP on 127.0.0.1", "simulated_zero": simulated,
+        return {"server": f"tests/mcp_servers.py over streamable HTTP on 127.0.0.1, {responses} responses",
+                "simulated_zero": simulated,
                 "mcp_echo": mcp, "mcp_overhead_ms": overhead}
 
     def run_calls(self, r: redis.Redis, url: str, calls: int, name: str, rate: float | None = None,
@@ -169,6 +175,7 @@ class Command(BaseCommand):
                     args=[request.to_dict()],
                     queue="tools",
                     producer=producer,
+                    ignore_result=True,  # as the engine sends them: results come on its inbox
                     soft_time_limit=10,
                     time_limit=11,
                 )
