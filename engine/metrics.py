@@ -33,10 +33,23 @@ def task_metrics(run: TaskRun) -> dict[str, Any]:
         "injected_tokens": run.injected_tokens,
         # Decoding while at least one call ran on a worker: what calling asynchronously buys.
         "overlap_ms": run.timeline.overlap_ms(now=run.ms),
-        # False: sampled on a server that ignores seeds, so a rerun may differ (temperature > 0).
-        "reproducible": run.backend is None or run.backend.reproducible(run.sub.sampling.temperature),
+        # False (and why): a rerun of the same task may write other text.
+        **reproducibility(run),
         **_remote_metrics(run),
     }
+
+
+UNSEEDED = "the SGLang server ignores seeds at temperature > 0 (it runs without deterministic inference)"
+BATCHED = ("it was decoded in batches with other tasks, and llama.cpp's numbers depend slightly on a batch's "
+           "shape (ASYNCLM_EMBEDDED_BATCHED=false decodes each task alone)")
+
+
+def reproducibility(run: TaskRun) -> dict[str, Any]:
+    if run.backend is not None and not run.backend.reproducible(run.sub.sampling.temperature):
+        return {"reproducible": False, "not_reproducible_because": UNSEEDED}
+    if run.shared_batches:
+        return {"reproducible": False, "not_reproducible_because": BATCHED}
+    return {"reproducible": True}
 
 
 def _remote_metrics(run: TaskRun) -> dict[str, Any]:

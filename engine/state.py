@@ -135,6 +135,7 @@ class TaskRun:
     injecting: Injecting | None = None  # a frame going in over several steps
     replay: Replay | None = None  # being rebuilt from a dead engine's record (engine/resume.py)
     remote: RemoteState = field(default_factory=RemoteState)
+    shared_batches: bool = False  # decoded in batches with other tasks (known once its sequence closes)
     timeline: Timeline = field(default_factory=Timeline)  # every event, reduced (overlap in the metrics)
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     utf8: codecs.IncrementalDecoder = field(
@@ -178,6 +179,7 @@ class TaskRun:
         if tail:
             self.text.append(tail)
         if self.seq is not None:
+            self.shared_batches = isinstance(self.seq, Sequence) and self.seq.batched_with_others
             self.seq.close()
             self.seq = None
         return [

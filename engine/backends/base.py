@@ -43,6 +43,13 @@ class Sequence(ABC):
     def close(self) -> None:
         """Give the KV state back to the backend."""
 
+    # True once the sequence's tokens were evaluated in a batch together with another sequence's
+    # (a batching backend): llama.cpp's numbers depend slightly on a batch's shape, so the same
+    # greedy task run again need not write the same text.
+    @property
+    def batched_with_others(self) -> bool:
+        return False
+
     # True where `append` only records the work and returns (its cost shows in `busy_s`): the
     # engine then appends a sampled token at once, so the work overlaps the engine's bookkeeping.
     defers_work = False

@@ -47,6 +47,7 @@ class Slot:
     logits: np.ndarray | None = None
     error: str = ""
     in_use: bool = False
+    mixed: bool = False  # its cells hold tokens evaluated in a batch with another sequence's
 
 
 class BatchedSequence(Sequence):
@@ -65,6 +66,10 @@ class BatchedSequence(Sequence):
         if self.n_tokens + len(ids) > self._backend.n_ctx:
             raise BackendError(f"context full: {self.n_tokens} + {len(ids)} tokens exceed n_ctx={self._backend.n_ctx}")
         self._backend.queue(self.slot, ids)
+
+    @property
+    def batched_with_others(self) -> bool:
+        return self.slot.mixed
 
     def busy_s(self) -> float:
         # Not a time: the work is done at the next flush, which the scheduler runs once every
@@ -168,6 +173,7 @@ class BatchedLlamaBackend(LlamaVocab, LocalBackend):
             self._llama.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
             self._llama.llama_memory_seq_cp(self._mem, donor.seq_id, slot.seq_id, -1, -1)
             slot.tokens = list(donor.tokens)
+            slot.mixed = donor.mixed
             shared = donated
         self._cut(slot, shared)
         return BatchedSequence(self, slot)
@@ -211,6 +217,8 @@ class BatchedLlamaBackend(LlamaVocab, LocalBackend):
             self._llama.llama_memory_seq_rm(self._mem, slot.seq_id, n_tokens, -1)
         del slot.tokens[n_tokens:]
         slot.logits = None
+        if not slot.tokens:
+            slot.mixed = False
 
     # -- batches -----------------------------------------------------------------------------
     def flush(self, everything: bool = False) -> bool:
@@ -262,6 +270,9 @@ class BatchedLlamaBackend(LlamaVocab, LocalBackend):
         return int(self._llama.llama_decode(self._ctx, batch))
 
     def _settle(self, plan: list[tuple[Slot, int]]) -> None:
+        if len(plan) > 1:
+            for slot, _ in plan:
+                slot.mixed = True
         i = 0
         for slot, take in plan:
             whole = take == len(slot.pending)

@@ -51,15 +51,16 @@ def sglang_url(tmp_path_factory):
 REAL_SGLANG = os.environ.get("ASYNCLM_TEST_SGLANG_QWEN_URL", "")  # a real server with MODEL (`make test-sglang`)
 
 
-@pytest.fixture(params=["embedded", "embedded-batched", "sglang", *(["sglang-real"] if REAL_SGLANG else [])])
+@pytest.fixture(params=["embedded", "embedded-contexts", "sglang", *(["sglang-real"] if REAL_SGLANG else [])])
 def engine(request, start_engine, celery_worker_proc):
-    """Every mode test runs once per backend: the embedded model (a context per task, and the
-    batched backend: one context, a batch per step), and SGLang over HTTP (the imitation server,
-    generating with the same model; and a real SGLang server under `make test-sglang`)."""
+    """Every mode test runs once per backend: the embedded model (the batched backend, the default:
+    one context, a batch per step; and a context per task, `ASYNCLM_EMBEDDED_BATCHED=false`), and
+    SGLang over HTTP (the imitation server, generating with the same model; and a real SGLang
+    server under `make test-sglang`)."""
     if request.param == "embedded":
         return start_engine(preload=MODEL)
-    if request.param == "embedded-batched":
-        return start_engine("engine-batched", preload=MODEL, ASYNCLM_EMBEDDED_BATCHED="true")
+    if request.param == "embedded-contexts":
+        return start_engine("engine-contexts", preload=MODEL, ASYNCLM_EMBEDDED_BATCHED="false")
     url = REAL_SGLANG if request.param == "sglang-real" else request.getfixturevalue("sglang_url")
     return start_engine(f"engine-sglang-{request.node.name[-20:]}", preload=MODEL, ASYNCLM_SGLANG_URL=url,
                         ASYNCLM_SGLANG_MODELS=MODEL)

@@ -224,3 +224,24 @@ def test_the_scheduler_decodes_several_tasks_in_shared_batches(backend):
     assert all(e.payload["status"] == "finished" for e in finishes)
     tokens = sum(1 for e in events if e.kind == "token")
     assert backend.flushes - flushes < tokens * 0.6  # far fewer batches than tokens: they were shared
+
+
+def test_tasks_that_shared_a_batch_say_a_rerun_may_differ_and_a_task_alone_does_not(backend):
+    """Greedy decoding is reproducible only for a task whose tokens were never evaluated together
+    with another sequence's (nor copied from one that was): its metrics say which it was."""
+
+    def run(task_ids: tuple[int, ...]) -> dict[int, bool]:
+        scheduler = Scheduler(lambda name: backend)
+        for task_id in task_ids:
+            scheduler.submit(TaskSubmission(task_id, settings.ASYNCLM_TEST_MODEL, f"Count to {task_id}.", 6, 0.0,
+                                            Sampling(temperature=0.0), budgets=Budgets()))
+        events = []
+        while scheduler.has_work():
+            events += scheduler.step()
+        return {e.task_id: e.payload["metrics"]["reproducible"] for e in events if e.kind == "finish"}
+
+    backend.drop_cache()
+    assert run((1, 2)) == {1: False, 2: False}
+    backend.drop_cache()
+    assert run((3,)) == {3: True}
+    assert run((3,)) == {3: True}  # its own cached cells were never shared either

@@ -422,6 +422,23 @@ def test_runs_on_a_server_that_ignores_seeds_say_they_are_not_reproducible(alice
     assert 'id="not-reproducible"' in alice_client.get(reverse("compare", args=[g2])).content.decode()
 
 
+def test_runs_decoded_in_shared_batches_say_why_a_rerun_may_differ(alice_client, alice):
+    import uuid
+
+    from engine.metrics import BATCHED
+
+    group = str(uuid.uuid4())
+    batched = Task.objects.create(owner=alice, prompt="p", model="m", status="finished", compare_group=group,
+                                  metrics={"reproducible": False, "not_reproducible_because": BATCHED})
+    Task.objects.create(owner=alice, prompt="p", model="m", status="finished", compare_group=group,
+                        metrics={"reproducible": True})
+    page = alice_client.get(reverse("task_detail", args=[batched.pk])).content.decode()
+    assert 'id="not-reproducible"' in page and "decoded in batches with other tasks" in page
+    assert "ignores seeds" not in page
+    compare = alice_client.get(reverse("compare", args=[group])).content.decode()
+    assert "decoded in batches with other tasks" in compare and "ignores seeds" not in compare
+
+
 def test_the_health_bar_names_a_model_an_engine_refuses_and_why(alice_client, redis_client):
     from engine import health
 

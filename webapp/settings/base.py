@@ -140,7 +140,7 @@ ASYNCLM_ENGINE_STEP_S = env.float("ASYNCLM_ENGINE_STEP_S", 2.0, min=0.05)
 ASYNCLM_N_CTX = env.int("ASYNCLM_N_CTX", 4096, min=256)
 # The embedded model with continuous batching: one llama.cpp context, a sequence per task, one
 # batch per step (engine/backends/llamacpp_batched.py); false: a context per task, round-robin.
-ASYNCLM_EMBEDDED_BATCHED = env.bool("ASYNCLM_EMBEDDED_BATCHED", False)
+ASYNCLM_EMBEDDED_BATCHED = env.bool("ASYNCLM_EMBEDDED_BATCHED", True)
 # Prefill and interrupt-frame tokens one batched step evaluates at most, beside every decoding
 # task's next token.
 ASYNCLM_ENGINE_STEP_TOKENS = env.int("ASYNCLM_ENGINE_STEP_TOKENS", 128, min=16, max=2048)
