@@ -55,7 +55,7 @@ def ceiling(backend: Any, prompt: list[int], ns: tuple[int, ...] = (1, 2, 4, 8),
     return out
 
 
-def _script(calls: bool, i: int) -> str:
+def scripted_text(calls: bool, i: int) -> str:
     if not calls:
         return STORY
     return " ".join(f"Item {j}. [CALL] c{j} [HEAD] lookup(q={i * 100 + j}) [END] and on I write about it for "
@@ -71,7 +71,7 @@ def run_tasks(backend: LocalBackend, n: int, tokens: int, tools: list[ToolSpec],
     for i in range(n):
         scheduler.submit(TaskSubmission(i + 1, backend.spec.name, prompts(i=i), tokens, time.time(), Sampling(),
                                         mode="async", tools=[t.to_dict() for t in tools],
-                                        budgets=Budgets(max_calls=50), forced_text=_script(calls, i)))
+                                        budgets=Budgets(max_calls=50), forced_text=scripted_text(calls, i)))
     due: list[tuple[float, int, str]] = []
     stamps: dict[int, list[float]] = {i + 1: [] for i in range(n)}
     while scheduler.has_work() or due:

@@ -76,6 +76,7 @@ class Services:
     engines: int = 1
     worker_concurrency: int = 12
     redis_db: int = BENCH_REDIS_DB
+    extra_env: dict[str, str] = field(default_factory=dict)  # settings for the engines and the worker
     redis_url: str = ""
     engine_id: str = ""
     procs: list[Proc] = field(default_factory=list)
@@ -102,7 +103,7 @@ class Services:
         # Its own processes for its own user: sub-agents are tasks, and a run starts more of them
         # than a person may (the per-user rate and open-task cap would refuse the later ones).
         env = service_env(self.redis_url, ASYNCLM_TEST_REDIS_DB=str(self.redis_db), LOG_LEVEL="WARNING",
-                          ASYNCLM_TASK_RATE="100000/m", ASYNCLM_MAX_OPEN_TASKS_PER_USER="1000")
+                          ASYNCLM_TASK_RATE="100000/m", ASYNCLM_MAX_OPEN_TASKS_PER_USER="1000", **self.extra_env)
         self.engine_id = f"bench-engine-{os.getpid()}"
         say(f"starting {self.engines} engine(s) and a Celery worker ({self.worker_concurrency} processes) on "
             f"{self.redis_url}")

@@ -6,8 +6,10 @@
   what a small model would choose to write. Tasks run one at a time.
 - inject_ms / reprefill_ms, overhead_ms_per_token, engine_tok_s / raw_tok_s: in this process, on
   the same model file.
-- concurrency: 1/2/4/8 tasks on one engine, a context per task against the batched backend
-  (webapp/bench/concurrency.py); `--only-concurrency` runs just that and adds it to --out.
+- concurrency: 1/2/4/8 tasks on one engine, a context per task against the batched backend, in
+  this process (webapp/bench/concurrency.py), then the same tasks through an engine process with a
+  Celery worker running the calls, once per backend (`engine_processes`,
+  webapp/bench/through_engine.py); `--only-concurrency` runs just that and adds it to --out.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from engine.scheduler import Scheduler
 from engine.timeline import EventKind, Timeline
 from engine.tools import ToolSpec
 from webapp.bench.concurrency import concurrency, run_tasks
+from webapp.bench.runner import BenchError
+from webapp.bench.through_engine import through_engine
 from webapp.core.processes import (
     Proc,
     ProcessError,
@@ -184,6 +188,12 @@ class Command(BaseCommand):
 
         result = concurrency(before, after, [LOOKUP], say=self.say, make_batched=make)
         result["step_tokens"] = settings.ASYNCLM_ENGINE_STEP_TOKENS
+        del before, after  # their memory, before the engine processes load the model again
+        self.say("  the same tasks through an engine process, its calls on a Celery worker:")
+        try:
+            result["engine_processes"] = through_engine(spec.name, [LOOKUP], settings.VAR_DIR / "bench", self.say)
+        except BenchError as exc:
+            raise CommandError(str(exc)) from None
         return result
 
     # -- the SGLang path ------------------------------------------------------------------------
