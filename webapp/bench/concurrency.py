@@ -86,12 +86,18 @@ def run_tasks(backend: LocalBackend, n: int, tokens: int, tools: list[ToolSpec],
             scheduler.deliver(item[1], item[2], ok=True, value={"answer": 7})
         if not scheduler.worked and not scheduler.has_work() and due:
             time.sleep(max(0.0, min(d[0] for d in due) - time.perf_counter()))
-    firsts = [s[0] for s in stamps.values() if s]
-    lasts = [s[-1] for s in stamps.values() if s]
-    total = sum(len(s) for s in stamps.values())
-    per_task = [(len(s) - 1) / (s[-1] - s[0]) for s in stamps.values() if len(s) > 1]
-    return {"tasks": n, "tokens": total,
-            "aggregate_tok_s": round(total / (max(lasts) - min(firsts)), 2) if total > 1 else None,
+    return {"tasks": n, **figures(list(stamps.values()), start)}
+
+
+def figures(stamps: list[list[float]], start: float) -> dict[str, Any]:
+    """From each task's token times (seconds, one clock with `start`, when the tasks were
+    submitted): all tokens, aggregate tokens/s (first token to last, across tasks), per-task
+    tokens/s p50 and time to first token p50."""
+    firsts = [s[0] for s in stamps if s]
+    total = sum(len(s) for s in stamps)
+    per_task = [(len(s) - 1) / (s[-1] - s[0]) for s in stamps if len(s) > 1]
+    return {"tokens": total,
+            "aggregate_tok_s": round(total / (max(s[-1] for s in stamps if s) - min(firsts)), 2) if total > 1 else None,
             "per_task_tok_s_p50": round(statistics.median(per_task), 2) if per_task else None,
             "ttft_ms_p50": round(statistics.median([(f - start) * 1000 for f in firsts]), 1) if firsts else None}
 

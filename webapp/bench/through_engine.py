@@ -7,7 +7,6 @@ tasks), per-task tokens/s p50 and time to first token p50 (from submission)."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import redis
 from engine.intake import Intake
 from engine.messages import Budgets, Sampling, TaskSubmission
 from engine.tools import ToolSpec
-from webapp.bench.concurrency import QUESTION, scripted_text
+from webapp.bench.concurrency import QUESTION, figures, scripted_text
 from webapp.bench.runner import BenchError, Services, bench_user
 from webapp.core.redis_dbs import BENCH_ENGINE_DB
 from webapp.runs.models import Task, TraceEvent
@@ -57,13 +56,7 @@ def run_tasks(services: Services, model: str, n: int, tokens: int, tools: list[T
         events = list(TraceEvent.objects.filter(task=task, kind__in=("token", "call_dispatched")).order_by("seq"))
         stamps.append([base + e.t_ms / 1000 for e in events if e.kind == "token"])
         dispatched += sum(e.kind == "call_dispatched" for e in events)
-    firsts = [s[0] for s in stamps if s]
-    total = sum(len(s) for s in stamps)
-    per_task = [(len(s) - 1) / (s[-1] - s[0]) for s in stamps if len(s) > 1]
-    return {"tasks": n, "calls": calls, "tokens": total, "calls_dispatched": dispatched,
-            "aggregate_tok_s": round(total / (max(s[-1] for s in stamps if s) - min(firsts)), 2) if total > 1 else None,
-            "per_task_tok_s_p50": round(statistics.median(per_task), 2) if per_task else None,
-            "ttft_ms_p50": round(statistics.median([(f - start) * 1000 for f in firsts]), 1) if firsts else None}
+    return {"tasks": n, "calls": calls, "calls_dispatched": dispatched, **figures(stamps, start)}
 
 
 def through_engine(model: str, tools: list[ToolSpec], log_dir: Path, say: Callable[[str], None], *,
