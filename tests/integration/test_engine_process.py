@@ -99,7 +99,9 @@ def test_a_task_a_dead_engine_held_that_cannot_be_resumed_is_failed_with_the_rea
                                                                                    test_model):
     dying = start_engine("engine-doomed", ASYNCLM_HEARTBEAT_TTL="3")
     task = submit(alice, test_model, prompt="Tell a very long story about a dragon.", max_tokens=2000)
-    wait_for(lambda: TraceEvent.objects.filter(task=task, kind="token").exists(), 60, "first tokens")
+    # Tokens stored after the one deleted below: with that one alone, its loss would leave no gap
+    # (a record that just ends sooner), and the task would resume from its prompt.
+    wait_for(lambda: TraceEvent.objects.filter(task=task, kind="token").count() >= 3, 60, "first tokens")
     dying.kill(sig=9)
     TraceEvent.objects.filter(task=task, kind="token").first().delete()  # a record with a gap
     Task.objects.filter(pk=task.pk).update(engine_id="engine-doomed")
