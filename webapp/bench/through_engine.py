@@ -26,7 +26,7 @@ BACKENDS = {"batched": "true", "contexts": "false"}
 TASK_TIMEOUT_S = 600.0
 
 
-def run_tasks(services: Services, model: str, n: int, tokens: int, tools: list[ToolSpec],
+def run_together(services: Services, model: str, n: int, tokens: int, tools: list[ToolSpec],
               calls: bool) -> dict[str, Any]:
     """N tasks submitted together; returns once every one has ended."""
     intake = Intake(redis.Redis.from_url(services.redis_url))
@@ -71,7 +71,7 @@ def through_engine(model: str, tools: list[ToolSpec], log_dir: Path, say: Callab
             runs = []
             for calls in (False, True):
                 for n in ns:
-                    runs.append(run_tasks(services, model, n, tokens, tools, calls))
+                    runs.append(run_together(services, model, n, tokens, tools, calls))
                     say(f"  engine process, {backend}: {runs[-1]}")
         finally:
             services.stop()

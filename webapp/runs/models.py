@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from engine.metrics import UNSEEDED
+
 
 class Task(models.Model):
     class Status(models.TextChoices):
@@ -72,6 +74,15 @@ class Task(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in self.FINAL
+
+    @property
+    def rerun_may_differ(self) -> str:
+        """Why running this task again may write other text ("" when it would not). Tasks stored
+        before the reason was recorded could only differ for the first reason: an unseeded server."""
+        metrics = self.metrics or {}
+        if metrics.get("reproducible") is not False:
+            return ""
+        return str(metrics.get("not_reproducible_because") or UNSEEDED)
 
 
 class TraceEvent(models.Model):

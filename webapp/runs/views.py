@@ -9,7 +9,6 @@ from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from engine.metrics import UNSEEDED
 from webapp.core.redis import ServiceUnavailable, read_health
 from webapp.core.validators import unstorable
 from webapp.runs.export import trace_document
@@ -73,9 +72,7 @@ def compare(request, group):
     runs = list(Task.objects.filter(owner=request.user, compare_group=group).order_by("pk"))
     if not runs:
         raise Http404("no such comparison")
-    # Why reruns may differ, once per reason (tasks stored before the reason was recorded: seeds).
-    not_reproducible = sorted({(t.metrics or {}).get("not_reproducible_because") or UNSEEDED for t in runs
-                               if (t.metrics or {}).get("reproducible") is False})
+    not_reproducible = sorted({t.rerun_may_differ for t in runs} - {""})  # each reason once
     return render(request, "runs/compare.html", {"runs": runs, "group": group, "not_reproducible": not_reproducible})
 
 
@@ -136,7 +133,7 @@ def task_detail(request, pk: int):
                        "be marked failed when an engine starts again.")
     return render(request, "runs/task_detail.html",
                   {"task": task, "engine_warning": warning, "calls": task.calls.all(), "teammates": teammates(task),
-                   "lanes": lanes(task), "unseeded": UNSEEDED,
+                   "lanes": lanes(task),
                    "sync_twin": sync_twin(task), "max_message_chars": settings.ASYNCLM_MAX_MESSAGE_CHARS})
 
 
