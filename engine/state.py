@@ -95,6 +95,7 @@ class Injecting:
     began_ms: float
     left: list[int]  # its tokens not appended yet
     ms: float = 0.0  # time spent appending so far
+    work_at: float | None = None  # the sequence's `work_s()` when the frame began (batching backends)
 
 
 @dataclass

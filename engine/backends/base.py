@@ -54,6 +54,13 @@ class Sequence(ABC):
     # engine then appends a sampled token at once, so the work overlaps the engine's bookkeeping.
     defers_work = False
 
+    def work_s(self) -> float | None:
+        """Seconds of evaluation this sequence's appends have cost since it was opened, for a
+        backend whose `append` only queues and evaluates later in a shared batch (the whole
+        batch's time: what the task waited for). None where `append` itself does the work, so its
+        duration is the cost."""
+        return None
+
     def busy_s(self) -> float:
         """Seconds until the last append's work is done (0: ready). A backend that models a
         device's timing (the simulated decoder) answers here instead of sleeping, so the engine

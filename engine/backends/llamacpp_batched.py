@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class Slot:
     error: str = ""
     in_use: bool = False
     mixed: bool = False  # its cells hold tokens evaluated in a batch with another sequence's
+    work_s: float = 0.0  # seconds of the batches that held its tokens, over its whole life
 
 
 class BatchedSequence(Sequence):
@@ -55,6 +57,7 @@ class BatchedSequence(Sequence):
         self._backend = backend
         self.slot = slot
         self._closed = False
+        self._work_from = slot.work_s
 
     @property
     def n_tokens(self) -> int:
@@ -70,6 +73,9 @@ class BatchedSequence(Sequence):
     @property
     def batched_with_others(self) -> bool:
         return self.slot.mixed
+
+    def work_s(self) -> float:
+        return self.slot.work_s - self._work_from
 
     def busy_s(self) -> float:
         # Not a time: the work is done at the next flush, which the scheduler runs once every
@@ -244,15 +250,17 @@ class BatchedLlamaBackend(LlamaVocab, LocalBackend):
             take = min(len(slot.pending), room)
             plan.append((slot, take))
             room -= take
+        started = time.perf_counter()
         if self._decode(plan) != 0:
             # No room for the batch as a whole: each sequence alone, so one task's failure is its own.
             for slot, take in plan:
+                alone = time.perf_counter()
                 if self._decode([(slot, take)]) != 0:
                     self._fail(slot, "the model's context has no room left for this task's tokens")
                 else:
-                    self._settle([(slot, take)])
+                    self._settle([(slot, take)], alone)
             return
-        self._settle(plan)
+        self._settle(plan, started)
 
     def _decode(self, plan: list[tuple[Slot, int]]) -> int:
         batch = self._batch
@@ -269,7 +277,7 @@ class BatchedLlamaBackend(LlamaVocab, LocalBackend):
         batch.n_tokens = i
         return int(self._llama.llama_decode(self._ctx, batch))
 
-    def _settle(self, plan: list[tuple[Slot, int]]) -> None:
+    def _settle(self, plan: list[tuple[Slot, int]], started: float) -> None:
         if len(plan) > 1:
             for slot, _ in plan:
                 slot.mixed = True
@@ -283,6 +291,9 @@ class BatchedLlamaBackend(LlamaVocab, LocalBackend):
                 ptr = self._llama.llama_get_logits_ith(self._ctx, i - 1)
                 slot.logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
                 self._dirty.pop(slot.seq_id, None)
+        took = time.perf_counter() - started
+        for slot, _ in plan:
+            slot.work_s += took
         self.flushes += 1
 
     def _fail(self, slot: Slot, reason: str) -> None:

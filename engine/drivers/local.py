@@ -64,11 +64,15 @@ class LocalDriver:
         return run.seq
 
     def _prefill(self, run: TaskRun) -> list[TraceEvent]:
-        chunk = run.prompt_ids[run.prefilled : run.prefilled + self.chunks.size(id(run.backend))]
-        run.prefill_ms += self._append(run, chunk) * 1000
-        run.prefilled += len(chunk)
+        seq = self._seq(run)
         if run.prefilled < len(run.prompt_ids):
-            return []
+            chunk = run.prompt_ids[run.prefilled : run.prefilled + self.chunks.size(id(run.backend))]
+            run.prefill_ms += self._append(run, chunk) * 1000
+            run.prefilled += len(chunk)
+            if run.prefilled < len(run.prompt_ids) or self._queued(seq):
+                return []
+        # A batching backend evaluated the prompt in the batches since the sequence opened.
+        run.prefill_ms += (seq.work_s() or 0.0) * 1000
         run.status = Status.DECODING
         payload = {"prompt_tokens": len(run.prompt_ids), "reused_tokens": run.reused_tokens,
                    "ms": round(run.prefill_ms, 2)}
@@ -89,7 +93,8 @@ class LocalDriver:
         ended = no_room(run, frame, run.backend.n_ctx - seq.n_tokens - len(run.unevaluated) - 1)
         if ended:
             return ended
-        run.injecting = Injecting(frame, seq.n_tokens + len(run.unevaluated), run.ms, list(frame.ids))
+        run.injecting = Injecting(frame, seq.n_tokens + len(run.unevaluated), run.ms, list(frame.ids),
+                                  work_at=seq.work_s())
         # The last sampled token and the frame go in one evaluation: the frame reaches the backend
         # at once instead of after a separate forward pass for that token.
         head, run.unevaluated = run.unevaluated, []
@@ -98,13 +103,23 @@ class LocalDriver:
     def _inject_more(self, run: TaskRun, head: list[int]) -> list[TraceEvent]:
         part = run.injecting
         assert part is not None
-        size = self.chunks.size(id(run.backend))
-        chunk, part.left = part.left[:size], part.left[size:]
-        part.ms += self._append(run, head + chunk) * 1000
+        seq = self._seq(run)
         if part.left:
-            return []
+            size = self.chunks.size(id(run.backend))
+            chunk, part.left = part.left[:size], part.left[size:]
+            part.ms += self._append(run, head + chunk) * 1000
+            if part.left or self._queued(seq):
+                return []
+        if part.work_at is not None:
+            part.ms += ((seq.work_s() or 0.0) - part.work_at) * 1000
         run.injecting = None
         return [injected(run, part.frame, position=part.position, began_ms=part.began_ms, ms=part.ms)]
+
+    @staticmethod
+    def _queued(seq: Sequence) -> bool:
+        """Whether a batching backend still holds the sequence's appended tokens for its next
+        batch: the prefill or frame is reported once evaluated, with the time that took."""
+        return seq.work_s() is not None and seq.busy_s() > 0
 
     def _decode(self, run: TaskRun) -> list[TraceEvent]:
         backend = run.backend

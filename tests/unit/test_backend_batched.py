@@ -245,3 +245,29 @@ def test_tasks_that_shared_a_batch_say_a_rerun_may_differ_and_a_task_alone_does_
     backend.drop_cache()
     assert run((3,)) == {3: True}
     assert run((3,)) == {3: True}  # its own cached cells were never shared either
+
+
+def test_prefill_and_frames_report_the_time_of_the_batches_that_evaluated_them(backend):
+    """Appends only queue here, so the time is taken from the batches: a prefill or frame event
+    comes once its tokens were evaluated, with that time (not the microseconds of queueing)."""
+    backend.drop_cache()
+    scheduler = Scheduler(lambda name: backend)
+    prompt = "Write a long story about a fox who lives in a forest near a river."
+    scheduler.submit(TaskSubmission(1, settings.ASYNCLM_TEST_MODEL, prompt, 40, 0.0, Sampling(temperature=0.0),
+                                    budgets=Budgets()))
+    events = []
+    while not any(e.kind == "token" for e in events):
+        events += scheduler.step()
+    run = scheduler.task(1)
+    (prefill,) = [e for e in events if e.kind == "prefill"]
+    assert prefill.payload["ms"] >= run.seq.work_s() * 1000 * 0.99 > 1.0  # the prompt's batches, no less
+    assert run.seq.work_s() * 1000 < prefill.payload["ms"] + 200  # and not the decode after it
+    events += scheduler.human_message(1, "Also mention the river's name, please, in one short sentence.")
+    before = run.seq.work_s()
+    while not any(e.kind == "interrupt_injected" for e in events):
+        events += scheduler.step()
+    (frame,) = [e for e in events if e.kind == "interrupt_injected"]
+    assert frame.payload["tokens"] > 10
+    assert frame.payload["ms"] >= (run.seq.work_s() - before) * 1000 * 0.99 > 1.0
+    assert frame.t_ms >= frame.payload["began_ms"] + frame.payload["ms"] * 0.99  # reported once it was in
+    scheduler.cancel(1)
