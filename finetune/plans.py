@@ -109,7 +109,7 @@ def _mistaken_args(tool: ToolSpec, args: dict[str, Any]) -> dict[str, Any] | Non
 
 
 def single_turn_plan(name: str, entry: dict[str, Any], seed: int) -> Plan | None:
-    scenario, _ = single_turn_entry(name, entry, seed)
+    scenario, _ = single_turn_entry(name, entry, seed, minimal=True)
     if scenario is None:
         return None
     rng = _rng(seed, entry["id"])

@@ -51,39 +51,87 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_loss(model: Any, row: dict[str, Any], device: str) -> tuple[Any, int]:
+class Frozen:
+    """The hidden states of each trace after the layers that carry no adapter, computed once.
+
+    With adapters on the top N layers only, the layers below them never change, so their output
+    for a trace is the same in every step: a step runs only the adapted layers on it (the saving
+    is the frozen layers' forward pass over the whole trace, prompt included, in every step).
+    `depth` 0 (adapters everywhere) caches nothing."""
+
+    def __init__(self, model: Any, depth: int, device: str) -> None:
+        self.inner, self.depth, self.device = model.get_base_model(), depth, device
+        self.states: dict[int, Any] = {}
+
+    def hidden(self, row: dict[str, Any]) -> Any:
+        """[1, tokens, hidden] after the frozen layers (the embeddings when there are none)."""
+        import torch
+
+        key = id(row)
+        if key not in self.states:
+            with torch.no_grad():
+                ids = torch.tensor([row["ids"]], device=self.device)
+                h = self.inner.model.embed_tokens(ids)
+                if self.depth:
+                    h = self._layers(h, 0, range(self.depth), None, None)
+            self.states[key] = h
+        return self.states[key]
+
+    def top(self, h: Any, start: int, cache: Any, mask: Any) -> Any:
+        """The adapted layers over `h` (positions from `start`), then the final norm."""
+        n_layers = self.inner.config.num_hidden_layers
+        return self.inner.model.norm(self._layers(h, start, range(self.depth, n_layers), cache, mask))
+
+    def _layers(self, h: Any, start: int, which: range, cache: Any, mask: Any) -> Any:
+        import torch
+
+        positions = torch.arange(start, start + h.shape[1], device=self.device).unsqueeze(0)
+        rope = self.inner.model.rotary_emb(h, positions)
+        for i in which:
+            h = self.inner.model.layers[i](h, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                                           use_cache=cache is not None, position_embeddings=rope)
+        return h
+
+
+def batch_loss(model: Any, row: dict[str, Any], device: str, frozen: Frozen) -> tuple[Any, int]:
     """Mean loss over the trained tokens of one trace, and how many there are.
 
-    Two savings that CPU training needs (a 0.5b forward + backward over 500 tokens is ~30 s on
-    this 2-core machine): the prompt, which holds no trained token, is run once without a graph
-    and its KV cache is reused, so the backward pass covers only the assistant's part (with the
+    Three savings that CPU training needs (a 0.5b forward + backward over 500 tokens is ~30 s on
+    this 2-core machine): the frozen layers run once per trace for the whole training (`Frozen`);
+    the prompt, which holds no trained token, runs through the adapted layers without a graph and
+    its KV cache is reused, so the backward pass covers only the assistant's part (with the
     adapter active in both, so the forward pass is exact; only the gradient through the prompt's
     keys and values is left out); and the vocabulary projection (136M weights, tied to the
     embeddings) runs only where a token is trained on."""
     import torch
+    from transformers import DynamicCache
 
     ids, mask, start = row["ids"], row["mask"], max(1, row["prompt_tokens"] - 1)
     inner = model.get_base_model()
+    h = frozen.hidden(row)
+    cache = DynamicCache(config=inner.config)
     with torch.no_grad():
-        past = inner.model(input_ids=torch.tensor([ids[:start]], device=device), use_cache=True).past_key_values
-    rest = torch.tensor([ids[start:]], device=device)
-    hidden = inner.model(input_ids=rest, past_key_values=past, use_cache=True).last_hidden_state[0]
-    # Position j of `rest` predicts token start + j + 1.
-    picked = [j for j in range(len(ids) - start - 1) if mask[start + j + 1]]
+        frozen.top(h[:, :start], 0, cache, None)
+    rest = len(ids) - start
+    # Each new position sees the whole prompt and itself and what came before it.
+    allowed = torch.ones(rest, start + rest, dtype=torch.bool, device=device).tril(diagonal=start)[None, None]
+    hidden = frozen.top(h[:, start:], start, cache, allowed)[0]
+    # Position j of the rest predicts token start + j + 1.
+    picked = [j for j in range(rest - 1) if mask[start + j + 1]]
     targets = torch.tensor([ids[start + j + 1] for j in picked], device=device)
     logits = inner.lm_head(hidden[picked])
     loss = torch.nn.functional.cross_entropy(logits.float(), targets)
     return loss, len(picked)
 
 
-def eval_loss(model: Any, rows: list[dict[str, Any]], device: str) -> float:
+def eval_loss(model: Any, rows: list[dict[str, Any]], device: str, frozen: Frozen) -> float:
     import torch
 
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for row in rows:
-            loss, n = batch_loss(model, row, device)
+            loss, n = batch_loss(model, row, device, frozen)
             total += loss.item() * n
             count += n
     model.train()
@@ -120,6 +168,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                             target_modules=TARGETS, layers_to_transform=layers, task_type="CAUSAL_LM")
         model = get_peft_model(base, config)
     model.train()
+    depth = max(0, base.config.num_hidden_layers - args.layers) if args.layers else 0
+    frozen = Frozen(model, depth, device)
+    if depth:
+        for row in tqdm(train_rows + eval_rows, desc=f"layers 0-{depth - 1} (no adapter), once per trace",
+                        unit="trace", dynamic_ncols=True, file=sys.stdout):
+            frozen.hidden(row)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     log: dict[str, Any] = {"train": [], "eval": []}
@@ -134,7 +188,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     rng.shuffle(order)
     cursor = step * args.accum
     if not log["eval"]:
-        log["eval"].append({"step": 0, "loss": round(eval_loss(model, eval_rows, device), 4)})
+        log["eval"].append({"step": 0, "loss": round(eval_loss(model, eval_rows, device, frozen), 4)})
         print(f"held-out loss before training: {log['eval'][0]['loss']}", flush=True)
     bar = tqdm(total=args.steps, initial=step, desc="training", unit="step", dynamic_ncols=True, file=sys.stdout)
     train_started = time.monotonic() - (log["train"][-1]["s"] if log["train"] else 0.0)
@@ -146,7 +200,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.accum):
                 row = train_rows[order[cursor % len(order)]]
                 cursor += 1
-                loss, n = batch_loss(model, row, device)
+                loss, n = batch_loss(model, row, device, frozen)
                 (loss / args.accum).backward()
                 total += loss.item() * n
                 tokens += n
@@ -159,13 +213,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             bar.set_postfix(loss=f"{log['train'][-1]['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
             bar.update(1)
             if step % args.eval_every == 0 or step == args.steps:
-                log["eval"].append({"step": step, "loss": round(eval_loss(model, eval_rows, device), 4)})
+                log["eval"].append({"step": step, "loss": round(eval_loss(model, eval_rows, device, frozen), 4)})
                 bar.write(f"step {step}: held-out loss {log['eval'][-1]['loss']}")
                 save_checkpoint(model, optimizer, step, log, args.out)
     except KeyboardInterrupt:  # Ctrl-C: keep what was learned so far, as a finished run of fewer steps
         bar.write(f"stopped at step {step}; saving the adapter")
         if step and log["eval"][-1]["step"] != step:
-            log["eval"].append({"step": step, "loss": round(eval_loss(model, eval_rows, device), 4)})
+            log["eval"].append({"step": step, "loss": round(eval_loss(model, eval_rows, device, frozen), 4)})
         save_checkpoint(model, optimizer, step, log, args.out)
     bar.close()
     return finalize(args, log, step, len(train_rows), len(eval_rows), device, time.monotonic() - started)
@@ -225,12 +279,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--model-dir", type=Path,
                         default=Path(os.environ.get("ASYNCLM_MODEL_DIR", ROOT / "var" / "models")))
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps")
     parser.add_argument("--accum", type=int, default=4, help="traces per optimizer step")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--layers", type=int, default=12,
-                        help="adapters on the top N layers only (0: all); the backward pass stops below them, "
-                             "which halves a CPU step at 12 of the 0.5b model's 24")
+                        help="adapters on the top N layers only (0: all); the layers below run once per trace "
+                             "for the whole run and the backward pass stops above them")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--eval-every", type=int, default=50)

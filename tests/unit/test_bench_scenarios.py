@@ -7,7 +7,16 @@ import pytest
 
 from engine.tools import ToolSpec
 from finetune.split import HELDOUT_FILE
-from webapp.bench.scenarios import MULTISTEP, draw_latencies, heldout_ids, scenarios, single_turn, unusable
+from webapp.bench.scenarios import (
+    MULTISTEP,
+    draw_latencies,
+    heldout_ids,
+    scenarios,
+    single_turn,
+    single_turn_entry,
+    unusable,
+)
+from webapp.tools.bfcl import dataset
 
 
 def test_latencies_follow_the_papers_distribution_and_are_reproducible():
@@ -36,6 +45,17 @@ def test_optional_and_nested_arguments_take_their_first_acceptable_value():
     drink = next(c for c in calls if c.name == "ChaDri.change_drink")
     assert drink.args["new_preferences"]["size"] == "large"
     assert "special_instructions" not in drink.args["new_preferences"]  # "" = may be left out
+
+
+def test_minimal_calls_leave_out_only_optional_arguments_the_question_does_not_state():
+    entries = {e["id"]: e for e in dataset("parallel")}
+    full, _ = single_turn_entry("parallel", entries["parallel_31"], 0)
+    minimal, _ = single_turn_entry("parallel", entries["parallel_31"], 0, minimal=True)
+    assert full.calls[0].args == {"event": "Treaty of Paris", "depth": "detailed", "year": 0}
+    assert minimal.calls[0].args == {"event": "Treaty of Paris"}  # nothing in the question says "detailed"
+    kept, _ = single_turn_entry("parallel", entries["parallel_44"], 0, minimal=True)
+    assert kept.calls[0].args["amenities"] == ["Parking"]  # "... only in those with available parking"
+    assert [c.latency_ms for c in minimal.calls] == [c.latency_ms for c in full.calls]
 
 
 def test_multistep_scenarios_join_three_entries_with_namespaced_instances():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -108,15 +109,20 @@ def answers(name: str) -> dict[str, Any]:
         return {d["id"]: d["ground_truth"] for d in map(json.loads, f) if d}
 
 
-def _first_acceptable(values: dict[str, list[Any]], known: set[str] | None = None) -> dict[str, Any]:
+def _first_acceptable(values: dict[str, list[Any]], known: set[str] | None = None,
+                      unasked: Callable[[str, Any], bool] | None = None) -> dict[str, Any]:
     """BFCL lists the acceptable values of each argument ("" = may be left out); a dict argument
     is itself written that way, one level down. An optional argument the function's document does
-    not define (BFCL's data has a few) is left out: its checker rejects it as unexpected."""
+    not define (BFCL's data has a few) is left out: its checker rejects it as unexpected, and so is
+    one that may be left out and for which `unasked(argument, value)` says true."""
     args = {}
     for arg, acceptable in values.items():
-        if known is not None and arg not in known and isinstance(acceptable, list) and "" in acceptable:
+        omittable = isinstance(acceptable, list) and "" in acceptable
+        if omittable and known is not None and arg not in known:
             continue
         chosen = next((v for v in acceptable if v != ""), None) if isinstance(acceptable, list) else acceptable
+        if omittable and unasked is not None and unasked(arg, chosen):
+            continue
         if isinstance(chosen, dict):
             chosen = _first_acceptable(chosen)
         if chosen is not None:
@@ -148,17 +154,32 @@ def unusable(name: str) -> dict[str, str]:
             if (problem := single_turn_entry(name, entry, 0)[1])}
 
 
-def single_turn_entry(name: str, entry: dict[str, Any], seed: int,
-                      profile: str = DEFAULT_PROFILE) -> tuple[Scenario | None, str]:
+def single_turn_entry(name: str, entry: dict[str, Any], seed: int, profile: str = DEFAULT_PROFILE,
+                      *, minimal: bool = False) -> tuple[Scenario | None, str]:
+    """The entry as a scenario (or None and why not). `minimal`: the ground truth's calls without
+    the optional arguments that may be left out and whose value the question does not state
+    (training traces: a model taught to fill every optional argument invents values for them,
+    which BFCL's checker refuses)."""
     truth = answers(name)[entry["id"]]
+    text = question(entry).lower()
+
+    def stated(value: Any) -> bool:
+        if isinstance(value, list | tuple):
+            return bool(value) and all(map(stated, value))
+        return str(value).lower() in text
+
+    def unasked(required: set[str]) -> Callable[[str, Any], bool]:
+        return lambda arg, value: arg not in required and not stated(value)
+
     latencies = draw_latencies(seed, entry["id"], len(truth), profile)
     tools = [ToolSpec.from_dict(doc_tool(fn, "simulated", {})) for fn in entry["function"]]
     by_name = {t.name: t for t in tools}
     params = {fn["name"]: set(fn.get("parameters", {}).get("properties", {})) for fn in entry["function"]}
+    required = {fn["name"]: set(fn.get("parameters", {}).get("required", [])) for fn in entry["function"]}
     calls = []
     for i, (call, ms) in enumerate(zip(truth, latencies, strict=True)):
         (fn, values), = call.items()
-        args = _first_acceptable(values, params.get(fn))
+        args = _first_acceptable(values, params.get(fn), unasked(required.get(fn, set())) if minimal else None)
         try:
             by_name[fn].validate(args)
         except (KeyError, ValueError) as exc:
