@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import redis
 import redis.asyncio as aioredis
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -85,7 +86,10 @@ class TraceFollower:
                     return
             try:
                 message = await asyncio.wait_for(self.layer.receive(self.channel), self.idle_s)
-            except TimeoutError:
+            except (TimeoutError, redis.exceptions.TimeoutError):
+                # redis-py can report wait_for's cancellation of a blocking read as its own read
+                # timeout (asyncio's nested timeouts): that is an idle wait too, not Redis failing.
+                # Storage is read next, so Redis really being away still ends the request.
                 pending = await self._catch_up()
                 if not pending:
                     if await _is_final(self.task_id):
