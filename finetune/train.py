@@ -69,14 +69,14 @@ class Frozen:
         import torch
 
         key = id(row)
-        if key not in self.states:
-            with torch.no_grad():
-                ids = torch.tensor([row["ids"]], device=self.device)
-                h = self.inner.model.embed_tokens(ids)
-                if self.depth:
-                    h = self._layers(h, 0, range(self.depth), None, None)
-            self.states[key] = h
-        return self.states[key]
+        if key in self.states:
+            return self.states[key]
+        with torch.no_grad():
+            h = self.inner.model.embed_tokens(torch.tensor([row["ids"]], device=self.device))
+            if not self.depth:
+                return h  # nothing frozen to save: the embeddings are cheaper to recompute than to keep
+            h = self.states[key] = self._layers(h, 0, range(self.depth), None, None)
+        return h
 
     def top(self, h: Any, start: int, cache: Any, mask: Any) -> Any:
         """The adapted layers over `h` (positions from `start`), then the final norm."""
