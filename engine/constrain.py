@@ -180,6 +180,8 @@ class CallGuard:
             return self.table.ban_past_call(logits, tail)
         if self.phase != "body" or self.body is None:
             return logits
+        if temperature <= 0 and self.table.tester(self.body)(int(np.argmax(logits))):
+            return logits  # greedy picks a valid token anyway: no vocabulary-sized mask to build
         valid = valid_tokens(self.body, self.table, logits, temperature=temperature)
         if not valid:
             return logits  # nothing continues the call: the monitor reports what the model writes

@@ -52,36 +52,111 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def shared_prefix(rows: list[dict[str, Any]]) -> list[int]:
+    """The tokens every trace starts with (the system prompt up to its tool list: ~120 tokens of
+    ~600 here), ending inside every prompt, so no trained token is in it."""
+    first = rows[0]["ids"] if rows else []
+    n = min((max(1, r["prompt_tokens"] - 1) for r in rows), default=0)
+    for row in rows:
+        ids = row["ids"]
+        k = 0
+        while k < n and ids[k] == first[k]:
+            k += 1
+        n = k
+    return list(first[:n])
+
+
 class Frozen:
-    """The hidden states of each trace after the layers that carry no adapter, computed once.
+    """What a step need not compute again, computed once: the hidden states of each trace after
+    the layers that carry no adapter, and the shared prefix.
 
     With adapters on the top N layers only, the layers below them never change, so their output
     for a trace is the same in every step: a step runs only the adapted layers on it (the saving
     is the frozen layers' forward pass over the whole trace, prompt included, in every step).
-    `depth` 0 (adapters everywhere) caches nothing."""
+    `depth` 0 (adapters everywhere) keeps nothing per trace.
 
-    def __init__(self, model: Any, depth: int, device: str) -> None:
+    The prefix that every trace shares has the same keys and values in every trace (attention is
+    causal), so the frozen layers run on it once per run and the adapted layers once per version of
+    the weights (`version`, raised by each optimizer step), not once per trace. Both are exact."""
+
+    def __init__(self, model: Any, depth: int, device: str, prefix: list[int]) -> None:
         self.inner, self.depth, self.device = model.get_base_model(), depth, device
+        self.n_layers = self.inner.config.num_hidden_layers
+        self.prefix = prefix
         self.states: dict[int, Any] = {}
+        self.version = 0
+        self._prefix_h: Any = None  # the prefix's hidden states after the frozen layers
+        self._prefix_frozen_kv: list[tuple[Any, Any]] = []
+        self._prefix_top_kv: tuple[Any, list[tuple[Any, Any]]] | None = None  # (version, kv per adapted layer)
 
     def hidden(self, row: dict[str, Any]) -> Any:
-        """[1, tokens, hidden] after the frozen layers (the embeddings when there are none)."""
+        """[1, tokens after the prefix, hidden] after the frozen layers (the embeddings when there
+        are none)."""
         import torch
 
         key = id(row)
         if key in self.states:
             return self.states[key]
         with torch.no_grad():
-            h = self.inner.model.embed_tokens(torch.tensor([row["ids"]], device=self.device))
+            self._ensure_prefix()
+            h = self.inner.model.embed_tokens(torch.tensor([row["ids"][len(self.prefix):]], device=self.device))
             if not self.depth:
                 return h  # nothing frozen to save: the embeddings are cheaper to recompute than to keep
-            h = self.states[key] = self._layers(h, 0, range(self.depth), None, None)
+            cache = self._seeded(self._prefix_frozen_kv, 0)
+            h = self.states[key] = self._layers(h, len(self.prefix), range(self.depth), cache,
+                                                self.causal(h.shape[1], len(self.prefix)))
         return h
+
+    def top_cache(self) -> Any:
+        """A cache holding the adapted layers' keys and values of the prefix, for the weights as
+        they are now (no graph: no trained token is in the prefix)."""
+        import torch
+        from transformers import DynamicCache
+
+        if self._prefix_top_kv is None or self._prefix_top_kv[0] != self.version:
+            self._ensure_prefix()
+            cache = DynamicCache(config=self.inner.config)
+            if self.prefix:
+                with torch.no_grad():
+                    self.top(self._prefix_h, 0, cache, None)
+            kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.depth, self.n_layers)
+                  if self.prefix]
+            self._prefix_top_kv = (self.version, kv)
+        return self._seeded(self._prefix_top_kv[1], self.depth)
 
     def top(self, h: Any, start: int, cache: Any, mask: Any) -> Any:
         """The adapted layers over `h` (positions from `start`), then the final norm."""
-        n_layers = self.inner.config.num_hidden_layers
-        return self.inner.model.norm(self._layers(h, start, range(self.depth, n_layers), cache, mask))
+        return self.inner.model.norm(self._layers(h, start, range(self.depth, self.n_layers), cache, mask))
+
+    def causal(self, n: int, start: int) -> Any:
+        """The attention mask of `n` new positions after `start` cached ones (None when nothing is
+        cached: the layers' own causal mask)."""
+        import torch
+
+        if not start:
+            return None
+        return torch.ones(n, start + n, dtype=torch.bool, device=self.device).tril(diagonal=start)[None, None]
+
+    def _ensure_prefix(self) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        if self._prefix_h is not None:
+            return
+        h = self.inner.model.embed_tokens(torch.tensor([self.prefix], device=self.device, dtype=torch.long))
+        if self.prefix and self.depth:
+            cache = DynamicCache(config=self.inner.config)
+            h = self._layers(h, 0, range(self.depth), cache, None)
+            self._prefix_frozen_kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.depth)]
+        self._prefix_h = h
+
+    def _seeded(self, kv: list[tuple[Any, Any]], first_layer: int) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.inner.config)
+        for i, (keys, values) in enumerate(kv):
+            cache.update(keys, values, first_layer + i)
+        return cache
 
     def _layers(self, h: Any, start: int, which: range, cache: Any, mask: Any) -> Any:
         import torch
@@ -97,26 +172,27 @@ class Frozen:
 def batch_loss(model: Any, row: dict[str, Any], device: str, frozen: Frozen) -> tuple[Any, int]:
     """Mean loss over the trained tokens of one trace, and how many there are.
 
-    Three savings that CPU training needs (a 0.5b forward + backward over 500 tokens is ~30 s on
-    this 2-core machine): the frozen layers run once per trace for the whole training (`Frozen`);
-    the prompt, which holds no trained token, runs through the adapted layers without a graph and
-    its KV cache is reused, so the backward pass covers only the assistant's part (with the
-    adapter active in both, so the forward pass is exact; only the gradient through the prompt's
-    keys and values is left out); and the vocabulary projection (136M weights, tied to the
-    embeddings) runs only where a token is trained on."""
+    Four savings that CPU training needs (a 0.5b forward + backward over 500 tokens is ~30 s on
+    this 2-core machine): the frozen layers run once per trace for the whole training, and the
+    prefix every trace shares once per run and once per step (`Frozen`); the rest of the prompt,
+    which holds no trained token, runs through the adapted layers without a graph, so the backward
+    pass covers only the assistant's part (with the adapter active in both, so the forward pass
+    is exact; only the gradient through the prompt's keys and values is left out); and the
+    vocabulary projection (136M weights, tied to the embeddings) runs only where a token is
+    trained on."""
     import torch
-    from transformers import DynamicCache
 
     ids, mask, start = row["ids"], row["mask"], max(1, row["prompt_tokens"] - 1)
     inner = model.get_base_model()
-    h = frozen.hidden(row)
-    cache = DynamicCache(config=inner.config)
-    with torch.no_grad():
-        frozen.top(h[:, :start], 0, cache, None)
+    p = len(frozen.prefix)
+    h = frozen.hidden(row)  # positions p..
+    cache = frozen.top_cache()
+    if start > p:
+        with torch.no_grad():
+            frozen.top(h[:, :start - p], p, cache, frozen.causal(start - p, p))
     rest = len(ids) - start
     # Each new position sees the whole prompt and itself and what came before it.
-    allowed = torch.ones(rest, start + rest, dtype=torch.bool, device=device).tril(diagonal=start)[None, None]
-    hidden = frozen.top(h[:, start:], start, cache, allowed)[0]
+    hidden = frozen.top(h[:, start - p:], start, cache, frozen.causal(rest, start))[0]
     # Position j of the rest predicts token start + j + 1.
     picked = [j for j in range(rest - 1) if mask[start + j + 1]]
     targets = torch.tensor([ids[start + j + 1] for j in picked], device=device)
@@ -170,7 +246,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         model = get_peft_model(base, config)
     model.train()
     depth = max(0, base.config.num_hidden_layers - args.layers) if args.layers else 0
-    frozen = Frozen(model, depth, device)
+    frozen = Frozen(model, depth, device, shared_prefix(train_rows + eval_rows))
+    print(f"shared prefix: {len(frozen.prefix)} tokens, computed once", flush=True)
     if depth:
         for row in tqdm(train_rows + eval_rows, desc=f"layers 0-{depth - 1} (no adapter), once per trace",
                         unit="trace", dynamic_ncols=True, file=sys.stdout):
@@ -208,6 +285,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            frozen.version += 1
             step += 1
             log["train"].append({"step": step, "loss": round(total / max(1, tokens), 4),
                                  "s": round(time.monotonic() - train_started, 1)})

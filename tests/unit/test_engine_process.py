@@ -4,6 +4,7 @@ store, the publisher, the dispatcher and the inbox."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -316,3 +317,36 @@ def test_a_tasks_end_is_retried_from_the_step_that_failed(engine, monkeypatch):
     engine.writer.close()
     # Stored once (not again on the retry, which would have said "already final") and followed up.
     assert engine.store.finished == [(1, "finished")] and engine.finals == [1] and failures["done"] == 0
+
+
+def test_a_wait_for_a_busy_sequence_sleeps_until_its_last_moments_then_spins_until_it_is_ready(engine, monkeypatch):
+    engine.config.spin_s = 0.02
+    ready = time.monotonic() + 0.05
+    monkeypatch.setattr(engine.scheduler, "idle_s", lambda: max(0.0, ready - time.monotonic()))
+    slept: list[float] = []
+    sleep = engine.wake.wait
+    monkeypatch.setattr(engine.wake, "wait", lambda timeout=None: slept.append(timeout) or sleep(timeout))
+    engine.idle_wait()
+    assert time.monotonic() >= ready
+    assert len(slept) == 1 and 0.0 < slept[0] <= 0.03  # the sleep stops spin_s before the sequence is ready
+
+
+def test_a_result_that_arrives_while_the_engine_spins_ends_the_wait_at_once(engine, monkeypatch):
+    engine.config.spin_s, engine.config.intake_poll_s = 5.0, 5.0  # the whole wait is spun
+    monkeypatch.setattr(engine.scheduler, "idle_s", lambda: 2.0)
+    timer = threading.Timer(0.01, engine.wake.set)
+    timer.start()
+    started = time.monotonic()
+    engine.idle_wait()
+    assert time.monotonic() - started < 1.5 and not engine.wake.is_set()
+    timer.join()
+
+
+def test_without_spinning_a_wait_for_a_busy_sequence_is_one_sleep(engine, monkeypatch):
+    engine.config.spin_s = 0.0
+    monkeypatch.setattr(engine.scheduler, "idle_s", lambda: 0.01)
+    slept: list[float] = []
+    sleep = engine.wake.wait
+    monkeypatch.setattr(engine.wake, "wait", lambda timeout=None: slept.append(timeout) or sleep(timeout))
+    engine.idle_wait()
+    assert slept == [0.01]

@@ -5,6 +5,8 @@ and answers once every result is in."""
 import json
 import time
 
+import numpy as np
+
 from engine.backends.simulated import SimulatedBackend
 from engine.catalog import get_model
 from engine.messages import Budgets, TaskSubmission
@@ -167,3 +169,17 @@ def test_it_starts_a_sampled_tokens_work_at_once_so_the_engines_bookkeeping_over
     assert run.seq.n_tokens == len(run.prompt_ids) + len(run.generated)  # the token is in the context
     assert 0.03 < run.seq.busy_s() <= 0.05  # and its 50 ms are running already
     assert scheduler.step() == [] and not scheduler.worked  # nothing to do until they are over
+
+
+def test_its_logits_name_the_planned_token_even_after_the_engine_masked_them_in_place():
+    backend = SimulatedBackend(get_model("simulated"))
+    seq = backend.open_sequence()
+    seq.append(backend.tokenize(f"question\n[plan] {json.dumps(PLAN)}\n"))
+    expected = backend.tokenize("[CALL] b [HEAD] f(x=2) [END] ")  # LPT: b (300 ms) first
+    got = []
+    for _ in expected:
+        logits = seq.logits()
+        got.append(int(np.argmax(logits)))
+        logits[:] = -np.inf  # a mask may lower every entry of the buffer it was given
+        seq.append([got[-1]])
+    assert got == expected

@@ -121,7 +121,7 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"engine: loaded {name}")
         config = EngineConfig(engine_id=id or health.process_id("engine"), max_active=max_active,
-                              max_held=max_held,
+                              max_held=max_held, spin_s=settings.ASYNCLM_ENGINE_SPIN_US / 1e6,
                               heartbeat_ttl=settings.ASYNCLM_HEARTBEAT_TTL, models=backends.names,
                               model_problems=backends.problems)
         engine = EngineProcess(
