@@ -33,8 +33,9 @@ def recent_events(client: redis.Redis, task_id: int) -> list[dict[str, Any]]:
 
 class TracePublisher:
     """`min_interval_s`: the least time from one send to the next. Events that arrive meanwhile go
-    in the next send together: with a fast decoder (a token every 5 ms) a send per token cost the
-    engine process more CPU and GIL time than its decoding loop; a viewer cannot tell 20 ms apart."""
+    in the next send together: with a fast decoder (a token every 5 ms), a send per token took
+    nearly as much of the engine process's CPU and GIL as its decoding loop (58 against 69 py-spy
+    samples); a viewer cannot tell 20 ms apart."""
 
     def __init__(self, redis_url: str, channel_layer: Any, min_interval_s: float = 0.02) -> None:
         self._redis_url = redis_url
