@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODE_WEIGHTS = {"async": 0.6, "sync": 0.2, "sync_parallel": 0.2}
 # Train entries per dataset, drawn with the seed from the train side of the split: every train-side
 # entry of the two datasets the goals are measured on, a sample of the others. Sized for the CPU:
-# a trace costs ~3 s of training here (the default 200 steps of 4 traces, ~1.3 passes over these,
+# a trace costs ~3.3 s of training here (the default 200 steps of 4 traces, ~1.4 passes over these,
 # must train in under an hour); on a GPU, --limit takes every entry.
-TRAIN_PER_DATASET = {"simple_python": 75, "multiple": 75, "parallel": 150, "parallel_multiple": 150,
+TRAIN_PER_DATASET = {"simple_python": 50, "multiple": 50, "parallel": 150, "parallel_multiple": 150,
                      "irrelevance": 35, "multi_turn_base": 20}
 DEMO_TRAIN = 120  # demo-pack traces, half of them with a person's message mid-task
 EVAL_PER_DATASET = 2  # held-out entries whose traces give the held-out loss (never trained on)
