@@ -119,8 +119,8 @@ class Frozen:
             if self.prefix:
                 with torch.no_grad():
                     self.top(self._prefix_h, 0, cache, None)
-            kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.depth, self.n_layers)
-                  if self.prefix]
+            layers = range(self.depth, self.n_layers) if self.prefix else range(0)
+            kv = [(cache.layers[i].keys, cache.layers[i].values) for i in layers]
             self._prefix_top_kv = (self.version, kv)
         return self._seeded(self._prefix_top_kv[1], self.depth)
 
@@ -143,11 +143,12 @@ class Frozen:
 
         if self._prefix_h is not None:
             return
-        h = self.inner.model.embed_tokens(torch.tensor([self.prefix], device=self.device, dtype=torch.long))
-        if self.prefix and self.depth:
-            cache = DynamicCache(config=self.inner.config)
-            h = self._layers(h, 0, range(self.depth), cache, None)
-            self._prefix_frozen_kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.depth)]
+        with torch.no_grad():
+            h = self.inner.model.embed_tokens(torch.tensor([self.prefix], device=self.device, dtype=torch.long))
+            if self.prefix and self.depth:
+                cache = DynamicCache(config=self.inner.config)
+                h = self._layers(h, 0, range(self.depth), cache, None)
+                self._prefix_frozen_kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(self.depth)]
         self._prefix_h = h
 
     def _seeded(self, kv: list[tuple[Any, Any]], first_layer: int) -> Any:
