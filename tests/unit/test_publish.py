@@ -22,16 +22,22 @@ class Layer:
         self.sends.append((group, message["events"]))
 
 
+def wait_for_sends(layer: Layer, n: int, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while len(layer.sends) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def token(task_id: int, seq: int) -> TraceEvent:
     return TraceEvent(task_id, seq, float(seq), "token", {"text": f"t{seq}"})
 
 
 def test_it_sends_what_arrives_within_the_interval_together_in_order(redis_client):
     layer = Layer()
-    publisher = TracePublisher(settings.REDIS_URL, layer, min_interval_s=0.3)
+    publisher = TracePublisher(settings.REDIS_URL, layer, min_interval_s=1.0)
     try:
         publisher.publish_many([token(7, 1)])
-        time.sleep(0.05)  # the first send is under way: the next ones wait for the interval
+        wait_for_sends(layer, 1)  # the first send is done: the next ones wait for the interval
         publisher.publish_many([token(7, 2)])
         publisher.publish_many([token(7, 3), token(8, 1)])
     finally:
@@ -50,9 +56,7 @@ def test_a_lone_event_is_sent_at_once(redis_client):
     publisher = TracePublisher(settings.REDIS_URL, layer, min_interval_s=1.0)
     try:
         publisher.publish_many([token(9, 1)])
-        deadline = time.monotonic() + 0.5
-        while not layer.sends and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_sends(layer, 1, within_s=0.5)
         assert [e["seq"] for _, events in layer.sends for e in events] == [1]  # not held for the interval
     finally:
         publisher.close()
