@@ -171,10 +171,7 @@ class EngineProcess:
         return did
 
     def tick(self) -> bool:
-        self.heartbeat()
-        did = self.recover()
-        did = self.poll_intake() or did
-        did = self.take_results() or did
+        did = self.take_results()  # first: a result is injected at the next step
         for event in self.scheduler.expire():
             self.handle(event)
         events = self.scheduler.step()
@@ -182,6 +179,11 @@ class EngineProcess:
         self.dispatch()
         for event in events:
             self.handle(event)
+        # Bookkeeping after the step: a sequence that is ready waits for none of it, and a device
+        # sequence's next token is being computed meanwhile (an intake poll is a Redis round trip).
+        self.heartbeat()
+        did = self.recover() or did
+        did = self.poll_intake() or did
         self.hand_over()
         self.flush()
         # A prefill chunk has no events but is work: waiting for a wake-up after each one added up

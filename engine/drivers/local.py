@@ -133,9 +133,7 @@ class LocalDriver:
         logits = seq.logits()
         if run.replay is not None and run.replay.tokens_left:
             token = run.replay.token(run.forced.popleft() if run.forced else None)
-            events = on_token(self._table, run, token, run.utf8.decode(backend.token_bytes(token)))
-            self._keep(run, seq, token)
-            return events
+            return self._emit(run, seq, token)
         if run.tools and not run.monitor.in_block:
             logits = self.warm(backend).apply(logits, run.tail, trap=bool(run.pending() or run.interrupts))
         if run.guard is not None:
@@ -149,18 +147,19 @@ class LocalDriver:
                 return end_of_turn(self._table, run)
             run.forced.extend(backend.tokenize(instead))
             token = run.forced.popleft()
-        events = on_token(self._table, run, token, run.utf8.decode(backend.token_bytes(token)))
-        self._keep(run, seq, token)
-        return events
+        return self._emit(run, seq, token)
 
-    @staticmethod
-    def _keep(run: TaskRun, seq: Sequence, token: int) -> None:
-        """The sampled token goes into the context: at once where the sequence only records the
-        work (it runs while the engine publishes and dispatches, as a device computes beside its
-        host), else with the next step, after this token's events have left."""
-        if run.status in FINAL:
-            return
+    def _emit(self, run: TaskRun, seq: Sequence, token: int) -> list[TraceEvent]:
+        """The chosen token goes into the context and through the CML monitor. Where the sequence
+        only records its work (a device beside its host), the token goes in first: the next
+        token's work runs while the engine parses, dispatches and publishes, as GPU servers launch
+        the next forward pass before their bookkeeping. Nothing the monitor does touches the
+        sequence in this step. Otherwise the token waits for the next step, after this token's
+        events have left (or goes in with an interrupt frame), and not at all once the task ended."""
+        assert run.backend is not None
         if seq.defers_work:
             seq.append([token])
-        else:
+        events = on_token(self._table, run, token, run.utf8.decode(run.backend.token_bytes(token)))
+        if not seq.defers_work and run.status not in FINAL:
             run.unevaluated = [token]
+        return events

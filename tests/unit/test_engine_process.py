@@ -350,3 +350,20 @@ def test_without_spinning_a_wait_for_a_busy_sequence_is_one_sleep(engine, monkey
     monkeypatch.setattr(engine.wake, "wait", lambda timeout=None: slept.append(timeout) or sleep(timeout))
     engine.idle_wait()
     assert slept == [0.01]
+
+
+def test_a_tick_steps_the_tasks_and_dispatches_before_its_bookkeeping(engine, monkeypatch):
+    """A ready sequence waits for no intake poll, heartbeat or recovery (a Redis round trip each):
+    those run after the step, while a device computes the next token."""
+    submit(engine, 1)
+    order: list[str] = []
+    for name in ("poll_intake", "heartbeat", "recover", "dispatch"):
+        original = getattr(engine, name)
+        monkeypatch.setattr(engine, name, lambda *a, _o=original, _n=name, **k: order.append(_n) or _o(*a, **k))
+    step = engine.scheduler.step
+    monkeypatch.setattr(engine.scheduler, "step", lambda: order.append("step") or step())
+    engine.tick()  # takes the task
+    order.clear()
+    engine.tick()
+    assert order.index("step") < order.index("dispatch") < order.index("heartbeat")
+    assert order.index("step") < order.index("recover") and order.index("step") < order.index("poll_intake")

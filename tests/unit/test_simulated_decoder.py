@@ -171,6 +171,27 @@ def test_it_starts_a_sampled_tokens_work_at_once_so_the_engines_bookkeeping_over
     assert scheduler.step() == [] and not scheduler.worked  # nothing to do until they are over
 
 
+def test_a_tokens_work_starts_before_the_engine_parses_it(monkeypatch):
+    """The CML monitor, the call table and the events see a token whose work is running already."""
+    import engine.drivers.local as local
+
+    seen: list[tuple[int, float]] = []
+    on_token = local.on_token
+
+    def watching(table, run, token, piece):
+        seen.append((run.seq.n_tokens - len(run.prompt_ids) - len(run.generated), run.seq.busy_s()))
+        return on_token(table, run, token, piece)
+
+    monkeypatch.setattr(local, "on_token", watching)
+    backend = SimulatedBackend(get_model("simulated"))
+    scheduler = Scheduler(lambda name: backend)
+    scheduler.submit(submission(1, {**PLAN, "calls": PLAN["calls"][:1], "token_ms": 30}))
+    while len(seen) < 3:
+        scheduler.step()
+        wait_while_busy(scheduler)
+    assert all(appended == 1 and busy > 0.02 for appended, busy in seen)
+
+
 def test_its_logits_name_the_planned_token_even_after_the_engine_masked_them_in_place():
     backend = SimulatedBackend(get_model("simulated"))
     seq = backend.open_sequence()
