@@ -53,8 +53,9 @@ class TaskStore(Protocol):
 
 
 class Dispatcher(Protocol):
-    def dispatch(self, request: CallRequest) -> None:
-        """Send a call to the execution side (Celery queue `tools`)."""
+    def dispatch_all(self, requests: list[CallRequest]) -> list[tuple[CallRequest, Exception]]:
+        """Send calls to the execution side (Celery queue `tools`), together where it can; returns
+        the ones that could not be sent, with why."""
 
     def revoke(self, task_id: int, call_ids: list[str]) -> None:
         """Drop calls of a cancelled task that no worker has started yet."""
@@ -191,15 +192,15 @@ class EngineProcess:
         return did or bool(events) or self.scheduler.worked
 
     def dispatch(self) -> None:
-        for request in self.scheduler.take_dispatches():
-            try:
-                self.dispatcher.dispatch(request)
-            except Exception as exc:  # broker down: the model sees an error instead of waiting forever
-                log.exception("could not dispatch call %s of task %s", request.call_id, request.task_id)
-                for event in self.scheduler.deliver(request.task_id, request.call_id, ok=False,
-                                                    error=f"could not dispatch the call: {exc}",
-                                                    error_type="dispatch"):
-                    self.handle(event)
+        requests = self.scheduler.take_dispatches()
+        if not requests:
+            return
+        # Broker down: the model sees an error instead of waiting forever.
+        for request, exc in self.dispatcher.dispatch_all(requests):
+            log.error("could not dispatch call %s of task %s: %s", request.call_id, request.task_id, exc)
+            for event in self.scheduler.deliver(request.task_id, request.call_id, ok=False,
+                                                error=f"could not dispatch the call: {exc}", error_type="dispatch"):
+                self.handle(event)
 
     def control(self, message: Control) -> None:
         if message.action == "message":

@@ -1,24 +1,63 @@
-"""The engine's Celery dispatcher: what goes with each call."""
+"""The engine's Celery dispatcher: what goes with each call, and what reaches the broker."""
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
 
 from engine.messages import CallRequest
 from engine.tools import ToolSpec
 from webapp.runs import dispatch
+from webapp.runs.toolqueue import ToolQueue
+
+TOOL = ToolSpec("f", "", {"type": "object"}, timeout_s=3.0)
 
 
-def test_a_call_expires_once_the_engine_has_given_up_on_it(monkeypatch):
-    sent = []
-    monkeypatch.setattr(dispatch.app, "send_task", lambda name, **kw: sent.append((name, kw)))
-    tool = ToolSpec("f", "", {"type": "object"}, timeout_s=3.0)
-    dispatch.CeleryDispatcher().dispatch(CallRequest(7, "c1", "engine-x", tool.to_dict(), {}, 1000.0))
-    ((name, kw),) = sent
-    assert name == "workers.tasks.run_tool" and kw["task_id"] == "asynclm-7-c1" and kw["queue"] == "tools"
-    assert (kw["soft_time_limit"], kw["time_limit"], kw["expires"]) == (3.0, 4.0, 5.0)
+def request(call_id: str, tool: ToolSpec = TOOL) -> CallRequest:
+    return CallRequest(7, call_id, "engine-x", tool.to_dict(), {"a": 1}, 1000.0)
 
 
-def test_it_puts_one_command_on_the_broker_per_call_and_subscribes_to_no_result(monkeypatch, redis_client):
+def popped(redis_client, queue: str) -> dict:
+    return json.loads(redis_client.rpop(queue))
+
+
+def test_it_writes_the_envelope_celerys_send_task_writes(redis_client):
+    """Built with Celery's and kombu's own functions; compared here with what `send_task` pushes
+    for the same call (only the delivery tag and the expiry's wall time may differ)."""
+    queue = f"tools-test-{uuid.uuid4().hex[:8]}"
+    args = [request("c1").to_dict()]
+    options = {"expires": 5.0, "time_limit": 4.0, "soft_time_limit": 3.0, "argsrepr": "(f: task 7, call c1)"}
+    dispatch.app.send_task(dispatch.RUN_TOOL, args=args, task_id="asynclm-7-c1", queue=queue, ignore_result=True,
+                           kwargsrepr="{}", **options)
+    theirs = popped(redis_client, queue)
+    tools = ToolQueue(dispatch.app, queue)
+    tools.push([tools.message(dispatch.RUN_TOOL, "asynclm-7-c1", args, expires_s=5.0, time_limit=4.0,
+                              soft_time_limit=3.0, argsrepr=options["argsrepr"])])
+    ours = popped(redis_client, queue)
+    for message in (theirs, ours):
+        message["properties"].pop("delivery_tag")
+        expires = datetime.fromisoformat(message["headers"].pop("expires"))
+        assert abs(expires - datetime.now(UTC) - timedelta(seconds=5)) < timedelta(seconds=2)
+        message["body"] = json.loads(base64.b64decode(message["body"]))
+    assert ours == theirs
+
+
+def test_a_call_carries_its_limits_and_expires_once_the_engine_has_given_up_on_it(redis_client):
+    dispatch.CeleryDispatcher().dispatch(request("c1"))
+    message = popped(redis_client, "tools")
+    headers = message["headers"]
+    assert headers["task"] == dispatch.RUN_TOOL and headers["id"] == "asynclm-7-c1"
+    assert headers["timelimit"] == [4.0, 3.0]  # hard, soft
+    expires = datetime.fromisoformat(headers["expires"]) - datetime.now(UTC)
+    assert timedelta(seconds=3) < expires <= timedelta(seconds=5)  # timeout 3 s + 2 s of grace
+    (args, kwargs, _) = json.loads(base64.b64decode(message["body"]))
+    assert CallRequest(**args[0]) == request("c1") and kwargs == {}
+
+
+def test_a_steps_calls_go_to_the_broker_in_one_command_in_order_and_subscribe_to_no_result(
+        monkeypatch, redis_client):
     """Results come back on the engine's inbox: a dispatch must not also subscribe to Celery's
-    result channel for the call (and unsubscribe when the result handle is dropped), which were two
-    more Redis commands in the engine's loop per call."""
+    result channel for the call, and sync_parallel's batch is one round trip, not one per call."""
     import redis.connection
 
     commands = []
@@ -29,12 +68,23 @@ def test_it_puts_one_command_on_the_broker_per_call_and_subscribes_to_no_result(
         return send(self, *args, **options)
 
     dispatcher = dispatch.CeleryDispatcher()
-    tool = ToolSpec("f", "", {"type": "object"}, timeout_s=3.0)
-    dispatcher.dispatch(CallRequest(7, "c0", "engine-x", tool.to_dict(), {}, 1000.0))  # connects
+    dispatcher.dispatch(request("c0"))  # connects
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_command", recording)
-    for i in range(1, 4):
-        dispatcher.dispatch(CallRequest(7, f"c{i}", "engine-x", tool.to_dict(), {}, 1000.0))
+    assert dispatcher.dispatch_all([request(f"c{i}") for i in range(1, 4)]) == []
     import gc
 
     gc.collect()  # a dropped result handle would unsubscribe now
-    assert commands == ["LPUSH"] * 3
+    assert commands == ["LPUSH"]
+    ids = [popped(redis_client, "tools")["headers"]["id"] for _ in range(4)]
+    assert ids == [f"asynclm-7-c{i}" for i in range(4)]  # the order they were written in
+
+
+def test_a_broker_that_refuses_the_batch_fails_each_of_its_calls_with_the_reason(monkeypatch):
+    dispatcher = dispatch.CeleryDispatcher()
+
+    def down(messages):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(dispatcher.queue, "push", down)
+    failed = dispatcher.dispatch_all([request("c1"), request("c2")])
+    assert [(r.call_id, str(exc)) for r, exc in failed] == [("c1", "broker down"), ("c2", "broker down")]

@@ -79,8 +79,9 @@ class Dispatcher:
     def __init__(self) -> None:
         self.dispatched, self.revoked = [], []
 
-    def dispatch(self, request):
-        self.dispatched.append(request)
+    def dispatch_all(self, requests):
+        self.dispatched.extend(requests)
+        return []
 
     def revoke(self, task_id, call_ids):
         self.revoked.append((task_id, sorted(call_ids)))
