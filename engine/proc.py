@@ -4,6 +4,7 @@ around the pure Scheduler. One `tick()` does one piece of work and says whether 
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import sys
@@ -147,6 +148,10 @@ class EngineProcess:
         # Heartbeats on their own thread: a long step or a busy loop must not look like a death.
         threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True).start()
         precise_timers()
+        # What the process holds by now (Django, the models, the tool registry) lives as long as
+        # it does: out of the collector's sight, a full collection took 7.5 ms instead of 112 ms
+        # of the loop (two in one benchmark run), a pause every task in flight would have taken.
+        gc.freeze()
         try:
             while not self.stopping.is_set():
                 if not self.weathered_tick():

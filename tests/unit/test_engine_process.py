@@ -368,3 +368,15 @@ def test_a_tick_steps_the_tasks_and_dispatches_before_its_bookkeeping(engine, mo
     engine.tick()
     assert order.index("step") < order.index("dispatch") < order.index("heartbeat")
     assert order.index("step") < order.index("recover") and order.index("step") < order.index("poll_intake")
+
+
+def test_what_the_process_holds_when_the_loop_starts_is_kept_out_of_the_collectors_sight(engine):
+    import gc
+
+    engine.stopping.set()
+    gc.unfreeze()
+    try:
+        engine.run()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
