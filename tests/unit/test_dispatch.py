@@ -88,3 +88,13 @@ def test_a_broker_that_refuses_the_batch_fails_each_of_its_calls_with_the_reason
     monkeypatch.setattr(dispatcher.queue, "push", down)
     failed = dispatcher.dispatch_all([request("c1"), request("c2")])
     assert [(r.call_id, str(exc)) for r, exc in failed] == [("c1", "broker down"), ("c2", "broker down")]
+
+
+def test_a_connection_the_broker_dropped_since_the_last_call_is_replaced_and_the_call_goes(redis_client):
+    dispatcher = dispatch.CeleryDispatcher()
+    dispatcher.dispatch(request("c0"))
+    own = dispatcher.queue.channel.client.client_id()  # the pool's one connection, idle again
+    assert redis_client.client_kill_filter(_id=own) == 1  # as a Redis restart would drop it
+    assert dispatcher.dispatch_all([request("c1")]) == []
+    ids = [popped(redis_client, "tools")["headers"]["id"] for _ in range(2)]
+    assert ids == ["asynclm-7-c0", "asynclm-7-c1"]

@@ -52,12 +52,12 @@ class ToolQueue:
 
     def push(self, messages: list[dict[str, Any]]) -> None:
         """One round trip for them all, in order (a worker pops the first one first). A connection
-        that broke since the last push is opened again once."""
+        that broke since the last push (Redis restarted) is replaced once by the client's pool."""
         if not messages:
             return
         encoded = [envelope_json(m) for m in messages]
+        client = self.channel.client
         try:
-            self.channel.client.lpush(self.queue, *encoded)
+            client.lpush(self.queue, *encoded)
         except redis.ConnectionError:
-            self._channel = None
-            self.channel.client.lpush(self.queue, *encoded)
+            client.lpush(self.queue, *encoded)
