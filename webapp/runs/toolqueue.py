@@ -7,7 +7,9 @@ declaration and wraps the publish in its retry machinery. The message itself is 
 module builds it with the same Celery and kombu functions (`as_task_v2` for the task protocol's
 headers, the channel's `prepare_message` and `_inplace_augment_message` for the Redis envelope),
 so a worker cannot tell the difference, and pushes it on one long-lived client: every call a
-step wrote goes to the broker in one `LPUSH`.
+step wrote goes to the broker in one `LPUSH`. The broker is Redis (the settings accept nothing
+else); `tests/unit/test_dispatch.py` compares the message with `send_task`'s, so a Celery or kombu
+upgrade that changes the format fails there first.
 """
 
 from __future__ import annotations
