@@ -3,7 +3,9 @@ backend (round-robin, one token per step) against the batched one (one batch per
 process through the engine's scheduler, on the same model file and in the same run.
 
 - ceiling: what the machine can do at best: llama-cpp-python evaluating N tokens of one
-  sequence at once (the arithmetic of one token of each of N sequences) against one token.
+  sequence at once against one token, with the logits of the last token only (`eval`) and with
+  every token's logits (the arithmetic of one token of each of N sequences, each of which needs
+  its own next-token logits).
 - plain / with calls: N tasks of `tokens` generated tokens each, started together. Tokens are
   forced from a text (every step is still a real forward pass; only the emitted token is
   scripted), so every task writes exactly as much in every run; "with calls" writes CML calls of a
@@ -21,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from engine.backends.base import LocalBackend
 from engine.messages import Budgets, Sampling, TaskSubmission
 from engine.profiles import profile_for
@@ -32,26 +36,56 @@ QUESTION = "Write a long story about a lighthouse keeper, number {i}."
 CALL_LATENCY_S = 0.03
 
 
-def ceiling(backend: Any, prompt: list[int], ns: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 12) -> dict[str, Any]:
-    """ms per llama-cpp eval of N tokens on one sequence (a per-context backend's) after the
-    tasks' own prompt (attention over as long a context as theirs), and the tokens/s that gives
-    relative to one token."""
+def ceiling(backend: Any, prompt: list[int], n: int, repeats: int = 12) -> dict[str, Any]:
+    """ms per evaluation of 1 and of N tokens of one sequence (a per-context backend's) after the
+    tasks' own prompt (attention over as long a context as theirs), alternated so that both see
+    the machine at the same speed, two ways:
+    - `last`: llama-cpp-python's `eval`, which computes the next-token logits of the last token only;
+    - `all`: the same tokens with every one's logits computed and read out, which is the arithmetic
+      of one token of each of N sequences: each needs its own next-token logits, and the output
+      layer (vocabulary x hidden size) is about a quarter of a small model's multiply-adds.
+    Returns {"1": {...}, "N": {...}} with `ms`, `ms_all` and the speedups in tokens/s over 1 token."""
+    import llama_cpp
+
     seq = backend.open_sequence()
     llama = seq.llama
-    out: dict[str, Any] = {}
-    for n in ns:
-        times = []
+    batch = llama_cpp.llama_batch_init(max(n, 1), 0, 1)
+    head = prompt[:-max(n, 1)]
+
+    def timed(k: int, every: bool) -> float:
+        llama.reset()
+        llama.eval(head)
+        tokens = prompt[len(head):len(head) + k]
+        t = time.perf_counter()
+        if not every:
+            llama.eval(tokens)
+        else:
+            for i, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, len(head) + i, 1, 1
+                batch.seq_id[i][0] = 0
+            batch.n_tokens = k
+            if llama_cpp.llama_decode(llama._ctx.ctx, batch) != 0:
+                raise RuntimeError(f"llama_decode of {k} tokens failed")
+            for i in range(k):  # as the batched backend copies each sequence's logits
+                row = llama_cpp.llama_get_logits_ith(llama._ctx.ctx, i)
+                np.ctypeslib.as_array(row, shape=(llama.n_vocab(),)).copy()
+        return (time.perf_counter() - t) * 1000
+
+    times: dict[tuple[int, bool], list[float]] = {}
+    try:
         for _ in range(repeats):
-            llama.reset()
-            llama.eval(prompt[:-max(ns)])
-            t = time.perf_counter()
-            llama.eval(prompt[-n:])
-            times.append(time.perf_counter() - t)
-        out[str(n)] = {"ms": round(statistics.median(times) * 1000, 2)}
-    one = out["1"]["ms"]
-    for n in ns:
-        out[str(n)]["speedup"] = round(n * one / out[str(n)]["ms"], 2)
-    seq.close()
+            for k in dict.fromkeys((1, n)):
+                for every in (False, True):
+                    times.setdefault((k, every), []).append(timed(k, every))
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        seq.close()
+    out: dict[str, Any] = {}
+    for k in dict.fromkeys((1, n)):
+        ms, ms_all = (statistics.median(times[(k, every)]) for every in (False, True))
+        one, one_all = (statistics.median(times[(1, every)]) for every in (False, True))
+        out[str(k)] = {"ms": round(ms, 2), "ms_all": round(ms_all, 2), "speedup": round(k * one / ms, 2),
+                       "speedup_all": round(k * one_all / ms_all, 2)}
     return out
 
 
@@ -177,26 +211,44 @@ def _drain(scheduler: Scheduler) -> None:
 def concurrency(before: LocalBackend, after: LocalBackend, tools: list[ToolSpec], tokens: int = 128,
                 ns: tuple[int, ...] = (1, 2, 4, 8), say: Callable[[str], None] = print,
                 make_batched: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """`before`: a context per task; `after`: the batched backend. Each number of tasks N is a
+    block of its own, a minute or two long: the ceiling at N, one task on a context of its own (the
+    rate the ceiling's speedup multiplies), then N tasks on each backend. This machine's speed
+    drifts by 10-20% over minutes, so a block's ratio (`of_ceiling`) uses only that block's
+    numbers."""
     prompt = profile_for(before.spec).prompt_ids(before, QUESTION.format(i=0), tools, "async")
-    out: dict[str, Any] = {"tokens_per_task": tokens, "prompt_tokens": len(prompt),
-                           "ceiling": ceiling(before, prompt, ns)}
-    say(f"  ceiling (eval of N tokens vs 1): {out['ceiling']}")
+    out: dict[str, Any] = {"tokens_per_task": tokens, "prompt_tokens": len(prompt), "ceiling": {},
+                           "contexts": {"runs": []}, "batched": {"runs": []}}
+    for calls in (False, True):
+        for n in ns:
+            if not calls:
+                block = ceiling(before, prompt, n)
+                out["ceiling"][str(n)] = {**block[str(n)], "one_ms": block["1"]["ms"],
+                                          "one_ms_all": block["1"]["ms_all"]}
+                say(f"  ceiling, {n} token(s) of one sequence against 1: {out['ceiling'][str(n)]}")
+            rows = {}
+            for label, backend in (("contexts", before), ("batched", after)):
+                rows[label] = {"calls": calls, **run_tasks(backend, n, tokens, tools, calls)}
+                out[label]["runs"].append(rows[label])
+                say(f"  {label} {'with calls' if calls else 'plain'} x{n}: {rows[label]}")
+            if not calls:
+                reference = rows["contexts"] if n == 1 else run_tasks(before, 1, tokens, tools, False)
+                _of_ceiling(rows["batched"], reference["aggregate_tok_s"], out["ceiling"][str(n)])
+                say(f"  batched x{n} of the ceiling: {rows['batched'].get('of_ceiling')} "
+                    f"(every token's logits: {rows['batched'].get('of_ceiling_all')})")
     for label, backend in (("contexts", before), ("batched", after)):
-        rows = []
-        for calls in (False, True):
-            for n in ns:
-                row = {"calls": calls, **run_tasks(backend, n, tokens, tools, calls)}
-                rows.append(row)
-                say(f"  {label} {'with calls' if calls else 'plain'} x{n}: {row}")
-        out[label] = {"runs": rows, "prefix": shared_prefix_ttft(backend, tools)}
+        out[label]["prefix"] = shared_prefix_ttft(backend, tools)
         say(f"  {label} shared prefix: {out[label]['prefix']}")
     if make_batched is not None:
         out["budget_sweep"] = budget_sweep(make_batched, tools)
         say(f"  batched, per-step token budget (4 tasks decoding, a new prompt prefilled): {out['budget_sweep']}")
-    one = next(r["aggregate_tok_s"] for r in out["contexts"]["runs"] if r["tasks"] == 1 and not r["calls"])
-    for r in out["batched"]["runs"]:
-        key = str(r["tasks"])
-        if not r["calls"] and key in out["ceiling"] and r["aggregate_tok_s"]:
-            # The machine's best for N sequences: one sequence's rate times the ceiling's speedup at N.
-            r["of_ceiling"] = round(r["aggregate_tok_s"] / (one * out["ceiling"][key]["speedup"]), 3)
     return out
+
+
+def _of_ceiling(row: dict[str, Any], one_tok_s: float | None, ceil: dict[str, Any]) -> None:
+    """The machine's best for N sequences is one task's rate (through the same scheduler, so the
+    engine's own work per token is in both) times the ceiling's speedup at N."""
+    row["reference_tok_s"] = one_tok_s
+    if row["aggregate_tok_s"] and one_tok_s:
+        row["of_ceiling"] = round(row["aggregate_tok_s"] / (one_tok_s * ceil["speedup"]), 3)
+        row["of_ceiling_all"] = round(row["aggregate_tok_s"] / (one_tok_s * ceil["speedup_all"]), 3)

@@ -1,0 +1,46 @@
+"""The concurrency benchmark's own arithmetic, on the real test model: the ceiling measures both
+ways of evaluating N tokens of one sequence in the same block, and a batched row's share of the
+ceiling uses that block's numbers."""
+
+import pytest
+from django.conf import settings
+
+from engine.backends.llamacpp import LlamaCppBackend
+from engine.catalog import get_model
+from engine.modelfiles import verified_path
+from engine.profiles import profile_for
+from webapp.bench.concurrency import QUESTION, _of_ceiling, ceiling
+
+
+@pytest.fixture(scope="module")
+def plain():
+    spec = get_model(settings.ASYNCLM_TEST_MODEL)
+    return LlamaCppBackend(spec, verified_path(spec, settings.ASYNCLM_MODEL_DIR), n_ctx=512)
+
+
+def test_it_measures_one_and_n_tokens_both_ways(plain):
+    prompt = profile_for(plain.spec).prompt_ids(plain, QUESTION.format(i=0), [], "async")
+    out = ceiling(plain, prompt, 4, repeats=2)
+    assert set(out) == {"1", "4"}
+    for key, row in out.items():
+        assert row["ms"] > 0 and row["ms_all"] > 0
+    assert out["1"]["speedup"] == out["1"]["speedup_all"] == 1.0
+    assert out["4"]["speedup"] == pytest.approx(4 * out["1"]["ms"] / out["4"]["ms"], rel=0.02)
+    assert out["4"]["speedup_all"] == pytest.approx(4 * out["1"]["ms_all"] / out["4"]["ms_all"], rel=0.02)
+    # The sequence it borrowed is back: the next task can have the context.
+    seq = plain.open_sequence()
+    seq.append(prompt[:8])
+    assert seq.logits().shape == (plain.n_vocab,)
+    seq.close()
+
+
+def test_it_rates_a_batched_row_against_its_own_blocks_ceiling():
+    row = {"aggregate_tok_s": 60.0}
+    _of_ceiling(row, 40.0, {"speedup": 2.0, "speedup_all": 1.5})
+    assert row == {"aggregate_tok_s": 60.0, "reference_tok_s": 40.0, "of_ceiling": 0.75, "of_ceiling_all": 1.0}
+
+
+def test_it_leaves_a_row_without_tokens_unrated():
+    row = {"aggregate_tok_s": None}
+    _of_ceiling(row, 40.0, {"speedup": 2.0, "speedup_all": 1.5})
+    assert "of_ceiling" not in row
