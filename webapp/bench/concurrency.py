@@ -81,9 +81,9 @@ def ceiling(backend: Any, prompt: list[int], n: int, repeats: int = 12) -> dict[
         llama_cpp.llama_batch_free(batch)
         seq.close()
     out: dict[str, Any] = {}
+    one, one_all = (statistics.median(times[(1, every)]) for every in (False, True))
     for k in dict.fromkeys((1, n)):
         ms, ms_all = (statistics.median(times[(k, every)]) for every in (False, True))
-        one, one_all = (statistics.median(times[(1, every)]) for every in (False, True))
         out[str(k)] = {"ms": round(ms, 2), "ms_all": round(ms_all, 2), "speedup": round(k * one / ms, 2),
                        "speedup_all": round(k * one_all / ms_all, 2)}
     return out
