@@ -166,6 +166,30 @@ class Intake:
                 claimed.append(self._decode(eid, fields, previous_owner=owner))
         return claimed
 
+    def orphans(self, consumer: str, held: set[str], min_idle_ms: int = 2000) -> list[Claimed]:
+        """Entries pending to this consumer that it does not hold: Redis delivered them, but the
+        reply was lost (the connection dropped between the read and its answer, as when Redis
+        stops). No one else would take them, since their owner is alive; the owner takes them
+        up again (XCLAIM to itself, which also resets their idle time)."""
+        self.ensure_group()
+        try:
+            pending: Any = self.r.xpending_range(self.stream, self.group, min="-", max="+", count=100,
+                                                 consumername=consumer, idle=min_idle_ms)
+        except redis.ResponseError as exc:
+            self._regroup(exc)
+            return []
+        lost = [item["message_id"] for item in pending if _s(item["message_id"]) not in held]
+        if not lost:
+            return []
+        claimed: list[Claimed] = []
+        entries: Any = self.r.xclaim(self.stream, self.group, consumer, min_idle_ms, lost)
+        for eid, fields in entries:
+            if fields is None:  # deleted from the stream while pending
+                self.r.xack(self.stream, self.group, eid)
+                continue
+            claimed.append(self._decode(eid, fields))
+        return claimed
+
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

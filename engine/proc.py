@@ -133,6 +133,7 @@ class EngineProcess:
         self.publisher = publisher
         self.r = client
         self._entries: dict[int, str] = {}  # task id -> intake entry id
+        self._ending: set[str] = set()  # entries of ended tasks, until acknowledged (the store thread)
         self._unsaved: list[TraceEvent] = []
         self._unpublished: list[TraceEvent] = []  # handed to the publisher once per tick
         self.writer = StoreWriter()
@@ -308,7 +309,12 @@ class EngineProcess:
         for item in claimed:
             log.warning("engine %s died holding entry %s; recovering it", item.previous_owner, item.entry_id)
             self.take(item)
-        return bool(claimed)
+        held = set(self._entries.values()) | self._ending
+        orphans = self.intake.orphans(self.config.engine_id, held, min_idle_ms=self.config.reclaim_idle_ms)
+        for item in orphans:
+            log.warning("entry %s was delivered to this engine but the reply was lost; taking it up", item.entry_id)
+            self.take(item)
+        return bool(claimed or orphans)
 
     def fence(self) -> None:
         """Drop the tasks another engine has taken over (it claimed their intake entries, taking
@@ -442,6 +448,8 @@ class TaskEnd:
     def __init__(self, proc: EngineProcess, event: TraceEvent, entry: str | None) -> None:
         self.proc, self.event, self.entry = proc, event, entry
         self.steps = ["store", "ack", "follow"]
+        if entry is not None:
+            proc._ending.add(entry)  # still pending, not lost: recovery must leave it alone
 
     def __call__(self) -> None:
         proc, event = self.proc, self.event
@@ -453,6 +461,7 @@ class TaskEnd:
         if self.steps and self.steps[0] == "ack":
             if self.entry is not None:
                 proc.intake.done(self.entry)
+                proc._ending.discard(self.entry)
             proc.inbox.forget(event.task_id)
             self.steps.pop(0)
         if self.steps:

@@ -226,6 +226,24 @@ def test_a_dead_engines_recorded_end_is_stored_as_it_was_and_its_entry_acked(eng
     assert engine.store.finished == [(1, "finished")] and engine.publisher.events == []
 
 
+def test_an_entry_delivered_to_it_whose_reply_was_lost_runs_here(engine, redis_client):
+    # Redis handed the entry to this engine, then stopped before the answer came back: the entry
+    # is pending to a live engine, so no other engine takes it; this one must.
+    submit(engine, 1)
+    engine.intake.feed(1)
+    redis_client.xreadgroup(engine.intake.group, ENGINE, {engine.intake.stream: ">"}, count=1)
+    assert engine.scheduler.task(1) is None
+    engine.recover(force=True)
+    assert engine.scheduler.task(1) is not None
+    run(engine)  # every tick recovers too (no interval, no idle time): a held entry stays where it is
+    (request,) = engine.dispatcher.dispatched
+    engine.inbox.items.append(_report(engine, 1, request.call_id))
+    run(engine)
+    engine.writer.close()
+    assert engine.store.finished == [(1, "finished")] and engine.finals == [1]
+    assert redis_client.xpending(engine.intake.stream, engine.intake.group)["pending"] == 0
+
+
 def test_a_task_another_engine_took_over_is_dropped_without_writing_anything(engine, redis_client):
     submit(engine, 1)
     run(engine, 20)

@@ -88,3 +88,27 @@ def test_engines_with_free_slots_take_what_the_stream_holds_before_feeding_more(
     taken = [c.submission.task_id for c in intake.claim("engine-a", count=3)]
     assert taken == [10, 20, 11]  # the two already in the stream, then one fed
     assert intake.queued() == 1
+
+
+def test_an_entry_whose_delivery_reply_was_lost_goes_back_to_its_live_owner(intake, redis_client):
+    intake.submit(sub(1))
+    intake.submit(sub(2))
+    intake.feed(2)
+    # engine-a's read happened in Redis, but its answer never reached engine-a (Redis stopped).
+    redis_client.xreadgroup("engines", "engine-a", {"asynclm:test:intake": ">"}, count=1)
+    (kept,) = intake.claim("engine-a")  # the one it did receive
+    assert intake.reclaim("engine-b", alive={"engine-a"}, min_idle_ms=0) == []  # its owner is alive
+    lost = intake.orphans("engine-a", held={kept.entry_id}, min_idle_ms=0)
+    assert [c.submission.task_id for c in lost] == [1]
+    assert lost[0].previous_owner is None
+    # Taken up, it is held now: asked again, nothing is lost.
+    assert intake.orphans("engine-a", held={kept.entry_id, lost[0].entry_id}, min_idle_ms=0) == []
+
+
+def test_it_leaves_entries_younger_than_the_idle_time_and_other_engines_entries(intake):
+    intake.submit(sub(1))
+    intake.claim("engine-b")
+    intake.submit(sub(2))
+    intake.claim("engine-a")
+    assert intake.orphans("engine-a", held=set(), min_idle_ms=60_000) == []
+    assert [c.submission.task_id for c in intake.orphans("engine-a", held=set(), min_idle_ms=0)] == [2]
