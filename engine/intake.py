@@ -158,12 +158,7 @@ class Intake:
             owner = _s(item["consumer"])
             if owner == consumer or owner in alive:
                 continue
-            entries: Any = self.r.xclaim(self.stream, self.group, consumer, min_idle_ms, [item["message_id"]])
-            for eid, fields in entries:
-                if fields is None:  # deleted from the stream while pending
-                    self.r.xack(self.stream, self.group, eid)
-                    continue
-                claimed.append(self._decode(eid, fields, previous_owner=owner))
+            claimed += self._claim(consumer, [item["message_id"]], min_idle_ms, previous_owner=owner)
         return claimed
 
     def orphans(self, consumer: str, held: set[str], min_idle_ms: int = 2000) -> list[Claimed]:
@@ -179,15 +174,18 @@ class Intake:
             self._regroup(exc)
             return []
         lost = [item["message_id"] for item in pending if _s(item["message_id"]) not in held]
-        if not lost:
-            return []
+        return self._claim(consumer, lost, min_idle_ms) if lost else []
+
+    def _claim(self, consumer: str, ids: list[Any], min_idle_ms: int,
+               previous_owner: str | None = None) -> list[Claimed]:
+        """XCLAIM the entries for `consumer`; one deleted from the stream while pending is acknowledged."""
         claimed: list[Claimed] = []
-        entries: Any = self.r.xclaim(self.stream, self.group, consumer, min_idle_ms, lost)
+        entries: Any = self.r.xclaim(self.stream, self.group, consumer, min_idle_ms, ids)
         for eid, fields in entries:
-            if fields is None:  # deleted from the stream while pending
+            if fields is None:
                 self.r.xack(self.stream, self.group, eid)
                 continue
-            claimed.append(self._decode(eid, fields))
+            claimed.append(self._decode(eid, fields, previous_owner))
         return claimed
 
 
