@@ -28,6 +28,11 @@ MODE_WEIGHTS = {"async": 0.6, "sync": 0.2, "sync_parallel": 0.2}
 TRAIN_PER_DATASET = {"simple_python": 50, "multiple": 50, "parallel": 150, "parallel_multiple": 150,
                      "irrelevance": 35, "multi_turn_base": 20}
 DEMO_TRAIN = 120  # demo-pack traces, half of them with a person's message mid-task
+# Questions made of two train-side single-turn entries (finetune.plans.combined_plan), so entries
+# the sample above leaves out are seen too; `parallel_multiple` pairs would make prompts of ~1000
+# tokens, too long for the CPU's hour.
+COMBINED_TRAIN = 80
+COMBINED_FROM = ("simple_python", "multiple", "parallel")
 EVAL_PER_DATASET = 2  # held-out entries whose traces give the held-out loss (never trained on)
 MAX_TOKENS = 1536  # longer traces are left out (a few multi-turn prompts with big tool lists)
 
@@ -67,6 +72,7 @@ def trace_row(plan: Any, mode: str, seed: int, backend: Any) -> dict[str, Any]:
     return {"source": plan.source, "dataset": plan.dataset, "mode": mode, "token_ms": token_ms,
             "frames": len(trace.frames), "message": plan.message is not None,
             "calls": len(plan.calls), "prompt_tokens": rendered.prompt_tokens,
+            "entries": [list(e) for e in plan.entries],
             "ids": rendered.ids, "mask": rendered.mask}
 
 
@@ -90,10 +96,34 @@ def plans(side: str, seed: int, limit: int | None, say) -> list[Any]:
         made = [p for e in entries[: cap if cap is not None else len(entries)] if (p := entry_plan(name, e, seed))]
         say(f"  {name}: {len(made)} plans from {min(len(entries), cap or len(entries))} {side} entries")
         out += made
+    if side == "train":
+        combined = combined_plans(COMBINED_TRAIN if limit is None else limit, seed, heldout)
+        say(f"  combined: {len(combined)} plans of two entries each")
+        out += combined
     demos = (DEMO_TRAIN if limit is None else limit) if side == "train" else EVAL_PER_DATASET
     out += [demo_plan(k, seed, heldout=side == "eval") for k in range(demos)]
     say(f"  demo: {demos} plans")
     return out
+
+
+def combined_plans(count: int, seed: int, heldout: dict[str, set[str]]) -> list[Any]:
+    from finetune.plans import combined_plan
+    from webapp.tools.bfcl import dataset
+
+    rng = random.Random(f"{seed}|combined")
+    pools = {}
+    for name in COMBINED_FROM:
+        pools[name] = [e for e in dataset(name) if e["id"] not in heldout.get(name, set())]
+        rng.shuffle(pools[name])
+    made: list[Any] = []
+    for k in range(4 * count):  # a pair whose functions clash is skipped
+        if len(made) == count:
+            break
+        names = [rng.choice(COMBINED_FROM) for _ in range(2)]
+        parts = [(name, pools[name][(2 * k + i) % len(pools[name])]) for i, name in enumerate(names)]
+        if parts[0][1]["id"] != parts[1][1]["id"] and (plan := combined_plan(parts, seed)):
+            made.append(plan)
+    return made
 
 
 def check_split(say) -> None:
@@ -125,7 +155,8 @@ def build(out: Path, model: str, seed: int, limit: int | None, say=print) -> dic
         with (out / f"{side}.jsonl").open("w", encoding="utf-8") as f:
             side_plans = plans(side, seed, limit, say)
             for n, plan in enumerate(side_plans, 1):
-                if side == "train" and plan.source in heldout.get(plan.dataset, set()):
+                if side == "train" and any(i in heldout.get(d, set()) for d, i in plan.entries or
+                                           [(plan.dataset, plan.source)]):
                     raise AssertionError(f"held-out entry {plan.source} reached the training set")
                 row = trace_row(plan, pick_mode(seed, plan.source), seed, backend)
                 if len(row["ids"]) > MAX_TOKENS:

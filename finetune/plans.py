@@ -108,24 +108,57 @@ def _mistaken_args(tool: ToolSpec, args: dict[str, Any]) -> dict[str, Any] | Non
     return None
 
 
+def _single_turn(source: str, dataset: str, question_text: str, tools_doc: list[dict[str, Any]],
+                 truth: list[Any], seed: int, entries: tuple[tuple[str, str], ...]) -> Plan:
+    rng = _rng(seed, source)
+    est = _latencies(rng, tools_doc)
+    tools = _specs(tools_doc, est)
+    calls = [PlanCall(c.name, c.args, _call_ms(rng, est[c.name]), _made_up(rng, c.name, c.args)) for c in truth]
+    calls = _with_failures(rng, calls, tools)
+    return Plan(source, dataset, question_text, tools, tuple(calls), _answer(calls), entries=entries)
+
+
 def single_turn_plan(name: str, entry: dict[str, Any], seed: int) -> Plan | None:
     scenario, _ = single_turn_entry(name, entry, seed, minimal=True)
     if scenario is None:
         return None
-    rng = _rng(seed, entry["id"])
-    est = _latencies(rng, scenario.tools)
-    tools = _specs(scenario.tools, est)
-    calls = [PlanCall(c.name, c.args, _call_ms(rng, est[c.name]), _made_up(rng, c.name, c.args))
-             for c in scenario.calls]
-    calls = _with_failures(rng, calls, tools)
-    return Plan(entry["id"], name, scenario.question, tools, tuple(calls), _answer(calls))
+    return _single_turn(entry["id"], name, scenario.question, scenario.tools, scenario.calls, seed,
+                        ((name, entry["id"]),))
+
+
+def combined_plan(parts: list[tuple[str, dict[str, Any]]], seed: int) -> Plan | None:
+    """Two single-turn entries asked as one question, their functions offered together: the model
+    must make every call the question asks for before it answers (a call left out was the
+    commonest mistake of the tuned model on held-out `parallel` and `parallel_multiple`)."""
+    scenarios = []
+    for name, entry in parts:
+        scenario, _ = single_turn_entry(name, entry, seed, minimal=True)
+        if scenario is None:
+            return None
+        scenarios.append(scenario)
+    tools_doc: dict[str, dict[str, Any]] = {}
+    for scenario in scenarios:
+        for tool in scenario.tools:
+            if tools_doc.setdefault(tool["name"], tool) != tool:
+                return None  # two different functions of one name: the calls would be ambiguous
+    text = " ".join(_sentence(s.question) for s in scenarios)
+    source = "combined:" + "+".join(entry["id"] for _, entry in parts)
+    truth = [c for s in scenarios for c in s.calls]
+    return _single_turn(source, "combined", text, list(tools_doc.values()), truth, seed,
+                        tuple((name, entry["id"]) for name, entry in parts))
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.rstrip("\"')")[-1:] in ".?!" else text + "."
 
 
 def irrelevance_plan(entry: dict[str, Any], seed: int) -> Plan:
     rng = _rng(seed, entry["id"])
     tools_doc = [doc_tool(fn, "simulated", {}) for fn in entry["function"]]
     tools = _specs(tools_doc, _latencies(rng, tools_doc))
-    return Plan(entry["id"], "irrelevance", question(entry), tools, (), NO_FUNCTION)
+    return Plan(entry["id"], "irrelevance", question(entry), tools, (), NO_FUNCTION,
+                entries=(("irrelevance", entry["id"]),))
 
 
 def multi_turn_plan(entry: dict[str, Any], seed: int) -> Plan | None:
@@ -159,7 +192,8 @@ def multi_turn_plan(entry: dict[str, Any], seed: int) -> Plan | None:
             result, error = None, ("exception", f"{type(exc).__name__}: {exc}")
         deps = (len(calls) - 1,) if calls else ()
         calls.append(PlanCall(fn, args, _call_ms(rng, est[fn]), _jsonable(result), error, deps))
-    return Plan(entry["id"], "multi_turn_base", question(entry), tools, tuple(calls), _answer(calls))
+    return Plan(entry["id"], "multi_turn_base", question(entry), tools, tuple(calls), _answer(calls),
+                entries=(("multi_turn_base", entry["id"]),))
 
 
 def _some_tools(tools: list[dict[str, Any]], truth: list[str], rng: random.Random) -> list[dict[str, Any]]:

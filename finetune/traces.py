@@ -68,6 +68,7 @@ class Plan:
     calls: tuple[PlanCall, ...]
     answer: str
     message: Message | None = None
+    entries: tuple[tuple[str, str], ...] = ()  # the BFCL (dataset, entry id) pairs it was made from
 
 
 @dataclass

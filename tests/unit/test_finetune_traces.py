@@ -20,10 +20,10 @@ from engine.state import Status
 from engine.tools import ToolSpec
 from finetune import split
 from finetune.build import build
-from finetune.plans import demo_plan, entry_plan
+from finetune.plans import combined_plan, demo_plan, entry_plan
 from finetune.traces import FORCED, FRAME, MISTAKE, MODEL, Message, Plan, PlanCall, render, simulate
 from tests.scripted import ScriptedBackend
-from webapp.tools.bfcl import dataset
+from webapp.tools.bfcl import dataset, question
 
 QWEN = "qwen2.5-coder-0.5b"
 
@@ -159,6 +159,22 @@ def test_it_trains_only_on_what_the_model_writes(qwen):
             assert rendered.mask[-1] == 1  # the end of the turn is learned too
 
 
+def test_it_asks_two_entries_as_one_question():
+    a, b = dataset("parallel")[0], dataset("multiple")[0]
+    plan = combined_plan([("parallel", a), ("multiple", b)], 0)
+    one, two = entry_plan("parallel", a, 0), entry_plan("multiple", b, 0)
+    assert plan.entries == (("parallel", a["id"]), ("multiple", b["id"]))
+    assert plan.question.startswith(question(a).strip()) and plan.question.endswith(question(b).strip())
+    assert [(c.name, c.args) for c in plan.calls] == [(c.name, c.args) for c in (*one.calls, *two.calls)]
+    assert {t.name for t in plan.tools} == {t.name for t in (*one.tools, *two.tools)}
+
+
+def test_it_refuses_to_combine_two_functions_of_one_name():
+    a = dataset("simple_python")[0]
+    clash = {**a, "function": [{**a["function"][0], "description": "something else"}]}
+    assert combined_plan([("simple_python", a), ("simple_python", clash)], 0) is None
+
+
 @pytest.mark.slow
 def test_it_builds_a_dataset_without_held_out_entries(tmp_path):
     stats = build(tmp_path, QWEN, 0, limit=2, say=lambda _: None)
@@ -166,7 +182,9 @@ def test_it_builds_a_dataset_without_held_out_entries(tmp_path):
     heldout = split.load_heldout()
     assert len(rows) == stats["train"]["traces"] > 0
     assert not any(r["source"] in heldout.get(r["dataset"], set()) for r in rows)
-    assert {r["dataset"] for r in rows} >= {"simple_python", "parallel", "irrelevance", "demo"}
+    assert not any(i in heldout[d] for r in rows for d, i in r["entries"])
+    assert {r["dataset"] for r in rows} >= {"simple_python", "parallel", "irrelevance", "combined", "demo"}
+    assert all(len(r["entries"]) == 2 for r in rows if r["dataset"] == "combined")
     assert sum(stats["train"]["by_dataset_mode"].values()) == len(rows)
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").open()]
     assert evals and all(r["source"] in heldout.get(r["dataset"], set()) or r["dataset"] == "demo" for r in evals)
