@@ -155,8 +155,7 @@ def build(out: Path, model: str, seed: int, limit: int | None, say=print) -> dic
         with (out / f"{side}.jsonl").open("w", encoding="utf-8") as f:
             side_plans = plans(side, seed, limit, say)
             for n, plan in enumerate(side_plans, 1):
-                if side == "train" and any(i in heldout.get(d, set()) for d, i in plan.entries or
-                                           [(plan.dataset, plan.source)]):
+                if side == "train" and any(i in heldout.get(d, set()) for d, i in plan.entries):
                     raise AssertionError(f"held-out entry {plan.source} reached the training set")
                 row = trace_row(plan, pick_mode(seed, plan.source), seed, backend)
                 if len(row["ids"]) > MAX_TOKENS:
