@@ -2,6 +2,7 @@
 scenarios, each simulated in one mode and rendered to token ids with the engine's own tokenizer.
 
 usage: python -m finetune.build [--out var/finetune/data] [--model qwen2.5-coder-0.5b] [--limit N]
+       [--combined N]
 Writes train.jsonl and eval.jsonl (one trace per line: ids, mask, source, dataset, mode) and
 stats.json (counts per dataset and mode, token lengths).
 """
@@ -76,7 +77,7 @@ def trace_row(plan: Any, mode: str, seed: int, backend: Any) -> dict[str, Any]:
             "ids": rendered.ids, "mask": rendered.mask}
 
 
-def plans(side: str, seed: int, limit: int | None, say) -> list[Any]:
+def plans(side: str, seed: int, limit: int | None, say, combined: int | None = None) -> list[Any]:
     """Plans of one side of the split ("train" or "eval")."""
     from finetune.plans import demo_plan, entry_plan
     from finetune.split import DATASETS, load_heldout
@@ -97,9 +98,11 @@ def plans(side: str, seed: int, limit: int | None, say) -> list[Any]:
         say(f"  {name}: {len(made)} plans from {min(len(entries), cap or len(entries))} {side} entries")
         out += made
     if side == "train":
-        combined = combined_plans(COMBINED_TRAIN if limit is None else limit, seed, heldout)
-        say(f"  combined: {len(combined)} plans of two entries each")
-        out += combined
+        if combined is None:
+            combined = COMBINED_TRAIN if limit is None else limit
+        joined = combined_plans(combined, seed, heldout)
+        say(f"  combined: {len(joined)} plans of two entries each")
+        out += joined
     demos = (DEMO_TRAIN if limit is None else limit) if side == "train" else EVAL_PER_DATASET
     out += [demo_plan(k, seed, heldout=side == "eval") for k in range(demos)]
     say(f"  demo: {demos} plans")
@@ -139,7 +142,8 @@ def check_split(say) -> None:
         f"{recorded['digest'][:12]}")
 
 
-def build(out: Path, model: str, seed: int, limit: int | None, say=print) -> dict[str, Any]:
+def build(out: Path, model: str, seed: int, limit: int | None, say=print,
+          combined: int | None = None) -> dict[str, Any]:
     from finetune.split import load_heldout
 
     started = time.monotonic()
@@ -147,13 +151,14 @@ def build(out: Path, model: str, seed: int, limit: int | None, say=print) -> dic
     backend = tokenizer_backend(model)
     out.mkdir(parents=True, exist_ok=True)
     heldout = load_heldout()
-    stats: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "max_tokens": MAX_TOKENS}
+    stats: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "combined": combined,
+                             "max_tokens": MAX_TOKENS}
     for side in ("train", "eval"):
         say(f"{side} plans:")
         counts: Counter[str] = Counter()
         lengths, trained, dropped = [], 0, 0
         with (out / f"{side}.jsonl").open("w", encoding="utf-8") as f:
-            side_plans = plans(side, seed, limit, say)
+            side_plans = plans(side, seed, limit, say, combined)
             for n, plan in enumerate(side_plans, 1):
                 if side == "train" and any(i in heldout.get(d, set()) for d, i in plan.entries):
                     raise AssertionError(f"held-out entry {plan.source} reached the training set")
@@ -184,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None,
                         help="train entries per dataset (default: a CPU-sized sample, see TRAIN_PER_DATASET)")
+    parser.add_argument("--combined", type=int, default=None,
+                        help=f"questions made of two train entries (default {COMBINED_TRAIN}, or --limit)")
     args = parser.parse_args(argv)
     _setup_django()
-    stats = build(args.out, args.model, args.seed, args.limit)
+    stats = build(args.out, args.model, args.seed, args.limit, combined=args.combined)
     print(json.dumps({k: v for k, v in stats.items() if k in ("train", "eval", "seconds")}, indent=1))
     return 0
 

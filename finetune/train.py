@@ -249,23 +249,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     depth = max(0, base.config.num_hidden_layers - args.layers) if args.layers else 0
     frozen = Frozen(model, depth, device, shared_prefix(train_rows + eval_rows))
     print(f"shared prefix: {len(frozen.prefix)} tokens, computed once", flush=True)
+    state = torch.load(state_path, weights_only=False) if args.resume and state_path.exists() else None
+    step = state["step"] if state else 0
+    order = list(range(len(train_rows)))
+    random.Random(args.seed).shuffle(order)
+    reading = iter(visits(order, step, args))
     if depth:
-        for row in tqdm(train_rows + eval_rows, desc=f"layers 0-{depth - 1} (no adapter), once per trace",
-                        unit="trace", dynamic_ncols=True, file=sys.stdout):
+        # Only the traces this run will read: a run shorter than a pass prepares only what it reads.
+        todo = [train_rows[i] for i in dict.fromkeys(visits(order, step, args))] + eval_rows
+        for row in tqdm(todo, desc=f"layers 0-{depth - 1} (no adapter), once per trace", unit="trace",
+                        dynamic_ncols=True, file=sys.stdout):
             frozen.hidden(row)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     log: dict[str, Any] = {"train": [], "eval": []}
-    step = 0
-    if args.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+    if state:
         optimizer.load_state_dict(state["optimizer"])
-        step, log = state["step"], state["log"]
+        log = state["log"]
         print(f"resumed at step {step}", flush=True)
-    order = list(range(len(train_rows)))
-    rng = random.Random(args.seed)
-    rng.shuffle(order)
-    cursor = step * args.accum
     if not log["eval"]:
         log["eval"].append({"step": 0, "loss": round(eval_loss(model, eval_rows, device, frozen), 4)})
         print(f"held-out loss before training: {log['eval'][0]['loss']}", flush=True)
@@ -277,8 +278,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 group["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
             total, tokens = 0.0, 0
             for _ in range(args.accum):
-                row = train_rows[order[cursor % len(order)]]
-                cursor += 1
+                row = train_rows[next(reading)]
                 loss, n = batch_loss(model, row, device, frozen)
                 (loss / args.accum).backward()
                 total += loss.item() * n
@@ -305,6 +305,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return finalize(args, log, step, len(train_rows), len(eval_rows), device, time.monotonic() - started)
 
 
+def visits(order: list[int], step: int, args: argparse.Namespace) -> list[int]:
+    """The indices of the train rows that the steps from `step` to the last read, in reading order:
+    a fixed shuffle, read in a circle when a run reads more traces than the data holds."""
+    return [order[c % len(order)] for c in range(step * args.accum, args.steps * args.accum)]
+
+
 def save_checkpoint(model: Any, optimizer: Any, step: int, log: dict[str, Any], out: Path) -> None:
     import torch
 
@@ -324,7 +330,8 @@ def finalize(args: argparse.Namespace, log: dict[str, Any], step: int, n_train: 
         "model": args.model, "device": device, "rank": args.rank, "alpha": 2 * args.rank,
         "layers": args.layers or "all", "targets": TARGETS, "lr": args.lr, "warmup": args.warmup,
         "accum": args.accum, "steps_planned": args.steps, "steps": step, "seed": args.seed,
-        "sequences_seen": step * args.accum, "train_traces": n_train, "eval_traces": n_eval, "dtype": "float32",
+        "sequences_seen": step * args.accum, "distinct_traces": min(n_train, step * args.accum),
+        "train_traces": n_train, "eval_traces": n_eval, "dtype": "float32",
         "train_seconds": log["train"][-1]["s"] if log["train"] else 0.0, "total_seconds": round(total_s, 1),
         "final_train_loss": _recent_mean(log["train"]), "final_eval_loss": log["eval"][-1]["loss"],
         "first_eval_loss": log["eval"][0]["loss"],
@@ -359,8 +366,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--model-dir", type=Path,
                         default=Path(os.environ.get("ASYNCLM_MODEL_DIR", ROOT / "var" / "models")))
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps")
-    parser.add_argument("--accum", type=int, default=4, help="traces per optimizer step")
+    # 450 trace visits: what this 2-core CPU trains in under an hour (about 7.3 s a visit with the
+    # frozen layers; docs/finetune.md); a bigger machine takes more with --steps.
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps")
+    parser.add_argument("--accum", type=int, default=3, help="traces per optimizer step")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--layers", type=int, default=12,
                         help="adapters on the top N layers only (0: all); the layers below run once per trace "

@@ -19,7 +19,7 @@ from engine.scheduler import Scheduler
 from engine.state import Status
 from engine.tools import ToolSpec
 from finetune import split
-from finetune.build import build
+from finetune.build import build, plans
 from finetune.plans import combined_plan, demo_plan, entry_plan
 from finetune.traces import FORCED, FRAME, MISTAKE, MODEL, Message, Plan, PlanCall, render, simulate
 from tests.scripted import ScriptedBackend
@@ -188,6 +188,13 @@ def test_it_builds_a_dataset_without_held_out_entries(tmp_path):
     assert sum(stats["train"]["by_dataset_mode"].values()) == len(rows)
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").open()]
     assert evals and all(r["source"] in heldout.get(r["dataset"], set()) or r["dataset"] == "demo" for r in evals)
+
+
+@pytest.mark.slow
+def test_it_leaves_combined_questions_out_when_asked():
+    made = plans("train", 0, 1, lambda _: None, combined=0)
+    assert made and all(len(p.entries) <= 1 for p in made)
+    assert sum(len(p.entries) == 2 for p in plans("train", 0, 1, lambda _: None, combined=3)) == 3
 
 
 # -- the rendered trace is the engine's context ------------------------------------------------
