@@ -98,15 +98,20 @@ def plans(side: str, seed: int, limit: int | None, say, combined: int | None = N
         say(f"  {name}: {len(made)} plans from {min(len(entries), cap or len(entries))} {side} entries")
         out += made
     if side == "train":
-        if combined is None:
-            combined = COMBINED_TRAIN if limit is None else limit
-        joined = combined_plans(combined, seed, heldout)
+        joined = combined_plans(combined_count(limit, combined), seed, heldout)
         say(f"  combined: {len(joined)} plans of two entries each")
         out += joined
     demos = (DEMO_TRAIN if limit is None else limit) if side == "train" else EVAL_PER_DATASET
     out += [demo_plan(k, seed, heldout=side == "eval") for k in range(demos)]
     say(f"  demo: {demos} plans")
     return out
+
+
+def combined_count(limit: int | None, combined: int | None) -> int:
+    """How many combined questions a build makes: as asked, else the default (or --limit)."""
+    if combined is not None:
+        return combined
+    return COMBINED_TRAIN if limit is None else limit
 
 
 def combined_plans(count: int, seed: int, heldout: dict[str, set[str]]) -> list[Any]:
@@ -151,7 +156,7 @@ def build(out: Path, model: str, seed: int, limit: int | None, say=print,
     backend = tokenizer_backend(model)
     out.mkdir(parents=True, exist_ok=True)
     heldout = load_heldout()
-    stats: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "combined": combined,
+    stats: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "combined": combined_count(limit, combined),
                              "max_tokens": MAX_TOKENS}
     for side in ("train", "eval"):
         say(f"{side} plans:")

@@ -253,10 +253,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     step = state["step"] if state else 0
     order = list(range(len(train_rows)))
     random.Random(args.seed).shuffle(order)
-    reading = iter(visits(order, step, args))
+    to_read = visits(order, step, args)
+    reading = iter(to_read)
     if depth:
         # Only the traces this run will read: a run shorter than a pass prepares only what it reads.
-        todo = [train_rows[i] for i in dict.fromkeys(visits(order, step, args))] + eval_rows
+        todo = [train_rows[i] for i in dict.fromkeys(to_read)] + eval_rows
         for row in tqdm(todo, desc=f"layers 0-{depth - 1} (no adapter), once per trace", unit="trace",
                         dynamic_ncols=True, file=sys.stdout):
             frozen.hidden(row)
@@ -366,8 +367,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b")
     parser.add_argument("--model-dir", type=Path,
                         default=Path(os.environ.get("ASYNCLM_MODEL_DIR", ROOT / "var" / "models")))
-    # 450 trace visits: what this 2-core CPU trains in under an hour (about 7.3 s a visit with the
-    # frozen layers; docs/finetune.md); a bigger machine takes more with --steps.
+    # 450 trace reads: what this 2-core CPU trains in under an hour (a read cost 1.6 s in the frozen
+    # layers and 4.2 s in a step here, 7.3 s in all on a slower day; docs/finetune.md); a bigger
+    # machine takes more with --steps.
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps")
     parser.add_argument("--accum", type=int, default=3, help="traces per optimizer step")
     parser.add_argument("--rank", type=int, default=16)
