@@ -2,7 +2,7 @@
 human-message section, and which rows an appended run replaces."""
 
 from webapp.bench.management.commands.bench import previous
-from webapp.bench.report import markdown, summarize
+from webapp.bench.report import markdown, overhead, summarize
 
 LABEL = "embedded qwen2.5-coder-0.5b, with cheat sheet"
 
@@ -109,3 +109,25 @@ def test_it_counts_calls_written_again_after_their_result_was_in_the_context():
               Ev(kind="interrupt_injected", payload={"calls": ["c1", "c2"]}),
               decoded("c4", "Rome"), decoded("c5", "Paris"), decoded("c6", "Oslo")]
     assert repeated_calls(events) == 2
+
+
+def test_it_reports_dispatch_over_every_call_and_names_the_worst_row():
+    def calls(*ms):
+        return [{"call_id": f"c{i}", "name": "f", "drawn_latency_ms": 100.0, "started_ms": 1.0, "finished_ms": 2.0,
+                 "dispatch_ms": d} for i, d in enumerate(ms)]
+
+    rows = [row("parallel_6", "sync", "paper", 2000.0, calls=calls(1.0, 2.0, 3.0)),
+            row("parallel_6", "async", "paper", 1800.0, calls=calls(4.0), measured_over_bound=1.08),
+            # A failed run's calls are not counted; an old row without per-call dispatch is skipped.
+            row("parallel_7", "async", "paper", 1700.0, calls=calls(90.0), errors=["task failed: x"]),
+            row("parallel_8", "async", "paper", 1750.0, measured_over_bound=1.02)]
+    results = summarize(rows)
+    (found,) = overhead(rows, results)
+    # 4 calls: a median of the calls (2.5), not of the rows' means (2.0 and 4.0 -> 3.0).
+    assert found["calls"] == 4 and found["dispatch_ms"]["p50"] == 2.5 and found["dispatch_ms"]["mean"] == 2.5
+    assert found["worst_row"] == {"dataset": "parallel", "mode": "async", "profile": "paper",
+                                  "measured_over_bound": 1.05}
+    assert found["measured_over_bound_mean"] == round((1.0101 + 1.05) / 2, 4)
+    text = markdown(PARAMS, results, [found])
+    assert "## What the system adds" in text and "| 4 | 2.5 / " in text and "1.05 (parallel, async, paper)" in text
+    assert "## What the system adds" not in markdown(PARAMS, results)

@@ -22,24 +22,35 @@ def popped(redis_client, queue: str) -> dict:
 
 
 def test_it_writes_the_envelope_celerys_send_task_writes(redis_client):
-    """Built with Celery's and kombu's own functions; compared here with what `send_task` pushes
-    for the same call (only the delivery tag and the expiry's wall time may differ)."""
+    """Built with Celery's and kombu's own functions for a task's first message, copied and filled
+    in for the next ones; both compared here with what `send_task` pushes for the same call (only
+    the delivery tag and the expiry's wall time may differ)."""
     queue = f"tools-test-{uuid.uuid4().hex[:8]}"
     args = [request("c1").to_dict()]
     options = {"expires": 5.0, "time_limit": 4.0, "soft_time_limit": 3.0, "argsrepr": "(f: task 7, call c1)"}
     dispatch.app.send_task(dispatch.RUN_TOOL, args=args, task_id="asynclm-7-c1", queue=queue, ignore_result=True,
                            kwargsrepr="{}", **options)
     theirs = popped(redis_client, queue)
-    tools = ToolQueue(dispatch.app, queue)
-    tools.push([tools.message(dispatch.RUN_TOOL, "asynclm-7-c1", args, expires_s=5.0, time_limit=4.0,
-                              soft_time_limit=3.0, argsrepr=options["argsrepr"])])
-    ours = popped(redis_client, queue)
-    for message in (theirs, ours):
-        message["properties"].pop("delivery_tag")
-        expires = datetime.fromisoformat(message["headers"].pop("expires"))
-        assert abs(expires - datetime.now(UTC) - timedelta(seconds=5)) < timedelta(seconds=2)
-        message["body"] = json.loads(base64.b64decode(message["body"]))
-    assert ours == theirs
+    first, copied = ToolQueue(dispatch.app, queue), ToolQueue(dispatch.app, queue)
+    # Another call with other limits comes first: nothing of it may remain in the next message.
+    other = CallRequest(8, "c9", "engine-y", TOOL.to_dict(), {"b": [2]}, 5.0, order=3).to_dict()
+    copied.push([copied.message(dispatch.RUN_TOOL, "asynclm-8-c9", [other], expires_s=70.0, time_limit=61.0,
+                                soft_time_limit=60.0, argsrepr="(f: task 8, call c9)")])
+    popped(redis_client, queue)
+    tags = []
+    for tools in (first, copied):
+        tools.push([tools.message(dispatch.RUN_TOOL, "asynclm-7-c1", args, expires_s=5.0, time_limit=4.0,
+                                  soft_time_limit=3.0, argsrepr=options["argsrepr"])])
+        ours = popped(redis_client, queue)
+        for message in (theirs, ours):
+            tags.append(message["properties"].pop("delivery_tag", None))
+            if "expires" in message["headers"]:
+                expires = datetime.fromisoformat(message["headers"].pop("expires"))
+                assert abs(expires - datetime.now(UTC) - timedelta(seconds=5)) < timedelta(seconds=2)
+            if isinstance(message["body"], str):
+                message["body"] = json.loads(base64.b64decode(message["body"]))
+        assert ours == theirs
+    assert len({t for t in tags if t}) == 3  # theirs, and each of ours: a delivery tag per message
 
 
 def test_a_call_carries_its_limits_and_expires_once_the_engine_has_given_up_on_it(redis_client):

@@ -101,6 +101,44 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                           r["profile"], r["dataset"], MODE_ORDER.get(r["mode"], 9)))
 
 
+def overhead(rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the system adds, per decoder setup: each call's time from its [END] to its start on a
+    worker over every call of the run (a per-call median, not a mean of the rows' means), and the
+    rows' measured/bound with the worst row named."""
+    found = []
+    for label in dict.fromkeys(_label(r) for r in rows):
+        dispatch = [c["dispatch_ms"] for r in rows if _label(r) == label and not r["errors"]
+                    for c in r["calls"] if c.get("dispatch_ms") is not None]
+        rated = [r for r in results if r["label"] == label and r["measured_over_bound"]]
+        worst = max(rated, key=lambda r: r["measured_over_bound"], default=None)
+        found.append({
+            "label": label, "calls": len(dispatch),
+            "dispatch_ms": {"p50": percentile(dispatch, 50), "p90": percentile(dispatch, 90),
+                            "p99": percentile(dispatch, 99), "mean": _mean(dispatch, 2)} if dispatch else None,
+            "measured_over_bound_mean": _mean([r["measured_over_bound"] for r in rated], 4),
+            "worst_row": {"dataset": worst["dataset"], "mode": worst["mode"], "profile": worst["profile"],
+                          "measured_over_bound": worst["measured_over_bound"]} if worst else None,
+            "token_ms": _mean([r["token_ms"] for r in results if r["label"] == label and r["token_ms"]], 3),
+        })
+    return found
+
+
+def overhead_lines(found: list[dict[str, Any]]) -> list[str]:
+    if not any(o["dispatch_ms"] or o["worst_row"] for o in found):
+        return []
+    lines = ["", "## What the system adds", "",
+             "Dispatch: a call's [END] decoded -> the tool starting on a worker, over every call of the run.", "",
+             "| decoder | calls | dispatch p50 / p90 / p99 ms | measured/bound, mean of the rows | worst row | "
+             "ms/token measured |", "|---|---|---|---|---|---|"]
+    for o in found:
+        d, w = o["dispatch_ms"] or {}, o["worst_row"]
+        worst = f"{w['measured_over_bound']} ({w['dataset']}, {w['mode']}, {w['profile']})" if w else "–"
+        lines.append(f"| {o['label']} | {o['calls']} | {d.get('p50', '–')} / {d.get('p90', '–')} / "
+                     f"{d.get('p99', '–')} | {o['measured_over_bound_mean'] or '–'} | {worst} | "
+                     f"{o['token_ms'] or '–'} |")
+    return lines
+
+
 def section(label: str, profile: str) -> str:
     """A report section's title: the decoder setup and the tool-latency profile."""
     return f"{label}; {profile} tool latencies"
@@ -172,7 +210,8 @@ def explanation(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def markdown(params: dict[str, Any], results: list[dict[str, Any]]) -> str:
+def markdown(params: dict[str, Any], results: list[dict[str, Any]],
+             costs: list[dict[str, Any]] | None = None) -> str:
     lines = [
         "# Benchmark: task latency by mode on BFCL",
         "",
@@ -218,6 +257,7 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]]) -> str:
                 f"{r.get('overlap_ms') if r.get('overlap_ms') is not None else '–'} | "
                 f"{r['extra_tokens_vs_sync']} | {accuracy} | {r['errors']} | {r['runs_with_model_errors']} | "
                 f"{r['runs_at_token_limit']} | {r['repeated_calls'] if r.get('repeated_calls') is not None else '–'} |")
+    lines += overhead_lines(costs or [])
     lines += human_messages(results)
     why = explanation(results)
     if why:

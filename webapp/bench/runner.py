@@ -202,7 +202,7 @@ def send_message_when_due(services: Services, client: redis.Redis, task_id: int,
 
 
 def _calls(scenario: Scenario, setup: Setup, events: list[TraceEvent], started: dict[str, float],
-           finished: dict[str, float]) -> list[dict[str, Any]]:
+           finished: dict[str, float], dispatch: dict[str, float]) -> list[dict[str, Any]]:
     """Each call with its drawn latency and when it ran: the plan's calls for the simulated decoder,
     the calls the model wrote (matched to the ground truth by arguments) for a real one."""
     if setup.decoder == "simulated":
@@ -213,7 +213,7 @@ def _calls(scenario: Scenario, setup: Setup, events: list[TraceEvent], started: 
                     drawn.get((e.payload["name"], embedded.args_key(e.payload["args"]))))
                    for e in events if e.kind == "call_decoded"]
     return [{"call_id": cid, "name": name, "drawn_latency_ms": ms, "started_ms": started.get(cid),
-             "finished_ms": finished.get(cid)} for cid, name, ms in written]
+             "finished_ms": finished.get(cid), "dispatch_ms": dispatch.get(cid)} for cid, name, ms in written]
 
 
 def repeated_calls(events: list[TraceEvent]) -> int:
@@ -260,8 +260,8 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
     # What the system adds: the decoding rate as measured (the simulated decoder's charge plus the
     # engine's own work per token) and the time from a call's [END] to its start on a worker.
     per_token = embedded.token_ms(events)
-    dispatch = [c.started_ms - c.dispatched_ms for c in timeline.calls.values()
-                if c.started_ms is not None and c.dispatched_ms is not None]
+    dispatch = {c.call_id: round(c.started_ms - c.dispatched_ms, 3) for c in timeline.calls.values()
+                if c.started_ms is not None and c.dispatched_ms is not None}
     executed = [(c.tool, c.arguments) for c in task.calls.exclude(started_ms=None).order_by("started_ms", "id")]
     if scenario.dataset == HUMAN_MESSAGE:
         verdict = checker.check_calls([(c.name, c.args) for c in scenario.calls], executed)
@@ -275,14 +275,14 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
         "bound_standalone_ms": standalone,
         "measured_over_bound_standalone": round(latency / standalone, 4) if latency and standalone else None,
         "token_ms": round(per_token, 3) if per_token else None,
-        "dispatch_ms": round(sum(dispatch) / len(dispatch), 2) if dispatch else None,
+        "dispatch_ms": round(sum(dispatch.values()) / len(dispatch), 2) if dispatch else None,
         "g_ms_per_call": g_per_call,
         "measured_over_bound": round(latency / bound, 4) if latency and bound else None,
         "tokens": len(tokens), "finish_reason": finish.get("finish_reason", ""),
         "repeated_calls": repeated_calls(events),
         "injected_tokens": timeline.injected_tokens,
         "overlap_ms": timeline.overlap_ms(),
-        "calls": _calls(scenario, setup, events, started, finished),
+        "calls": _calls(scenario, setup, events, started, finished, dispatch),
         "checker": verdict.to_dict(), "executed": [{"name": n, "args": a} for n, a in executed],
         "errors": errors, "model_errors": model_errors, "sources": scenario.sources,
     }
