@@ -6,8 +6,9 @@
 # usage: scripts/finetune.sh [--model NAME] [--steps N] [--accum K] [--rank R] [--layers N] [--limit N]
 #                            [--combined N] [--no-install] [--no-eval]
 #   a smoke run: FINETUNE_DIR=var/finetune-smoke scripts/finetune.sh --steps 2 --limit 2 --no-install --no-eval
-#   (FINETUNE_DIR: where data, run and logs go, default var/finetune; FINETUNE_EVAL_LIMIT: held-out
-#   scenarios per dataset in the evaluation, default 8)
+#   (FINETUNE_DIR: where data, run and logs go, default var/finetune; FINETUNE_EVAL_GOAL_LIMIT:
+#   held-out scenarios per dataset in the rows the accuracy goals are read from, default 50, every
+#   held-out entry, about 47 minutes here; FINETUNE_EVAL_LIMIT: in the other rows, default 8)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -89,7 +90,7 @@ fi
 if [ "$evaluate" = 1 ]; then
   t=$(now)
   say "evaluate: base vs tuned on held-out BFCL entries (python manage.py bench --decoder embedded)"
-  scripts/with-redis.sh scripts/eval-finetune.sh "$model" "${FINETUNE_EVAL_LIMIT:-8}"
+  scripts/with-redis.sh scripts/eval-finetune.sh "$model" "${FINETUNE_EVAL_LIMIT:-8}" "${FINETUNE_EVAL_GOAL_LIMIT:-50}"
   record evaluate "$t"
   "$PY" -m finetune.install --model "$model" --run "$RUN_DIR" --data "$DATA_DIR" --phases "$phases" --update-phases
 fi
