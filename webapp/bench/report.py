@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from webapp.bench.goals import goal_lines
 from webapp.bench.scenarios import DEFAULT_PROFILE, HUMAN_MESSAGE, PROFILE_TEXT
 
 PAPER = {  # the paper's speedups over sync (Llama-3.2-3B on an RTX 4090), for reference
@@ -211,7 +212,7 @@ def explanation(results: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown(params: dict[str, Any], results: list[dict[str, Any]],
-             costs: list[dict[str, Any]] | None = None) -> str:
+             costs: list[dict[str, Any]] | None = None, goals: list[dict[str, Any]] | None = None) -> str:
     lines = [
         "# Benchmark: task latency by mode on BFCL",
         "",
@@ -258,6 +259,7 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]],
                 f"{r['extra_tokens_vs_sync']} | {accuracy} | {r['errors']} | {r['runs_with_model_errors']} | "
                 f"{r['runs_at_token_limit']} | {r['repeated_calls'] if r.get('repeated_calls') is not None else '–'} |")
     lines += overhead_lines(costs or [])
+    lines += goal_lines(goals or [])
     lines += human_messages(results)
     why = explanation(results)
     if why:

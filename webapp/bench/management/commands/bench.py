@@ -19,10 +19,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from engine.backends.base import BackendError
-from engine.catalog import UnknownModel, get_model
+from engine.catalog import MODELS, UnknownModel, get_model
 from engine.modelfiles import ModelFileError
 from webapp.bench.agents import KS
 from webapp.bench.agents_command import parse_ks, run_agents
+from webapp.bench.goals import accuracy_goals
 from webapp.bench.plot import plot
 from webapp.bench.report import markdown, overhead, profile_of, summarize
 from webapp.bench.runner import BENCH_REDIS_DB, BenchError, Services, Setup, measure, run_scenario
@@ -189,12 +190,13 @@ class Command(BaseCommand):
                                              if p.get("standalone_ms_per_token")}
         results = summarize(rows)
         costs = overhead(rows, results)
+        goals = accuracy_goals(results, {name: spec.base for name, spec in MODELS.items() if spec.base})
         with (out_dir / "scenarios.jsonl.partial").open("w") as lines:
             lines.writelines(json.dumps(row) + "\n" for row in rows)
         (out_dir / "scenarios.jsonl.partial").replace(out_dir / "scenarios.jsonl")
-        (out_dir / "bench.json").write_text(json.dumps({"params": params, "results": results, "overhead": costs},
-                                                            indent=2))
-        (out_dir / "bench.md").write_text(markdown(params, results, costs))
+        (out_dir / "bench.json").write_text(json.dumps({"params": params, "results": results, "overhead": costs,
+                                                        "goals": goals}, indent=2))
+        (out_dir / "bench.md").write_text(markdown(params, results, costs, goals))
         plot(params, results, out_dir / "bench.png")
         # Every run is also kept under runs/, which the dashboard's benchmark page lists.
         stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{params['git_commit']}"
@@ -203,7 +205,7 @@ class Command(BaseCommand):
         archive.mkdir(parents=True, exist_ok=True)
         for name in FILES:
             shutil.copy2(out_dir / name, archive / name)
-        self.stdout.write(markdown(params, results, costs))
+        self.stdout.write(markdown(params, results, costs, goals))
         self.stdout.write(self.style.SUCCESS(f"saved {out_dir}/bench.json, bench.md, bench.png, scenarios.jsonl "
                                              f"(and a copy in {archive}) {how}"))
 
