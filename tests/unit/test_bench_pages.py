@@ -53,6 +53,25 @@ def test_the_pages_list_runs_and_show_their_tables_and_plots(client, alice, benc
     assert image["Content-Type"] == "image/png" and b"".join(image.streaming_content) == b"\x89PNG fake"
 
 
+def test_a_run_with_a_tuned_model_shows_its_goals_rated(client, alice, bench_dir):
+    from webapp.bench.goals import accuracy_goals
+
+    tuned = {**EMBEDDED, "model": "qwen2.5-coder-0.5b-cml", "label": "tuned, without cheat sheet", "cheat_sheet": False,
+             "profile": "paper", "calls_per_scenario": 2.0, "runs_at_token_limit": 1, "repeated_calls": 0}
+    results = [{**tuned, "mode": "sync", "accuracy": 0.6}, {**tuned, "mode": "async", "accuracy": 0.64},
+               {**tuned, "model": "qwen2.5-coder-0.5b", "label": "base", "mode": "async", "accuracy": 0.4}]
+    goals = accuracy_goals(results, {"qwen2.5-coder-0.5b-cml": "qwen2.5-coder-0.5b"})
+    run = bench_dir / "runs" / "20261125-140000-abc1234"
+    run.mkdir()
+    (run / "bench.json").write_text(json.dumps({"params": PARAMS, "results": results, "goals": goals}))
+    client.force_login(alice)
+    page = client.get(reverse("bench_run", args=[run.name])).content.decode()
+    assert "<h2>The tuned model's accuracy goals</h2>" in page
+    assert "<td>64% (met)</td>" in page and "60% (met)" in page and "40% (missed)" in page
+    assert "<td>1.2 (met)</td>" in page and "async &gt;= 60%" in page
+    assert "accuracy goals" not in client.get(reverse("bench_run", args=["20261125-120000-abc1234"])).content.decode()
+
+
 def test_a_run_without_human_messages_has_no_such_section(client, alice, bench_dir):
     client.force_login(alice)
     run = bench_dir / "runs" / "20261125-130000-abc1234"

@@ -18,6 +18,14 @@ MAX_CUT = 0.05  # share of the tuned model's async runs cut at the token limit
 MAX_EXTRA_PER_CALL = 6.0  # extra tokens against sync, per call
 
 
+GOALS_TEXT = (
+    "Held-out entries, no cheat sheet, the paper's tool latencies; accuracy by BFCL's checker. Goals: "
+    f"async >= {MIN_ASYNC:.0%}; async >= sync - {MAX_BELOW_SYNC * 100:.0f} points; async >= the base model's async "
+    f"(with the call grammar) + {MIN_OVER_BASE * 100:.0f} points; no call repeated after its result; "
+    f"<= {MAX_EXTRA_PER_CALL:g} extra tokens per call against sync; runs cut at the token limit <= {MAX_CUT:.0%} "
+    "of the async runs. With fewer than 50 runs a row, one run moves its accuracy by more than 2 points.")
+
+
 def _row(results: list[dict[str, Any]], model: str, dataset: str, mode: str) -> dict[str, Any] | None:
     return next((r for r in results if r.get("model") == model and r["dataset"] == dataset and r["mode"] == mode
                  and r.get("cheat_sheet") is False and r["profile"] == DEFAULT_PROFILE
@@ -65,8 +73,16 @@ def _pct(share: float | None) -> str:
     return "–" if share is None else f"{share:.0%}"
 
 
+VERDICTS = {True: "met", False: "missed", None: "not run"}
+
+
+def with_verdicts(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries with each goal's verdict in words (the dashboard's run page shows them)."""
+    return [{**g, "verdicts": {goal: VERDICTS[met] for goal, met in g["met"].items()}} for g in found]
+
+
 def _verdict(met: bool | None) -> str:
-    return {True: "met", False: "**missed**", None: "not run"}[met]
+    return "**missed**" if met is False else VERDICTS[met]
 
 
 def _points(a: float | None, b: float | None) -> str:
@@ -76,13 +92,7 @@ def _points(a: float | None, b: float | None) -> str:
 def goal_lines(found: list[dict[str, Any]]) -> list[str]:
     if not found:
         return []
-    lines = ["", "## The tuned model's accuracy goals", "",
-             "Held-out entries, no cheat sheet, the paper's tool latencies; accuracy by BFCL's checker. Goals: "
-             f"async >= {MIN_ASYNC:.0%}; async >= sync - {MAX_BELOW_SYNC * 100:.0f} points; async >= the base "
-             f"model's async (with the call grammar) + {MIN_OVER_BASE * 100:.0f} points; no call repeated after its "
-             f"result; <= {MAX_EXTRA_PER_CALL:g} extra tokens per call against sync; runs cut at the token limit "
-             f"<= {MAX_CUT:.0%} of the async runs. With fewer than 50 runs a row, one run moves its accuracy by "
-             "more than 2 points.", "",
+    lines = ["", "## The tuned model's accuracy goals", "", GOALS_TEXT, "",
              "| tuned model | dataset | runs | async | sync, async - sync (points) | base async, async - base "
              "(points) | calls repeated after their result | extra tokens per call | runs cut |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -9,6 +9,8 @@ from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404
 from django.shortcuts import render
 
+from webapp.bench.goals import GOALS_TEXT, with_verdicts
+
 RUN_NAME = re.compile(r"^[0-9]{8}-[0-9]{6}-[A-Za-z0-9]+$")
 FILES = {"bench.png": "image/png", "bench.json": "application/json", "bench.md": "text/markdown",
          "scenarios.jsonl": "application/x-ndjson"}
@@ -47,6 +49,8 @@ def run(request, name: str):
     results = report["results"]
     return render(request, "bench/run.html", {"name": name, "params": report["params"], "results": results,
                                               "messages_results": [r for r in results if r.get("messages")],
+                                              "goals": with_verdicts(report.get("goals") or []),
+                                              "goals_text": GOALS_TEXT,
                                               "has_plot": (path / "bench.png").is_file()})
 
 
