@@ -16,7 +16,7 @@ MAX_BELOW_SYNC = 0.02  # async may trail sync by this much (the paper: async kee
 MIN_OVER_BASE = 0.30  # tuned async over the base model's async, both with the call grammar
 MAX_CUT = 0.05  # share of the tuned model's async runs cut at the token limit
 MAX_EXTRA_PER_CALL = 6.0  # extra tokens against sync, per call
-
+VERDICTS = {True: "met", False: "missed", None: "not run"}  # None: a row the goal needs did not run
 
 GOALS_TEXT = (
     "Held-out entries, no cheat sheet, the paper's tool latencies; accuracy by BFCL's checker. Goals: "
@@ -71,9 +71,6 @@ def accuracy_goals(results: list[dict[str, Any]], base_of: Mapping[str, str]) ->
 
 def _pct(share: float | None) -> str:
     return "–" if share is None else f"{share:.0%}"
-
-
-VERDICTS = {True: "met", False: "missed", None: "not run"}
 
 
 def with_verdicts(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
