@@ -36,7 +36,7 @@ def test_it_rates_each_goal_of_a_tuned_model_against_its_base():
     assert found["met"] == {"async": True, "async_vs_sync": False, "over_base": False, "no_repeats": False,
                             "extra_tokens": True}
     text = "\n".join(goal_lines([found]))
-    assert "| 60% (met) | 70%, -10 (**missed**) | 40%, +20 (**missed**) |" in text
+    assert "| 60% (met) | 70%, -10 (**missed**) | 40% of 10, +20 (**missed**) |" in text
     assert "1 of 10 async runs cut at the token limit (10%; **missed**)" in text
 
 

@@ -82,6 +82,11 @@ def _verdict(met: bool | None) -> str:
     return "**missed**" if met is False else VERDICTS[met]
 
 
+def _base(g: dict[str, Any]) -> str:
+    """The base model's accuracy with its own number of runs: it may have run on fewer entries."""
+    return "–" if g["base_async"] is None else f"{g['base_async']:.0%} of {g['base_runs']}"
+
+
 def _points(a: float | None, b: float | None) -> str:
     return "–" if a is None or b is None else f"{round((a - b) * 100):+d}"
 
@@ -90,15 +95,15 @@ def goal_lines(found: list[dict[str, Any]]) -> list[str]:
     if not found:
         return []
     lines = ["", "## The tuned model's accuracy goals", "", GOALS_TEXT, "",
-             "| tuned model | dataset | runs | async | sync, async - sync (points) | base async, async - base "
-             "(points) | calls repeated after their result | extra tokens per call | runs cut |",
+             "| tuned model | dataset | runs | async | sync, async - sync (points) | base async (of runs), async - "
+             "base (points) | calls repeated after their result | extra tokens per call | runs cut |",
              "|---|---|---|---|---|---|---|---|---|"]
     for g in found:
         met = g["met"]
         lines.append(
             f"| {g['model']} | {g['dataset']} | {g['runs']} | {_pct(g['async'])} ({_verdict(met['async'])}) | "
             f"{_pct(g['sync'])}, {_points(g['async'], g['sync'])} ({_verdict(met['async_vs_sync'])}) | "
-            f"{_pct(g['base_async'])}, {_points(g['async'], g['base_async'])} ({_verdict(met['over_base'])}) | "
+            f"{_base(g)}, {_points(g['async'], g['base_async'])} ({_verdict(met['over_base'])}) | "
             f"{'–' if g['repeated_calls'] is None else g['repeated_calls']} ({_verdict(met['no_repeats'])}) | "
             f"{'–' if g['extra_tokens_per_call'] is None else g['extra_tokens_per_call']} "
             f"({_verdict(met['extra_tokens'])}) | {g['cut']} |")
