@@ -2,7 +2,7 @@
 scenarios, each simulated in one mode and rendered to token ids with the engine's own tokenizer.
 
 usage: python -m finetune.build [--out var/finetune/data] [--model qwen2.5-coder-0.5b] [--limit N]
-       [--combined N]
+       [--combined N] [--no-variants]
 Writes train.jsonl and eval.jsonl (one trace per line: ids, mask, source, dataset, mode) and
 stats.json (counts per dataset and mode, token lengths).
 """
@@ -28,6 +28,10 @@ MODE_WEIGHTS = {"async": 0.6, "sync": 0.2, "sync_parallel": 0.2}
 # must train in under an hour); on a GPU, --limit takes every entry.
 TRAIN_PER_DATASET = {"simple_python": 50, "multiple": 50, "parallel": 150, "parallel_multiple": 150,
                      "irrelevance": 35, "multi_turn_base": 20}
+# Held-out `parallel_multiple` questions that need 3 or more calls were where the tuned model failed
+# most (it stopped after two calls in 13 of 32 async runs): every such train-side entry is traced
+# once more, drawn again (`single_turn_plan(..., variant=1)`), ~100 traces.
+VARIANTS_FROM = {"parallel_multiple": 3}  # dataset: the fewest calls an entry needs to be traced twice
 DEMO_TRAIN = 120  # demo-pack traces, half of them with a person's message mid-task
 # Questions made of two train-side single-turn entries (finetune.plans.combined_plan), so entries
 # the sample above leaves out are seen too; `parallel_multiple` pairs would make prompts of ~1000
@@ -77,7 +81,8 @@ def trace_row(plan: Any, mode: str, seed: int, backend: Any) -> dict[str, Any]:
             "ids": rendered.ids, "mask": rendered.mask}
 
 
-def plans(side: str, seed: int, limit: int | None, say, combined: int | None = None) -> list[Any]:
+def plans(side: str, seed: int, limit: int | None, say, combined: int | None = None,
+          variants: bool = True) -> list[Any]:
     """Plans of one side of the split ("train" or "eval")."""
     from finetune.plans import demo_plan, entry_plan
     from finetune.split import DATASETS, load_heldout
@@ -97,6 +102,10 @@ def plans(side: str, seed: int, limit: int | None, say, combined: int | None = N
         made = [p for e in entries[: cap if cap is not None else len(entries)] if (p := entry_plan(name, e, seed))]
         say(f"  {name}: {len(made)} plans from {min(len(entries), cap or len(entries))} {side} entries")
         out += made
+        if side == "train" and variants and name in VARIANTS_FROM:
+            again = variant_plans(name, entries[: cap if cap is not None else len(entries)], made, seed)
+            say(f"  {name}: {len(again)} more plans, entries of {VARIANTS_FROM[name]} or more calls drawn again")
+            out += again
     if side == "train":
         joined = combined_plans(combined_count(limit, combined), seed, heldout)
         say(f"  combined: {len(joined)} plans of two entries each")
@@ -105,6 +114,15 @@ def plans(side: str, seed: int, limit: int | None, say, combined: int | None = N
     out += [demo_plan(k, seed, heldout=side == "eval") for k in range(demos)]
     say(f"  demo: {demos} plans")
     return out
+
+
+def variant_plans(name: str, entries: list[dict[str, Any]], made: list[Any], seed: int) -> list[Any]:
+    """The entries planned once (`made`) whose question needs VARIANTS_FROM[name] calls or more
+    (a plan's failures and refused attempts keep its number of calls), planned again."""
+    from finetune.plans import single_turn_plan
+
+    many = {p.source for p in made if len(p.calls) >= VARIANTS_FROM[name]}
+    return [p for e in entries if e["id"] in many and (p := single_turn_plan(name, e, seed, variant=1))]
 
 
 def combined_count(limit: int | None, combined: int | None) -> int:
@@ -148,7 +166,7 @@ def check_split(say) -> None:
 
 
 def build(out: Path, model: str, seed: int, limit: int | None, say=print,
-          combined: int | None = None) -> dict[str, Any]:
+          combined: int | None = None, variants: bool = True) -> dict[str, Any]:
     from finetune.split import load_heldout
 
     started = time.monotonic()
@@ -157,13 +175,14 @@ def build(out: Path, model: str, seed: int, limit: int | None, say=print,
     out.mkdir(parents=True, exist_ok=True)
     heldout = load_heldout()
     stats: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "combined": combined_count(limit, combined),
+                             "variants": VARIANTS_FROM if variants else {},
                              "max_tokens": MAX_TOKENS}
     for side in ("train", "eval"):
         say(f"{side} plans:")
         counts: Counter[str] = Counter()
         lengths, trained, dropped = [], 0, 0
         with (out / f"{side}.jsonl").open("w", encoding="utf-8") as f:
-            side_plans = plans(side, seed, limit, say, combined)
+            side_plans = plans(side, seed, limit, say, combined, variants)
             for n, plan in enumerate(side_plans, 1):
                 if side == "train" and any(i in heldout.get(d, set()) for d, i in plan.entries):
                     raise AssertionError(f"held-out entry {plan.source} reached the training set")
@@ -196,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="train entries per dataset (default: a CPU-sized sample, see TRAIN_PER_DATASET)")
     parser.add_argument("--combined", type=int, default=None,
                         help=f"questions made of two train entries (default {COMBINED_TRAIN}, or --limit)")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="trace every entry once (the shipped adapter's data; see VARIANTS_FROM)")
     args = parser.parse_args(argv)
     _setup_django()
-    stats = build(args.out, args.model, args.seed, args.limit, combined=args.combined)
+    stats = build(args.out, args.model, args.seed, args.limit, combined=args.combined,
+                  variants=not args.no_variants)
     print(json.dumps({k: v for k, v in stats.items() if k in ("train", "eval", "seconds")}, indent=1))
     return 0
 

@@ -118,11 +118,14 @@ def _single_turn(source: str, dataset: str, question_text: str, tools_doc: list[
     return Plan(source, dataset, question_text, tools, tuple(calls), _answer(calls), entries=entries)
 
 
-def single_turn_plan(name: str, entry: dict[str, Any], seed: int) -> Plan | None:
+def single_turn_plan(name: str, entry: dict[str, Any], seed: int, variant: int = 0) -> Plan | None:
+    """`variant` > 0: the same question drawn again (other tool latencies, so another LPT order,
+    clock and mode), for the call patterns the model gets wrong most."""
     scenario, _ = single_turn_entry(name, entry, seed, minimal=True)
     if scenario is None:
         return None
-    return _single_turn(entry["id"], name, scenario.question, scenario.tools, scenario.calls, seed,
+    source = entry["id"] if not variant else f"{entry['id']}~{variant}"
+    return _single_turn(source, name, scenario.question, scenario.tools, scenario.calls, seed,
                         ((name, entry["id"]),))
 
 

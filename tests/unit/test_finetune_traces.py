@@ -197,6 +197,23 @@ def test_it_leaves_combined_questions_out_when_asked():
     assert sum(len(p.entries) == 2 for p in plans("train", 0, 1, lambda _: None, combined=3)) == 3
 
 
+@pytest.mark.slow
+def test_it_draws_again_the_questions_that_need_many_calls():
+    made = plans("train", 0, 8, lambda _: None, combined=0)
+    pm = [p for p in made if p.dataset == "parallel_multiple"]
+    again = [p for p in pm if "~" in p.source]
+    first = {p.source: p for p in pm if "~" not in p.source}
+    assert again and len(first) == 8
+    for plan in again:
+        original = first[plan.source.split("~")[0]]
+        assert plan.entries == original.entries and plan.question == original.question
+        assert [(c.name, c.args) for c in plan.calls] == [(c.name, c.args) for c in original.calls]
+        assert len(plan.calls) >= 3 and plan.tools != original.tools  # other latencies drawn
+    assert len(again) == sum(len(p.calls) >= 3 for p in first.values())
+    assert not any(p.dataset != "parallel_multiple" and "~" in p.source for p in made)
+    assert not any("~" in p.source for p in plans("train", 0, 8, lambda _: None, combined=0, variants=False))
+
+
 # -- the rendered trace is the engine's context ------------------------------------------------
 class ReplaySequence(Sequence):
     """Predicts the next token of the expected context, whatever the engine did so far: if the
