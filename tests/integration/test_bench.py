@@ -73,6 +73,7 @@ def test_an_embedded_run_is_added_beside_a_simulated_one(tmp_path, monkeypatch, 
         # The embedded model runs on held-out entries by default: parallel_6 is the first of them.
         assert row["scenario"] == "parallel_6" and row["heldout"] is True and row["profile"] == "paper"
         assert all(c["name"] == "calculate_sales_tax" for c in row["executed"])  # the scenario's one tool
+        assert row["expected_calls"] == 3  # parallel_6 asks for three sales-tax calculations
         assert row["bound_standalone_ms"] > 0 and row["measured_over_bound_standalone"] > 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [(p["decoder"], p["concurrency"], p["heldout"]) for p in report["params"]["parts"]] == [
@@ -81,6 +82,8 @@ def test_an_embedded_run_is_added_beside_a_simulated_one(tmp_path, monkeypatch, 
     embedded = [r for r in report["results"] if r["decoder"] == "embedded"]
     assert {r["mode"] for r in embedded} == {"sync", "async"}
     assert all(r["accuracy"] in (0.0, 1.0) for r in embedded)  # one scenario: accepted or not
+    for result in embedded:  # the failure breakdown agrees with the accuracy
+        assert result["failures"]["by_calls_needed"]["3"]["accepted"] == result["accuracy"]
     text = (tmp_path / "bench.md").read_text()
     assert "## simulated" in text and "## embedded qwen2.5-coder-0.5b, with cheat sheet" in text
 

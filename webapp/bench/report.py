@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from webapp.bench.failures import failure_lines, failures
 from webapp.bench.goals import goal_lines
 from webapp.bench.scenarios import DEFAULT_PROFILE, HUMAN_MESSAGE, PROFILE_TEXT
 
@@ -97,6 +98,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "repeated_calls": sum(r.get("repeated_calls") or 0 for r in group)
             if any("repeated_calls" in r for r in group) else None,
             "messages": _messages(group),
+            "failures": failures(group),
         })
     return sorted(results, key=lambda r: (r["label"] != "simulated", r["label"], r["profile"] != DEFAULT_PROFILE,
                                           r["profile"], r["dataset"], MODE_ORDER.get(r["mode"], 9)))
@@ -260,6 +262,7 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]],
                 f"{r['runs_at_token_limit']} | {r['repeated_calls'] if r.get('repeated_calls') is not None else '–'} |")
     lines += overhead_lines(costs or [])
     lines += goal_lines(goals or [])
+    lines += failure_lines(results)
     lines += human_messages(results)
     why = explanation(results)
     if why:

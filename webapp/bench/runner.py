@@ -283,7 +283,8 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
         "injected_tokens": timeline.injected_tokens,
         "overlap_ms": timeline.overlap_ms(),
         "calls": _calls(scenario, setup, events, started, finished, dispatch),
-        "checker": verdict.to_dict(), "executed": [{"name": n, "args": a} for n, a in executed],
+        "checker": verdict.to_dict(), "expected_calls": len(scenario.calls),
+        "executed": [{"name": n, "args": a} for n, a in executed],
         "errors": errors, "model_errors": model_errors, "sources": scenario.sources,
     }
     if scenario.message:

@@ -1,0 +1,64 @@
+"""Where a model's answers fail: the runs BFCL's checker refused, sorted by what the model did wrong
+(too few calls, too many, or the right number with a wrong value or function), and split by how
+many calls the question needs. A model that stops early on questions of three or four calls needs
+other training than one that writes wrong values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+KINDS = ("too_few_calls", "too_many_calls", "wrong_value_or_function")
+KIND_TEXT = {"too_few_calls": "too few calls", "too_many_calls": "too many calls",
+             "wrong_value_or_function": "right number, wrong value or function"}
+
+
+def kind(row: dict[str, Any]) -> str | None:
+    """What went wrong in one run the checker refused; None for an accepted run, for a run not
+    judged, or for a row measured before rows held the number of calls the question needs."""
+    needed = row.get("expected_calls")
+    if not row.get("checker") or row["checker"]["valid"] or needed is None:
+        return None
+    made = len(row["executed"])
+    if made < needed:
+        return "too_few_calls"
+    return "too_many_calls" if made > needed else "wrong_value_or_function"
+
+
+def failures(group: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The refused runs of one (dataset, setup, profile, mode) group by kind, and per number of
+    calls needed: runs, accepted, stopped early."""
+    judged = [r for r in group if r.get("checker") and r.get("expected_calls") is not None]
+    if not judged:
+        return None
+    kinds = [kind(r) for r in judged]
+    by_needed: dict[str, dict[str, int]] = {}
+    for r, k in zip(judged, kinds, strict=True):
+        slot = by_needed.setdefault(str(r["expected_calls"]), {"runs": 0, "accepted": 0, "too_few_calls": 0})
+        slot["runs"] += 1
+        slot["accepted"] += bool(r["checker"]["valid"])
+        slot["too_few_calls"] += k == "too_few_calls"
+    return {**{name: kinds.count(name) for name in KINDS},
+            "by_calls_needed": dict(sorted(by_needed.items(), key=lambda item: int(item[0])))}
+
+
+def failure_lines(results: list[dict[str, Any]]) -> list[str]:
+    """The report's section: one line per real-model group with refused runs."""
+    found = [r for r in results if r["decoder"] != "simulated" and r.get("failures")
+             and r.get("accuracy") is not None]
+    if not found:
+        return []
+    lines = ["", "## Where the answers fail", "",
+             "Runs BFCL's checker refused, by what the model did: fewer calls than the question needs, more, or the "
+             "right number with a wrong value or function. Per calls needed: accepted of runs, and the runs that "
+             "stopped early.", "",
+             "| model | profile | dataset | mode | refused | too few calls | too many calls | right number, wrong "
+             "value or function | by calls needed (accepted / runs, too few) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in found:
+        f = r["failures"]
+        needed = "; ".join(f"{n}: {s['accepted']} / {s['runs']}, {s['too_few_calls']} too few"
+                           for n, s in f["by_calls_needed"].items())
+        refused = sum(f[name] for name in KINDS)
+        lines.append(f"| {r['label']} | {r['profile']} | {r['dataset']} | {r['mode']} | {refused} | "
+                     f"{f['too_few_calls']} | {f['too_many_calls']} | {f['wrong_value_or_function']} | {needed} |")
+    return lines
