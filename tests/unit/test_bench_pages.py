@@ -72,6 +72,21 @@ def test_a_run_with_a_tuned_model_shows_its_goals_rated(client, alice, bench_dir
     assert "accuracy goals" not in client.get(reverse("bench_run", args=["20261125-120000-abc1234"])).content.decode()
 
 
+def test_a_run_of_a_real_model_shows_where_its_answers_fail(client, alice, bench_dir):
+    from tests.unit.test_bench_failures import RUNS
+    from webapp.bench.report import summarize
+
+    run = bench_dir / "runs" / "20261125-150000-abc1234"
+    run.mkdir()
+    (run / "bench.json").write_text(json.dumps({"params": PARAMS, "results": summarize(RUNS)}))
+    client.force_login(alice)
+    page = client.get(reverse("bench_run", args=[run.name])).content.decode()
+    assert "<h2>Where the answers fail</h2>" in page
+    assert "<td>4</td><td>2</td><td>1</td><td>1</td><td>2: 1 / 1, 0 too few; 3: 1 / 3, 1 too few;" in page
+    other = client.get(reverse("bench_run", args=["20261125-120000-abc1234"])).content.decode()
+    assert "Where the answers fail" not in other
+
+
 def test_a_run_without_human_messages_has_no_such_section(client, alice, bench_dir):
     client.force_login(alice)
     run = bench_dir / "runs" / "20261125-130000-abc1234"

@@ -8,8 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 KINDS = ("too_few_calls", "too_many_calls", "wrong_value_or_function")
-KIND_TEXT = {"too_few_calls": "too few calls", "too_many_calls": "too many calls",
-             "wrong_value_or_function": "right number, wrong value or function"}
 
 
 def kind(row: dict[str, Any]) -> str | None:
@@ -41,24 +39,35 @@ def failures(group: list[dict[str, Any]]) -> dict[str, Any] | None:
             "by_calls_needed": dict(sorted(by_needed.items(), key=lambda item: int(item[0])))}
 
 
+FAILURES_TEXT = ("Runs BFCL's checker refused, by what the model did: fewer calls than the question needs, more, "
+                 "or the right number with a wrong value or function. Per calls needed: accepted of runs, and the "
+                 "runs that stopped early.")
+
+
+def failure_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per real-model result that holds a breakdown, for the report and the run's page."""
+    rows = []
+    for r in results:
+        f = r.get("failures")
+        if r["decoder"] == "simulated" or not f or r.get("accuracy") is None:
+            continue
+        needed = "; ".join(f"{n}: {s['accepted']} / {s['runs']}, {s['too_few_calls']} too few"
+                           for n, s in f["by_calls_needed"].items())
+        rows.append({"label": r["label"], "profile": r["profile"], "dataset": r["dataset"], "mode": r["mode"],
+                     "refused": sum(f[name] for name in KINDS), **{name: f[name] for name in KINDS},
+                     "by_calls_needed": needed})
+    return rows
+
+
 def failure_lines(results: list[dict[str, Any]]) -> list[str]:
-    """The report's section: one line per real-model group with refused runs."""
-    found = [r for r in results if r["decoder"] != "simulated" and r.get("failures")
-             and r.get("accuracy") is not None]
-    if not found:
+    rows = failure_rows(results)
+    if not rows:
         return []
-    lines = ["", "## Where the answers fail", "",
-             "Runs BFCL's checker refused, by what the model did: fewer calls than the question needs, more, or the "
-             "right number with a wrong value or function. Per calls needed: accepted of runs, and the runs that "
-             "stopped early.", "",
+    lines = ["", "## Where the answers fail", "", FAILURES_TEXT, "",
              "| model | profile | dataset | mode | refused | too few calls | too many calls | right number, wrong "
              "value or function | by calls needed (accepted / runs, too few) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in found:
-        f = r["failures"]
-        needed = "; ".join(f"{n}: {s['accepted']} / {s['runs']}, {s['too_few_calls']} too few"
-                           for n, s in f["by_calls_needed"].items())
-        refused = sum(f[name] for name in KINDS)
-        lines.append(f"| {r['label']} | {r['profile']} | {r['dataset']} | {r['mode']} | {refused} | "
-                     f"{f['too_few_calls']} | {f['too_many_calls']} | {f['wrong_value_or_function']} | {needed} |")
+    lines += [f"| {r['label']} | {r['profile']} | {r['dataset']} | {r['mode']} | {r['refused']} | "
+              f"{r['too_few_calls']} | {r['too_many_calls']} | {r['wrong_value_or_function']} | "
+              f"{r['by_calls_needed']} |" for r in rows]
     return lines

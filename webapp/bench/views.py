@@ -9,6 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404
 from django.shortcuts import render
 
+from webapp.bench.failures import FAILURES_TEXT, failure_rows
 from webapp.bench.goals import GOALS_TEXT, with_verdicts
 
 RUN_NAME = re.compile(r"^[0-9]{8}-[0-9]{6}-[A-Za-z0-9]+$")
@@ -51,6 +52,7 @@ def run(request, name: str):
                                               "messages_results": [r for r in results if r.get("messages")],
                                               "goals": with_verdicts(report.get("goals") or []),
                                               "goals_text": GOALS_TEXT,
+                                              "failures": failure_rows(results), "failures_text": FAILURES_TEXT,
                                               "has_plot": (path / "bench.png").is_file()})
 
 
