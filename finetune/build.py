@@ -2,7 +2,7 @@
 scenarios, each simulated in one mode and rendered to token ids with the engine's own tokenizer.
 
 usage: python -m finetune.build [--out var/finetune/data] [--model qwen2.5-coder-0.5b] [--limit N]
-       [--combined N] [--no-variants]
+       [--combined N] [--variants]
 Writes train.jsonl and eval.jsonl (one trace per line: ids, mask, source, dataset, mode) and
 stats.json (counts per dataset and mode, token lengths).
 """
@@ -28,9 +28,10 @@ MODE_WEIGHTS = {"async": 0.6, "sync": 0.2, "sync_parallel": 0.2}
 # must train in under an hour); on a GPU, --limit takes every entry.
 TRAIN_PER_DATASET = {"simple_python": 50, "multiple": 50, "parallel": 150, "parallel_multiple": 150,
                      "irrelevance": 35, "multi_turn_base": 20}
-# Held-out `parallel_multiple` questions that need 3 or more calls were where the tuned model failed
-# most (it stopped after two calls in 13 of 32 async runs): every such train-side entry is traced
-# once more, drawn again (`single_turn_plan(..., variant=1)`), ~100 traces.
+# With --variants, every train-side `parallel_multiple` entry whose question needs 3 or more calls
+# is traced once more, drawn again (`single_turn_plan(..., variant=1)`), ~100 traces. Off by
+# default: measured on every held-out entry it made the tuned model stop early less often but
+# write more wrong values, with no gain in accuracy (docs/benchmarks.md).
 VARIANTS_FROM = {"parallel_multiple": 3}  # dataset: the fewest calls an entry needs to be traced twice
 DEMO_TRAIN = 120  # demo-pack traces, half of them with a person's message mid-task
 # Questions made of two train-side single-turn entries (finetune.plans.combined_plan), so entries
@@ -82,7 +83,7 @@ def trace_row(plan: Any, mode: str, seed: int, backend: Any) -> dict[str, Any]:
 
 
 def plans(side: str, seed: int, limit: int | None, say, combined: int | None = None,
-          variants: bool = True) -> list[Any]:
+          variants: bool = False) -> list[Any]:
     """Plans of one side of the split ("train" or "eval")."""
     from finetune.plans import demo_plan, entry_plan
     from finetune.split import DATASETS, load_heldout
@@ -166,7 +167,7 @@ def check_split(say) -> None:
 
 
 def build(out: Path, model: str, seed: int, limit: int | None, say=print,
-          combined: int | None = None, variants: bool = True) -> dict[str, Any]:
+          combined: int | None = None, variants: bool = False) -> dict[str, Any]:
     from finetune.split import load_heldout
 
     started = time.monotonic()
@@ -215,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="train entries per dataset (default: a CPU-sized sample, see TRAIN_PER_DATASET)")
     parser.add_argument("--combined", type=int, default=None,
                         help=f"questions made of two train entries (default {COMBINED_TRAIN}, or --limit)")
-    parser.add_argument("--no-variants", action="store_true",
-                        help="trace every entry once (the shipped adapter's data; see VARIANTS_FROM)")
+    parser.add_argument("--variants", action="store_true",
+                        help="trace the entries of many calls twice (see VARIANTS_FROM)")
     args = parser.parse_args(argv)
     _setup_django()
     stats = build(args.out, args.model, args.seed, args.limit, combined=args.combined,
-                  variants=not args.no_variants)
+                  variants=args.variants)
     print(json.dumps({k: v for k, v in stats.items() if k in ("train", "eval", "seconds")}, indent=1))
     return 0
 

@@ -199,7 +199,7 @@ def test_it_leaves_combined_questions_out_when_asked():
 
 @pytest.mark.slow
 def test_it_draws_again_the_questions_that_need_many_calls():
-    made = plans("train", 0, 8, lambda _: None, combined=0)
+    made = plans("train", 0, 8, lambda _: None, combined=0, variants=True)
     pm = [p for p in made if p.dataset == "parallel_multiple"]
     again = [p for p in pm if "~" in p.source]
     first = {p.source: p for p in pm if "~" not in p.source}
@@ -211,7 +211,7 @@ def test_it_draws_again_the_questions_that_need_many_calls():
         assert len(plan.calls) >= 3 and plan.tools != original.tools  # other latencies drawn
     assert len(again) == sum(len(p.calls) >= 3 for p in first.values())
     assert not any(p.dataset != "parallel_multiple" and "~" in p.source for p in made)
-    assert not any("~" in p.source for p in plans("train", 0, 8, lambda _: None, combined=0, variants=False))
+    assert not any("~" in p.source for p in plans("train", 0, 8, lambda _: None, combined=0))  # off by default
 
 
 # -- the rendered trace is the engine's context ------------------------------------------------
