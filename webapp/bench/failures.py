@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from webapp.bench.tables import section_head
+
 KINDS = ("too_few_calls", "too_many_calls", "wrong_value_or_function")
 
 
@@ -63,10 +65,9 @@ def failure_lines(results: list[dict[str, Any]]) -> list[str]:
     rows = failure_rows(results)
     if not rows:
         return []
-    lines = ["", "## Where the answers fail", "", FAILURES_TEXT, "",
-             "| model | profile | dataset | mode | refused | too few calls | too many calls | right number, wrong "
-             "value or function | by calls needed (accepted / runs, too few) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = section_head("Where the answers fail", FAILURES_TEXT, [
+        "model", "profile", "dataset", "mode", "refused", "too few calls", "too many calls",
+        "right number, wrong value or function", "by calls needed (accepted / runs, too few)"])
     lines += [f"| {r['label']} | {r['profile']} | {r['dataset']} | {r['mode']} | {r['refused']} | "
               f"{r['too_few_calls']} | {r['too_many_calls']} | {r['wrong_value_or_function']} | "
               f"{r['by_calls_needed']} |" for r in rows]

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from webapp.bench.scenarios import DEFAULT_PROFILE
+from webapp.bench.tables import section_head
 
 DATASETS = ("parallel", "parallel_multiple")
 MIN_ASYNC = 0.60  # tuned async accuracy
@@ -94,10 +95,10 @@ def _points(a: float | None, b: float | None) -> str:
 def goal_lines(found: list[dict[str, Any]]) -> list[str]:
     if not found:
         return []
-    lines = ["", "## The tuned model's accuracy goals", "", GOALS_TEXT, "",
-             "| tuned model | dataset | runs | async | sync, async - sync (points) | base async (of runs), async - "
-             "base (points) | calls repeated after their result | extra tokens per call | runs cut |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = section_head("The tuned model's accuracy goals", GOALS_TEXT, [
+        "tuned model", "dataset", "runs", "async", "sync, async - sync (points)",
+        "base async (of runs), async - base (points)", "calls repeated after their result", "extra tokens per call",
+        "runs cut"])
     for g in found:
         met = g["met"]
         lines.append(

@@ -10,6 +10,7 @@ import numpy as np
 from webapp.bench.failures import failure_lines, failures
 from webapp.bench.goals import goal_lines
 from webapp.bench.scenarios import DEFAULT_PROFILE, HUMAN_MESSAGE, PROFILE_TEXT
+from webapp.bench.tables import section_head
 
 PAPER = {  # the paper's speedups over sync (Llama-3.2-3B on an RTX 4090), for reference
     "parallel": {"async": "1.6x", "sync_parallel": "1.3x"},
@@ -275,12 +276,12 @@ def human_messages(results: list[dict[str, Any]]) -> list[str]:
     found = [r for r in results if r["dataset"] == HUMAN_MESSAGE and r.get("messages")]
     if not found:
         return []
-    lines = ["", "## Human messages", "",
-             "Demo-pack questions (held-out cities and symbols) with a person's message asking for one more call, "
-             "sent through the engine's human-message path once the task's first call is dispatched "
-             "(webapp/bench/human.py). Success: the extra call (same function, same arguments) was executed.", "",
-             "| decoder | profile | mode | runs | message taken by the engine | extra call made |",
-             "|---|---|---|---|---|---|"]
+    lines = section_head(
+        "Human messages",
+        "Demo-pack questions (held-out cities and symbols) with a person's message asking for one more call, "
+        "sent through the engine's human-message path once the task's first call is dispatched "
+        "(webapp/bench/human.py). Success: the extra call (same function, same arguments) was executed.",
+        ["decoder", "profile", "mode", "runs", "message taken by the engine", "extra call made"])
     for r in found:
         m = r["messages"]
         lines.append(f"| {r['label']} | {r['profile']} | {r['mode']} | {m['runs']} | {m['delivered']} | "
