@@ -10,6 +10,9 @@ from typing import Any
 from webapp.bench.tables import section_head
 
 KINDS = ("too_few_calls", "too_many_calls", "wrong_value_or_function")
+FAILURES_TEXT = ("Runs BFCL's checker refused, by what the model did: fewer calls than the question needs, more, "
+                 "or the right number with a wrong value or function. Per calls needed: accepted of runs, and the "
+                 "runs that stopped early.")
 
 
 def kind(row: dict[str, Any]) -> str | None:
@@ -39,11 +42,6 @@ def failures(group: list[dict[str, Any]]) -> dict[str, Any] | None:
         slot["too_few_calls"] += k == "too_few_calls"
     return {**{name: kinds.count(name) for name in KINDS},
             "by_calls_needed": dict(sorted(by_needed.items(), key=lambda item: int(item[0])))}
-
-
-FAILURES_TEXT = ("Runs BFCL's checker refused, by what the model did: fewer calls than the question needs, more, "
-                 "or the right number with a wrong value or function. Per calls needed: accepted of runs, and the "
-                 "runs that stopped early.")
 
 
 def failure_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
