@@ -100,11 +100,12 @@ def plans(side: str, seed: int, limit: int | None, say, combined: int | None = N
         else:
             entries = [e for e in dataset(name) if e["id"] in held]
             cap = EVAL_PER_DATASET
-        made = [p for e in entries[: cap if cap is not None else len(entries)] if (p := entry_plan(name, e, seed))]
-        say(f"  {name}: {len(made)} plans from {min(len(entries), cap or len(entries))} {side} entries")
+        picked = entries[:cap] if cap is not None else entries
+        made = [p for e in picked if (p := entry_plan(name, e, seed))]
+        say(f"  {name}: {len(made)} plans from {len(picked)} {side} entries")
         out += made
         if side == "train" and variants and name in VARIANTS_FROM:
-            again = variant_plans(name, entries[: cap if cap is not None else len(entries)], made, seed)
+            again = variant_plans(name, picked, made, seed)
             say(f"  {name}: {len(again)} more plans, entries of {VARIANTS_FROM[name]} or more calls drawn again")
             out += again
     if side == "train":
