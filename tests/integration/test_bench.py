@@ -74,6 +74,7 @@ def test_an_embedded_run_is_added_beside_a_simulated_one(tmp_path, monkeypatch, 
         assert row["scenario"] == "parallel_6" and row["heldout"] is True and row["profile"] == "paper"
         assert all(c["name"] == "calculate_sales_tax" for c in row["executed"])  # the scenario's one tool
         assert row["expected_calls"] == 3  # parallel_6 asks for three sales-tax calculations
+        assert row["expected_functions"] == ["calculate_sales_tax"] * 3
         assert row["bound_standalone_ms"] > 0 and row["measured_over_bound_standalone"] > 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [(p["decoder"], p["concurrency"], p["heldout"]) for p in report["params"]["parts"]] == [

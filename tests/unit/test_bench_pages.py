@@ -82,7 +82,7 @@ def test_a_run_of_a_real_model_shows_where_its_answers_fail(client, alice, bench
     client.force_login(alice)
     page = client.get(reverse("bench_run", args=[run.name])).content.decode()
     assert "<h2>Where the answers fail</h2>" in page
-    assert "<td>4</td><td>2</td><td>1</td><td>1</td><td>2: 1 / 1, 0 too few; 3: 1 / 3, 1 too few;" in page
+    assert "<td>5</td><td>2</td><td>1</td><td>2 (1)</td><td>1</td><td>2: 1 / 2, 0 too few; 3: 1 / 3, 1 too few;" in page
     other = client.get(reverse("bench_run", args=["20261125-120000-abc1234"])).content.decode()
     assert "Where the answers fail" not in other
 

@@ -284,6 +284,7 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
         "overlap_ms": timeline.overlap_ms(),
         "calls": _calls(scenario, setup, events, started, finished, dispatch),
         "checker": verdict.to_dict(), "expected_calls": len(scenario.calls),
+        "expected_functions": sorted(c.name for c in scenario.calls),
         "executed": [{"name": n, "args": a} for n, a in executed],
         "errors": errors, "model_errors": model_errors, "sources": scenario.sources,
     }
