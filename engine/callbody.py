@@ -3,8 +3,10 @@ between `[HEAD]` and `[END]` (engine/constrain.py turns it into a token mask).
 
 A body is a call of one of the task's tools, `name(arg=value, ...)`, with each of the tool's
 argument names at most once, values that are Python literals (strings, numbers, True/False/None,
-lists, dicts, tuples) or the id of an earlier call (a future), then ` [END]`. `CallBody` is
-the automaton: `feed` advances it, `accepts` tries text on a copy.
+lists, dicts, tuples) or the id of an earlier call (a future), then ` [END]`. Each value is of a
+kind its schema allows (engine/valuerules.py: a string where it asks for a string, an int where
+it asks for an integer, one of its enum values where it lists them; an array's elements too).
+`CallBody` is the automaton: `feed` advances it, `accepts` tries text on a copy.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterable
 
 from engine.cml import END, MARKERS, MAX_INT
 from engine.tools import ToolSpec
+from engine.valuerules import ANY, ValueRule, value_rule
 
 MAX_SPACES = 2  # where a space is optional; more would let a model loop on blanks
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -27,7 +30,10 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 # escape letter -> hex digits that follow (no \0: a NUL is no argument value)
 _ESCAPES = {**{c: 0 for c in "\\'\"nrtbfva"}, "x": 2, "u": 4}
 _CLOSER = {"[": "]", "(": ")", "{": "}"}
-_CONSTANTS = ("True", "False", "None")
+# What closes a container after one of its values: `(x)` is x in brackets, no tuple, so a `(`
+# closes there only once it holds a comma ("(,").
+_CLOSES = {**_CLOSER, "(,": ")", "(": ""}
+_CONSTANTS = (("True", "bool"), ("False", "bool"), ("None", "none"))
 _NUMBER_ENDS = frozenset({"zero", "int", "dot", "frac", "exp"})
 
 
@@ -39,6 +45,7 @@ class CallGrammar:
         # written validly, so they are left out rather than offered.
         self.keys: dict[str, frozenset[str]] = {}
         self.required: dict[str, frozenset[str]] = {}
+        self.rules: dict[str, dict[str, ValueRule]] = {}
         for tool in tools:
             if not _NAME.match(tool.name) or any(keyword.iskeyword(p) for p in tool.name.split(".")):
                 continue
@@ -46,6 +53,7 @@ class CallGrammar:
             keys = frozenset(k for k in props if _IDENT.match(k) and not keyword.iskeyword(k))
             self.keys[tool.name] = keys
             self.required[tool.name] = frozenset(tool.parameters.get("required") or ()) & keys
+            self.rules[tool.name] = {k: value_rule(props[k]) for k in keys}
         self.names = tuple(self.keys)
 
 
@@ -56,14 +64,16 @@ class CallBody:
     continue a valid body; `accepts` tests text on a copy. A bare identifier is allowed only as a
     whole argument value (a future): cml.py evaluates nested values with literal_eval."""
 
-    __slots__ = ("g", "futures", "mode", "stack", "buf", "spaces", "tool", "used", "close_ok", "quote", "esc",
-                 "is_key", "tail", "num")
+    __slots__ = ("g", "futures", "mode", "stack", "rules", "rule", "buf", "spaces", "tool", "used", "close_ok",
+                 "quote", "esc", "is_key", "tail", "num")
 
     def __init__(self, grammar: CallGrammar, futures: Iterable[str] = ()) -> None:
         self.g = grammar
         self.futures = frozenset(futures)
         self.mode = "lead"
         self.stack: list[str] = []  # open containers: "[", "(", "{"; empty means a call argument
+        self.rules: list[ValueRule] = []  # per open container: the rule of its elements
+        self.rule = ANY  # the rule of the value being read
         self.buf = ""  # the name, key, word or number being read
         self.spaces = 0
         self.tool = ""
@@ -84,6 +94,7 @@ class CallBody:
         for name in CallBody.__slots__:
             setattr(other, name, getattr(self, name))
         other.stack = list(self.stack)
+        other.rules = list(self.rules)
         return other
 
     def feed(self, text: str) -> bool:
@@ -138,6 +149,7 @@ class CallBody:
         if self.buf not in free:
             return False
         self.used |= {self.buf}
+        self.rule = self.g.rules[self.tool][self.buf]
         self.mode, self.spaces = "equals", 0
         return self._equals(c)
 
@@ -172,22 +184,39 @@ class CallBody:
         if self._space(c):
             return True
         self.spaces = 0
-        if self.stack and self.close_ok and c == _CLOSER[self.stack[-1]]:
+        if self.stack and self.close_ok and c == _CLOSER[self.stack[-1][0]]:
             return self._pop()
-        if c in "'\"":
+        kinds = self.rule.kinds
+        if self.rule.literals:
+            self.mode, self.buf = "literal", ""
+            return self._literal(c)
+        if c in "'\"" and "str" in kinds:
             self.mode, self.quote, self.esc, self.is_key, self.tail = "string", c, -1, False, ""
             return True
-        if c in _DIGITS or c == "-":
+        if (c in _DIGITS or c == "-") and kinds & {"int", "float"}:
             self.mode, self.buf, self.num = "number", "", ""
             return self._number(c)
         if c in _IDENT_START:
             self.mode, self.buf = "word", ""
             return self._word(c)
-        if c in _CLOSER:
+        if c in _CLOSER and ("dict" if c == "{" else "list") in kinds:
             self.stack.append(c)
+            self.rules.append(ANY if c == "{" else self.rule.element)
+            self.rule = self.rules[-1]
             self.mode, self.close_ok = ("dictkey" if c == "{" else "value"), True
             return True
         return False
+
+    def _literal(self, c: str) -> bool:
+        """A value that must be one of a few texts (an enum's values, or a future)."""
+        options = self.rule.literals if self.stack else (*self.rule.literals, *self.futures)
+        if any(o.startswith(self.buf + c) for o in options):
+            self.buf += c
+            return True
+        if self.buf not in options:
+            return False
+        self.mode = "after"
+        return self._after(c)
 
     def _after(self, c: str) -> bool:
         """After a complete value: a separator or the closer of what holds it."""
@@ -201,12 +230,15 @@ class CallBody:
             return c == ")" and self._close_call()
         top = self.stack[-1]
         if c == ",":
-            self.mode, self.close_ok = ("dictkey" if top == "{" else "value"), True
+            if top == "(":
+                self.stack[-1] = "(,"  # a tuple now: `(x)` alone is only x in brackets
+            self.mode, self.close_ok, self.rule = ("dictkey" if top == "{" else "value"), True, self.rules[-1]
             return True
-        return c == _CLOSER[top] and self._pop()
+        return c == _CLOSES[top] and self._pop()
 
     def _pop(self) -> bool:
         self.stack.pop()
+        self.rules.pop()
         self.mode, self.spaces = "after", 0
         return True
 
@@ -223,7 +255,7 @@ class CallBody:
 
     def _colon(self, c: str) -> bool:
         if c == ":":
-            self.mode, self.spaces, self.close_ok = "value", 0, False
+            self.mode, self.spaces, self.close_ok, self.rule = "value", 0, False, self.rules[-1]
             return True
         return self._space(c)
 
@@ -255,6 +287,8 @@ class CallBody:
 
     def _number(self, c: str) -> bool:
         state = _number_step(self.num, c)
+        if state in ("dot", "e") and "float" not in self.rule.kinds:
+            state = ""  # an integer: no fraction, no exponent
         if state:
             self.num, self.buf = state, self.buf + c
             return True
@@ -266,7 +300,8 @@ class CallBody:
         return self._after(c)
 
     def _word(self, c: str) -> bool:
-        words = _CONSTANTS if self.stack else (*_CONSTANTS, *self.futures)
+        constants = [w for w, kind in _CONSTANTS if kind in self.rule.kinds]
+        words = constants if self.stack else (*constants, *self.futures)
         if c in _IDENT_CHARS:
             self.buf += c
             return any(w.startswith(self.buf) for w in words)

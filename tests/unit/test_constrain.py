@@ -1,8 +1,10 @@
 """Constrained call blocks (engine/constrain.py): the body automaton, call ids, the mask through
 the scheduler with a scripted model that has preferences, and the real embedded model."""
 
+import json
 import random
 
+import jsonschema
 import numpy as np
 import pytest
 from django.conf import settings
@@ -10,7 +12,7 @@ from django.conf import settings
 from engine.backends.base import Sequence
 from engine.backends.delegating import DelegatingBackend
 from engine.callbody import CallBody, CallGrammar
-from engine.cml import CallComplete, Monitor
+from engine.cml import CallComplete, Future, Monitor
 from engine.constrain import (
     CallGuard,
     TokenTable,
@@ -22,13 +24,19 @@ from engine.constrain import (
 from engine.messages import Sampling, TaskSubmission
 from engine.scheduler import Scheduler
 from engine.tools import ToolSpec
+from engine.valuerules import ANY, ValueRule, value_rule
 from tests.helpers import Clock, run_until_idle
 from tests.scripted import PROMPT_BASE, STOP, VOCAB, ScriptedBackend, ScriptedSequence
 from tests.unit.test_scheduler_calls import F, G, make
 
 CD = ToolSpec("e1.cd", "changes directory", {"type": "object", "properties": {"folder": {"type": "string"},
                                                                              "class": {"type": "string"}}})
-ALL = CallGrammar([F, G, CD])
+H = ToolSpec("h", "takes anything", {"type": "object", "properties": {"v": {}}, "required": ["v"]})
+T = ToolSpec("t", "typed", {"type": "object", "properties": {
+    "s": {"type": "string"}, "i": {"type": "integer"}, "n": {"type": "number"}, "b": {"type": "boolean"},
+    "o": {"type": ["string", "null"]}, "l": {"type": "array", "items": {"type": "integer"}},
+    "d": {"type": "object"}, "e": {"type": "string", "enum": ["red", "dark blue"]}, "k": {"const": 3}}})
+ALL = CallGrammar([F, G, CD, H, T])
 
 
 def body_ok(text: str, futures=("c1",)) -> bool:
@@ -44,11 +52,16 @@ def body_ok(text: str, futures=("c1",)) -> bool:
     " g() [END]",
     " e1.cd(folder='docs') [END]",
     " f(a=c1) [END]",  # a future: an earlier call's id
-    " f(a=-1.5e-3) [END]",
+    " h(v=-1.5e-3) [END]",
     " f(a=" + "9" * 18 + ") [END]",  # a big int, within the range arguments may have
-    " f(a=[1, [2, (3,)], {'k': {\"z\": None}}, (), {}, True, False]) [END]",
-    " f(a='it\\'s \\\\ \\n \\x41 \\u00e9 日本 [EN') [END]",
+    " h(v=[1, [2, (3,)], {'k': {\"z\": None}}, (), {}, True, False]) [END]",
+    " h(v='it\\'s \\\\ \\n \\x41 \\u00e9 日本 [EN') [END]",
     " f(a=1)  [END]",
+    # values of the kinds their schema declares
+    " t(s='x', i=-3, n=2.5, b=True, o=None, l=[1, 2], d={'k': [1.5]}, e='red', k=3) [END]",
+    " t(n=2, o='x', l=(), e=\"dark blue\") [END]",  # an int is a number; a tuple is an array
+    " t(l=(3,)) [END]", " t(l=(1, 2)) [END]",
+    " t(s=c1, l=c1) [END]",  # a future stands for a value of any kind
 ])
 def test_it_accepts_well_formed_bodies(text):
     assert body_ok(text)
@@ -59,23 +72,29 @@ def test_it_accepts_well_formed_bodies(text):
     " f(z=1) [END]",  # unknown argument
     " f(a=1, a=2) [END]",  # repeated argument
     " f() [END]",  # `a` is required
-    " f(a={1, 2}) [END]",  # a set
-    " f(a=b'x') [END]",  # bytes
-    " f(a=1j) [END]",  # complex
-    " f(a=1e999) [END]",  # overflows to inf
+    " h(v={1, 2}) [END]",  # a set
+    " h(v=b'x') [END]",  # bytes
+    " h(v=1j) [END]",  # complex
+    " h(v=1e999) [END]",  # overflows to inf
     " f(a=" + "9" * 400 + ") [END]",  # beyond 2**63: refused at [END] (engine/cml.py), so never written
-    " f(a='\\0') [END]",  # a NUL character
+    " h(v='\\0') [END]",  # a NUL character
     " f(a=007) [END]",
     " f(a=c2) [END]",  # a future naming an unknown id
-    " f(a=[c1]) [END]",  # a future inside a literal cannot be evaluated
-    " f(a='x [END]') [END]",  # the monitor would end the block inside the string
-    " f(a='a\nb') [END]",
-    " f(a='\\q') [END]",
+    " h(v=[c1]) [END]",  # a future inside a literal cannot be evaluated
+    " h(v='x [END]') [END]",  # the monitor would end the block inside the string
+    " h(v='a\nb') [END]",
+    " h(v='\\q') [END]",
     " f(a=1,) [END]",
-    " f(a=(,)) [END]",
+    " h(v=(,)) [END]",
     " e1.cd(class='x') [END]",  # a keyword cannot be an argument name
     " f(1) [END]",  # keywords only
     " f(a=1)   [END]",  # too many blanks
+    # a value of a kind its schema does not allow
+    " f(a='1') [END]", " t(i=1.5) [END]", " t(i=1e3) [END]", " t(s=1) [END]", " t(s=None) [END]",
+    " t(b=1) [END]", " t(n=True) [END]", " t(o=1) [END]", " t(l=[1, 'a']) [END]", " t(l=[1.5]) [END]",
+    " t(l={'a': 1}) [END]", " t(d=[1]) [END]", " t(e='blue') [END]", " t(e='re') [END]", " t(e=red) [END]",
+    " t(e='red ') [END]", " t(k=4) [END]", " t(k=3.0) [END]",
+    " t(l=(3)) [END]", " h(v=(3)) [END]",  # brackets around a value make no tuple
 ])
 def test_it_rejects_malformed_bodies(text):
     assert not body_ok(text)
@@ -89,7 +108,8 @@ def test_it_allows_a_comma_only_while_an_argument_is_left():
 
 def test_it_never_builds_a_body_the_monitor_cannot_parse():
     """Random walks through the automaton: every finished body parses to a call of a known tool."""
-    alphabet = list("slD ()[]{}'\",:=-.0123456789eEjxTFNabcdfolderun1_\\é") + ["[END]", "True", "c1", "e1.cd", "f("]
+    alphabet = list("slD ()[]{}'\",:=-.0123456789eEjxTFNabcdfolderunk1_\\é") + [
+        "[END]", "True", "c1", "e1.cd", "f(", "h(v=", "t(", "i=", "n=", "l=", "e=", "red", "dark blue"]
     finished = 0
     for seed in range(300):
         rnd, body, text = random.Random(seed), CallBody(ALL, ["c1"]), ""
@@ -103,8 +123,22 @@ def test_it_never_builds_a_body_the_monitor_cannot_parse():
         if body.done:
             finished += 1
             (call,) = [e for e in Monitor().feed(f"[CALL]{head_text('c2')}{text}") if isinstance(e, CallComplete)]
-            assert call.name in ("f", "g", "e1.cd") and not call.positional, text
+            assert call.name in ("f", "g", "e1.cd", "h", "t") and not call.positional, text
+            props = {"f": F, "g": G, "e1.cd": CD, "h": H, "t": T}[call.name].parameters["properties"]
+            for key, value in call.keywords.items():
+                if not isinstance(value, Future):  # a future's value comes later
+                    jsonschema.validate(json.loads(json.dumps(value)), props[key])  # the value as a tool gets it
     assert finished > 200
+
+
+def test_it_reads_only_the_schema_keywords_it_can_enforce():
+    assert value_rule({"anyOf": [{"type": "string"}, {"type": "integer"}]}) == ANY
+    assert value_rule({"type": "decimal"}) == ANY and value_rule({"type": []}) == ANY
+    assert value_rule({"type": "array", "items": {"type": "integer"}}).element.kinds == {"int"}
+    # enum values that are no plain literal, or would spell a marker, leave only the type
+    assert value_rule({"type": "array", "enum": [[1], [2]]}) == ValueRule(frozenset({"list"}))
+    assert value_rule({"type": "string", "enum": ["a", "x [END] y"]}).literals == ()
+    assert value_rule({"enum": ["it's", 2, None]}).literals == ('"it\'s"', "2", "None")
 
 
 def test_it_searches_past_the_best_candidates_and_drops_negligible_ones():
@@ -192,6 +226,15 @@ def test_it_masks_an_unknown_function_name_to_a_valid_one():
     assert [r.tool["name"] for r in scheduler.take_dispatches()] == ["f"]
     _, events = run_script(steps, constrained=False)
     assert "unknown function 'nope'" in next(e for e in events if e.kind == "call_error").payload["error"]
+
+
+def test_it_masks_a_value_of_a_kind_the_schema_refuses_to_one_it_takes():
+    steps = ["[CALL]", " g(x=", ("'2'", "2.0", "2"), ") [END]"]  # x is an integer
+    scheduler, events = run_script(steps)
+    assert decoded(events) == [("c1", "g", {"x": 2})]
+    _, events = run_script(steps, constrained=False)
+    assert "invalid arguments for g: x: '2' is not of type 'integer'" in next(
+        e for e in events if e.kind == "call_error").payload["error"]
 
 
 def test_it_samples_only_among_valid_tokens_with_a_temperature():
@@ -318,9 +361,9 @@ def calls_of_real_model(backend, runs, max_tokens=120):
 
 def assert_blocks_parse_with_fresh_ids(events) -> int:
     assert not [e for e in events if e.kind == "malformed"]
-    # The mask does not know argument types: only a schema check may still refuse a call.
+    # Every value is of the kind its schema asks for: the schema check refuses none.
     errors = [e.payload["error"] for e in events if e.kind == "call_error"]
-    assert all(error.startswith("invalid arguments") for error in errors), errors
+    assert not errors
     ids = [e.payload["call_id"] for e in events if e.kind == "call_decoded"]
     assert ids == [f"c{n}" for n in range(1, len(ids) + 1)]
     assert {e.payload["name"] for e in events if e.kind == "call_decoded"} <= {"get_weather", "get_time"}
