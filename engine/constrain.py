@@ -3,8 +3,8 @@
 Small models reuse call ids and write malformed call bodies. Once the model decodes `[CALL]`, the
 engine writes the id itself (`head_text(next_call_id(...))`, forced tokens); from `[HEAD]` to
 `[END]` a character-level automaton (`CallBody`, engine/callbody.py) decides which tokens may come next, so every
-call block parses, names one of the task's tools, uses each of its arguments at most once and
-refers only to earlier calls.
+call block parses, names one of the task's tools, uses each of its arguments at most once, gives
+each a value of a kind its schema declares and refers only to earlier calls.
 
 The mask stays cheap: only the best-scored tokens are tested against a copy of the automaton, in
 logit order; the whole vocabulary is searched only when none of them fits.
