@@ -40,7 +40,7 @@ _NUMBER_ENDS = frozenset({"zero", "int", "dot", "frac", "exp"})
 class CallGrammar:
     """What a task's call bodies may contain: its tools and each tool's keyword arguments."""
 
-    def __init__(self, tools: Iterable[ToolSpec]) -> None:
+    def __init__(self, tools: Iterable[ToolSpec], typed: bool = True) -> None:
         # Names ast cannot parse as a call, or keys that are Python keywords, could never be
         # written validly, so they are left out rather than offered.
         self.keys: dict[str, frozenset[str]] = {}
@@ -53,7 +53,7 @@ class CallGrammar:
             keys = frozenset(k for k in props if _IDENT.match(k) and not keyword.iskeyword(k))
             self.keys[tool.name] = keys
             self.required[tool.name] = frozenset(tool.parameters.get("required") or ()) & keys
-            self.rules[tool.name] = {k: value_rule(props[k]) for k in keys}
+            self.rules[tool.name] = {k: value_rule(props[k]) if typed else ANY for k in keys}
         self.names = tuple(self.keys)
 
 

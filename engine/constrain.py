@@ -231,4 +231,8 @@ def call_guard(backend: Any, tools: Mapping[str, ToolSpec]) -> CallGuard | None:
     """A guard for a task on `backend`, or None where calls are not constrained."""
     if not tools or not getattr(backend, "constrained_calls", False):
         return None
-    return CallGuard(CallGrammar(tools.values()), token_table(backend), backend.tokenize)
+    # `typed_call_values = False`: values of any kind, as before the grammar read the schemas (the
+    # fine-tuning replay test: its traces hold first attempts the schema refuses, a number written
+    # as a string, which a model on the SGLang path can still write).
+    grammar = CallGrammar(tools.values(), typed=getattr(backend, "typed_call_values", True))
+    return CallGuard(grammar, token_table(backend), backend.tokenize)

@@ -131,6 +131,11 @@ def test_it_never_builds_a_body_the_monitor_cannot_parse():
     assert finished > 200
 
 
+def test_it_takes_values_of_any_kind_from_an_untyped_grammar():
+    body = CallBody(CallGrammar([F], typed=False))
+    assert body.feed(" f(a='1') [END]") and body.done  # `a` is an integer: only the typed grammar refuses it
+
+
 def test_it_reads_only_the_schema_keywords_it_can_enforce():
     assert value_rule({"anyOf": [{"type": "string"}, {"type": "integer"}]}) == ANY
     assert value_rule({"type": "decimal"}) == ANY and value_rule({"type": []}) == ANY

@@ -244,6 +244,7 @@ class ReplaySequence(Sequence):
 
 class ReplayBackend(DelegatingBackend):
     constrained_calls = True
+    typed_call_values = False  # traces teach recovery from a number written as a string
 
     def __init__(self, real: LlamaCppBackend, expected: list[int]) -> None:
         super().__init__(real)
