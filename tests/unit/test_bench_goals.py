@@ -40,6 +40,25 @@ def test_it_rates_each_goal_of_a_tuned_model_against_its_base():
     assert "1 of 10 async runs cut at the token limit (10%; **missed**)" in text
 
 
+def test_it_tells_runs_cut_in_the_answer_from_the_others():
+    rows = runs("async", TUNED, 6, cut_in_answer=False)
+    for i, in_answer in ((1, True), (2, True), (3, False)):
+        rows[i].update(finish_reason="length", cut_in_answer=in_answer)
+    (found,) = accuracy_goals(summarize(rows), BASE_OF)
+    assert (found["cut"], found["cut_in_answer"]) == (3, 2)
+    text = "\n".join(goal_lines([found]))
+    assert "| 3 (2 in the answer) |" in text
+    assert "3 of 10 async runs cut at the token limit (30%; **missed**). Of them, 2 were writing the answer" in text
+
+
+def test_rows_from_before_the_answer_was_told_apart_show_only_the_cut_runs():
+    rows = runs("async", TUNED, 6)
+    rows[1]["finish_reason"] = "length"
+    (found,) = accuracy_goals(summarize(rows), BASE_OF)
+    assert found["cut_in_answer"] is None
+    assert "| 1 |" in "\n".join(goal_lines([found])) and "in the answer" not in "\n".join(goal_lines([found]))
+
+
 def test_a_goal_whose_rows_did_not_run_is_not_rated():
     rows = runs("async", TUNED, 8, dataset="parallel_multiple") + runs("sync", BASE, 1)
     (found,) = accuracy_goals(summarize(rows), BASE_OF)

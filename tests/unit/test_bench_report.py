@@ -111,6 +111,25 @@ def test_it_counts_calls_written_again_after_their_result_was_in_the_context():
     assert repeated_calls(events) == 2
 
 
+def test_it_tells_a_run_cut_in_its_answer_from_one_cut_while_calling():
+    from types import SimpleNamespace as Ev
+
+    from webapp.bench.runner import cut_in_answer
+
+    decoded = [Ev(kind="call_decoded", payload={"call_id": c, "name": "f", "args": {}}) for c in ("c1", "c2")]
+    answered = Ev(kind="interrupt_injected", payload={"calls": ["c1", "c2"]})
+    cut = Ev(kind="finish", payload={"finish_reason": "length"})
+    done = Ev(kind="finish", payload={"finish_reason": "stop"})
+    frames = "[CALL] c1 [HEAD] f() [END] [CALL] c2 [HEAD] f() [END] [INTR] c1 [HEAD] 1 [END] [INTR] c2 [HEAD] 2 [END]"
+    assert cut_in_answer([*decoded, answered, cut], frames + " Both calls returned, the fir")
+    assert not cut_in_answer([*decoded, answered, done], frames + " Both calls returned.")
+    # Cut while opening another call, or with a call still out: not an answer that ran long.
+    assert not cut_in_answer([*decoded, answered, cut], frames + " [CALL] c3 [HEAD] f(")
+    assert not cut_in_answer([*decoded, cut], frames[:frames.index("[INTR]")] + "Waiting")
+    # A run that made no call and ran out: not the answer to any result.
+    assert not cut_in_answer([cut], "I think the answer is")
+
+
 def test_it_reports_dispatch_over_every_call_and_names_the_worst_row():
     def calls(*ms):
         return [{"call_id": f"c{i}", "name": "f", "drawn_latency_ms": 100.0, "started_ms": 1.0, "finished_ms": 2.0,

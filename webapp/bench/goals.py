@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from webapp.bench.scenarios import DEFAULT_PROFILE
-from webapp.bench.tables import section_head
+from webapp.bench.tables import cut_cell, section_head
 
 DATASETS = ("parallel", "parallel_multiple")
 MIN_ASYNC = 0.60  # tuned async accuracy
@@ -57,7 +57,8 @@ def accuracy_goals(results: list[dict[str, Any]], base_of: Mapping[str, str]) ->
                 "model": model, "base": base_of[model], "dataset": dataset, "runs": _runs(tuned),
                 "async": tuned["accuracy"], "sync": sync["accuracy"] if sync else None,
                 "base_async": base["accuracy"] if base else None, "base_runs": _runs(base) if base else None,
-                "cut": tuned["runs_at_token_limit"], "repeated_calls": tuned.get("repeated_calls"),
+                "cut": tuned["runs_at_token_limit"], "cut_in_answer": tuned.get("runs_cut_in_answer"),
+                "repeated_calls": tuned.get("repeated_calls"),
                 "extra_tokens_per_call": per_call,
                 "met": {
                     "async": tuned["accuracy"] >= MIN_ASYNC,
@@ -107,11 +108,14 @@ def goal_lines(found: list[dict[str, Any]]) -> list[str]:
             f"{_base(g)}, {_points(g['async'], g['base_async'])} ({_verdict(met['over_base'])}) | "
             f"{'–' if g['repeated_calls'] is None else g['repeated_calls']} ({_verdict(met['no_repeats'])}) | "
             f"{'–' if g['extra_tokens_per_call'] is None else g['extra_tokens_per_call']} "
-            f"({_verdict(met['extra_tokens'])}) | {g['cut']} |")
+            f"({_verdict(met['extra_tokens'])}) | {cut_cell(g['cut'], g.get('cut_in_answer'))} |")
     for model in dict.fromkeys(g["model"] for g in found):
         cut = sum(g["cut"] for g in found if g["model"] == model)
         runs = sum(g["runs"] for g in found if g["model"] == model)
         lines.append("")
+        in_answer = [g.get("cut_in_answer") for g in found if g["model"] == model]
+        known = bool(cut) and None not in in_answer
+        why = f" Of them, {sum(n or 0 for n in in_answer)} were writing the answer, every result in." if known else ""
         lines.append(f"- {model}: {cut} of {runs} async runs cut at the token limit ({cut / runs:.0%}; "
-                     f"{_verdict(cut / runs <= MAX_CUT)}).")
+                     f"{_verdict(cut / runs <= MAX_CUT)}).{why}")
     return lines

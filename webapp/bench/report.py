@@ -10,7 +10,7 @@ import numpy as np
 from webapp.bench.failures import failure_lines, failures
 from webapp.bench.goals import goal_lines
 from webapp.bench.scenarios import DEFAULT_PROFILE, HUMAN_MESSAGE, PROFILE_TEXT
-from webapp.bench.tables import section_head
+from webapp.bench.tables import cut_cell, section_head
 
 PAPER = {  # the paper's speedups over sync (Llama-3.2-3B on an RTX 4090), for reference
     "parallel": {"async": "1.6x", "sync_parallel": "1.3x"},
@@ -95,6 +95,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "errors": len(group) - len(ok),
             "runs_with_model_errors": sum(bool(r.get("model_errors")) for r in group),
             "runs_at_token_limit": sum(r.get("finish_reason") == "length" for r in group),
+            # Of those, the runs cut while answering with every result in (none for older rows).
+            "runs_cut_in_answer": sum(bool(r.get("cut_in_answer")) for r in group)
+            if any("cut_in_answer" in r for r in group) else None,
             # Rows measured before this figure existed have none.
             "repeated_calls": sum(r.get("repeated_calls") or 0 for r in group)
             if any("repeated_calls" in r for r in group) else None,
@@ -246,6 +249,7 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]],
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in results if r["label"] == label and r["profile"] == profile):
+            cut = cut_cell(r["runs_at_token_limit"], r.get("runs_cut_in_answer"))
             lat = r["latency_ms"] or {}
             speed = r["speedup_vs_sync"] or {}
             accuracy = f"{r['accuracy']:.0%}" if r["accuracy"] is not None else "–"
@@ -260,7 +264,7 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]],
                 f"{r['token_ms']} | {r['dispatch_ms'] if r['dispatch_ms'] is not None else '–'} | "
                 f"{r.get('overlap_ms') if r.get('overlap_ms') is not None else '–'} | "
                 f"{r['extra_tokens_vs_sync']} | {accuracy} | {r['errors']} | {r['runs_with_model_errors']} | "
-                f"{r['runs_at_token_limit']} | {r['repeated_calls'] if r.get('repeated_calls') is not None else '–'} |")
+                f"{cut} | {r['repeated_calls'] if r.get('repeated_calls') is not None else '–'} |")
     lines += overhead_lines(costs or [])
     lines += goal_lines(goals or [])
     lines += failure_lines(results)

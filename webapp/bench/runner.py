@@ -16,6 +16,7 @@ import redis
 from django.contrib.auth import get_user_model
 
 from engine import health
+from engine.cml import END
 from engine.intake import Intake
 from engine.keys import inbox_stream, trace_stream
 from engine.messages import Budgets, Control, Sampling, TaskSubmission
@@ -232,6 +233,19 @@ def repeated_calls(events: list[TraceEvent]) -> int:
     return repeats
 
 
+def cut_in_answer(events: list[TraceEvent], text: str) -> bool:
+    """A run cut at the token limit while it wrote its answer: every call it made had its result in
+    the context, and nothing after the last block opens another (a model that loops is cut inside
+    a call, or with calls still out). Such a run asked for more tokens than the budget, nothing else."""
+    finish = next((e.payload for e in reversed(events) if e.kind == EventKind.FINISH), {})
+    if finish.get("finish_reason") != "length":
+        return False
+    decoded = {e.payload["call_id"] for e in events if e.kind == EventKind.CALL_DECODED}
+    answered = {c for e in events if e.kind == EventKind.INTERRUPT_INJECTED for c in e.payload.get("calls", ())}
+    tail = text[text.rfind(END) + len(END):] if END in text else text
+    return bool(decoded) and decoded <= answered and "[" not in tail
+
+
 def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str, Any]:
     events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
     timeline = Timeline.of(events)
@@ -280,6 +294,7 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
         "measured_over_bound": round(latency / bound, 4) if latency and bound else None,
         "tokens": len(tokens), "finish_reason": finish.get("finish_reason", ""),
         "repeated_calls": repeated_calls(events),
+        "cut_in_answer": cut_in_answer(events, task.final_text),
         "injected_tokens": timeline.injected_tokens,
         "overlap_ms": timeline.overlap_ms(),
         "calls": _calls(scenario, setup, events, started, finished, dispatch),
