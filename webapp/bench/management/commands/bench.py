@@ -7,7 +7,6 @@ import dataclasses
 import json
 import platform
 import shutil
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from webapp.bench.agents import KS
 from webapp.bench.agents_command import parse_ks, run_agents
 from webapp.bench.goals import accuracy_goals
 from webapp.bench.plot import plot
+from webapp.bench.provenance import git_commit
 from webapp.bench.report import markdown, overhead, profile_of, summarize
 from webapp.bench.runner import BENCH_REDIS_DB, BenchError, Services, Setup, measure, run_scenario
 from webapp.bench.scenarios import (
@@ -163,7 +163,7 @@ class Command(BaseCommand):
                   "latency_model": "per part: " + "; ".join(f"{k}: {v}" for k, v in PROFILE_TEXT.items()) +
                                    ", seeded per (seed, scenario, call)",
                   "latency_profiles": PROFILES,
-                  "machine": platform.node(), "git_commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "machine": platform.node(), "git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "parts": [*previous_parts, part]}
         self._write(out_dir, params, rows, f"in {part['seconds']} s")
 
@@ -173,7 +173,7 @@ class Command(BaseCommand):
         try:
             ks = parse_ks(opts["ks"])
             report = run_agents(setup, modes, ks, opts["limit"], opts["engines"], Path(opts["out"]) / "agents",
-                                opts["append"], _commit(), self.stdout.write, redis_db=opts["redis_db"])
+                                opts["append"], git_commit(), self.stdout.write, redis_db=opts["redis_db"])
         except (ValueError, BenchError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(report)
@@ -236,7 +236,7 @@ class Command(BaseCommand):
             if task is None:
                 raise CommandError(f"task {row['task_id']} of {row['scenario']} is gone: cannot remeasure")
             fresh.append(measure(task, found[key], row["mode"], dataclasses.replace(setup, heldout=heldout)))
-        params["remeasured"] = {"git_commit": _commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        params["remeasured"] = {"git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self._write(out_dir, params, fresh, f"(remeasured {len(fresh)} rows from their traces)")
 
     def _load(self, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -368,10 +368,3 @@ def _progress(row: dict[str, Any], done: int, total: int, seconds: float) -> str
                  f"{'made' if m['extra_call_made'] else 'not made'}")
     return line
 
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=settings.BASE_DIR, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
