@@ -7,7 +7,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 dev=0
-models="${ASYNCLM_DEFAULT_MODEL:-qwen2.5-coder-0.5b}"
+models="${ASYNCLM_DEFAULT_MODEL:-qwen2.5-coder-0.5b-cml}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dev) dev=1 ;;

@@ -8,7 +8,7 @@ cd "$ROOT"
 postgres=0
 [ "${1:-}" = "--postgres" ] && postgres=1
 
-scripts/bootstrap.sh --dev --models "qwen2.5-coder-0.5b smollm2-135m"
+scripts/bootstrap.sh --dev --models "qwen2.5-coder-0.5b-cml smollm2-135m"
 export PATH="$VENV/bin:$PATH"
 export DJANGO_SETTINGS_MODULE=webapp.settings.test
 mkdir -p var

@@ -5,6 +5,7 @@ result; cancelling a member cancels the team."""
 import time
 
 import pytest
+from django.conf import settings
 
 from engine.keys import inbox_stream
 from engine.messages import CallReport, CallRequest, Control
@@ -145,8 +146,8 @@ def test_the_team_page_starts_a_team_and_links_its_members(alice_client, demo_pa
     for i, name in enumerate(["cook", "shopper"]):
         data |= {f"member-{i}-name": name, f"member-{i}-role": f"You are the {name}.",
                  f"member-{i}-model": "smollm2-135m", f"member-{i}-mode": "async"}
-    for i in (2, 3):  # the empty rows stay empty
-        data |= {f"member-{i}-mode": "async", f"member-{i}-model": "qwen2.5-coder-0.5b"}
+    for i in (2, 3):  # the empty rows stay empty: a browser posts their initial choices
+        data |= {f"member-{i}-mode": "async", f"member-{i}-model": settings.ASYNCLM_DEFAULT_MODEL}
     response = alice_client.post(reverse("team_new"), data)
     assert response.status_code == 302, response.content.decode()[:2000]
     cook, shopper = Task.objects.order_by("pk")
