@@ -1,8 +1,10 @@
 """What the call grammar's mask costs per token, on a real model's vocabulary.
 
 Each held-out BFCL call of a dataset is written token by token (the model's own tokenizer) through
-`valid_tokens`/`CallBody.feed`, exactly as `CallGuard` does inside a call block. The logits are
-synthetic (a seeded normal draw per token, no model runs), in three cases:
+`valid_tokens` and `CallBody.feed`, the search and the automaton step `CallGuard` runs inside a call
+block. Not timed: the vocabulary-sized masked copy `CallGuard.mask` builds when the best token does
+not fit (one array fill). The logits are synthetic (a seeded normal draw per token, no model
+runs), in three cases:
 
 - `fits`: the call's next token is the best one (what a model that writes valid calls gives): a
   greedy step tests one token;
@@ -25,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from engine.callbody import CallBody, CallGrammar
+from engine.cml import END
 from engine.constrain import TOP_K, TokenTable, valid_tokens
 from engine.tools import ToolSpec
 from webapp.bench.plan import call_text
 from webapp.bench.scenarios import Scenario
 
 CASES = ("fits", "refused", "sampled")
-END_TEXT = " [END]"
+END_TEXT = f" {END}"
 
 
 def calls_of(scenarios: list[Scenario]) -> list[tuple[list[ToolSpec], str]]:
