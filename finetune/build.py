@@ -76,7 +76,7 @@ def trace_row(plan: Any, mode: str, seed: int, backend: Any) -> dict[str, Any]:
     trace = simulate(plan, mode, token_ms, backend)
     rendered = render(trace, backend)
     return {"source": plan.source, "dataset": plan.dataset, "mode": mode, "token_ms": token_ms,
-            "frames": len(trace.frames), "message": plan.message is not None,
+            "frames": len(trace.frames), "waits": trace.waits, "message": plan.message is not None,
             "calls": len(plan.calls), "prompt_tokens": rendered.prompt_tokens,
             "entries": [list(e) for e in plan.entries],
             "ids": rendered.ids, "mask": rendered.mask}
@@ -182,7 +182,7 @@ def build(out: Path, model: str, seed: int, limit: int | None, say=print,
     for side in ("train", "eval"):
         say(f"{side} plans:")
         counts: Counter[str] = Counter()
-        lengths, trained, dropped = [], 0, 0
+        lengths, trained, dropped, waiting = [], 0, 0, 0
         with (out / f"{side}.jsonl").open("w", encoding="utf-8") as f:
             side_plans = plans(side, seed, limit, say, combined, variants)
             for n, plan in enumerate(side_plans, 1):
@@ -196,13 +196,15 @@ def build(out: Path, model: str, seed: int, limit: int | None, say=print,
                 counts[f"{row['dataset']}/{row['mode']}"] += 1
                 lengths.append(len(row["ids"]))
                 trained += sum(row["mask"])
+                waiting += row["mode"] == "async" and row["waits"] > 0
                 if n % 100 == 0 or n == len(side_plans):
                     say(f"  rendered {n}/{len(side_plans)} traces")
         stats[side] = {"traces": len(lengths), "dropped_too_long": dropped, "tokens": sum(lengths),
                        "trained_tokens": trained, "max_len": max(lengths, default=0),
-                       "mean_len": round(sum(lengths) / max(1, len(lengths)), 1), "by_dataset_mode": dict(counts)}
+                       "mean_len": round(sum(lengths) / max(1, len(lengths)), 1), "by_dataset_mode": dict(counts),
+                       "async_waiting": waiting}
         say(f"{side}: {len(lengths)} traces ({dropped} longer than {MAX_TOKENS} tokens left out), "
-            f"{sum(lengths)} tokens, {trained} trained on")
+            f"{sum(lengths)} tokens, {trained} trained on; {waiting} async traces wait for a result")
     stats["seconds"] = round(time.monotonic() - started, 1)
     (out / "stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
     return stats

@@ -69,7 +69,7 @@ def manifest(model: str, run: Path, data: Path, phases: dict[str, float], adapte
         "split": {"seed": split["seed"], "digest": split["digest"],
                   "heldout": {k: len(v) for k, v in split["heldout"].items()}},
         "data": {side: {k: stats[side][k] for k in ("traces", "tokens", "trained_tokens", "mean_len",
-                                                    "dropped_too_long", "by_dataset_mode")}
+                                                    "dropped_too_long", "by_dataset_mode", "async_waiting")}
                  for side in ("train", "eval")},
         "training": trained,
         "phases_s": phases,

@@ -15,15 +15,18 @@ from typing import Any
 
 from engine.tools import ToolSpec
 from finetune.traces import Message, Plan, PlanCall
-from webapp.bench.scenarios import answers, single_turn_entry
+from webapp.bench.scenarios import WEB_LATENCY_MS, answers, single_turn_entry
 from webapp.tools.bfcl import class_functions, doc_tool, question
 from webapp.tools.demo import DEMO_TOOLS
 from workers.executors.bfcl import new_instance
-from workers.executors.simulated import simulated_result
+from workers.executors.simulated import draw_latency_ms, simulated_result
 
 SINGLE_TURN = ("simple_python", "multiple", "parallel", "parallel_multiple")
 ERROR_SHARE = 0.12  # traces in which one call fails (tool error or timeout)
 MISTAKE_SHARE = 0.10  # traces in which the model's first attempt at one call is refused
+# Traces whose tools take as long as web APIs (200-5000 ms): results that come in long after the
+# last call, so the model learns to wait ([TRAP][END]) rather than start its answer without them.
+WEB_SHARE = 0.5
 MULTI_TURN_TOOLS = 8  # functions offered in a multi-turn trace (the used ones and distractors)
 NO_FUNCTION = "None of the available functions can help with that, so I cannot do it with a call."
 
@@ -32,13 +35,23 @@ def _rng(seed: int, source: str) -> random.Random:
     return random.Random(f"{seed}|{source}")
 
 
-def _latencies(rng: random.Random, tools: list[dict[str, Any]]) -> dict[str, int]:
-    """Each tool's typical time (shown in the prompt, so LPT order can be learned), 1 ms - 1 s."""
+def web_times(seed: int, source: str) -> bool:
+    """Drawn apart from the plan's own generator, so the other plans stay as they were."""
+    return _rng(seed, f"{source}|web").random() < WEB_SHARE
+
+
+def _latencies(rng: random.Random, tools: list[dict[str, Any]], web: bool = False) -> dict[str, int]:
+    """Each tool's typical time (shown in the prompt, so LPT order can be learned): 1 ms - 1 s,
+    log-uniform (the paper's adaptation step), or the web-API profile's 200-5000 ms."""
+    if web:
+        return {t["name"]: round(draw_latency_ms(WEB_LATENCY_MS, rng)) for t in tools}
     return {t["name"]: max(1, round(10 ** rng.uniform(0, 3))) for t in tools}
 
 
-def _call_ms(rng: random.Random, est: int) -> float:
-    return round(min(1000.0, max(1.0, est * rng.uniform(0.6, 1.4))), 1)
+def _call_ms(rng: random.Random, est: int, web: bool = False) -> float:
+    """One call's time, around its tool's typical time, within the range that time came from."""
+    low, high = (float(WEB_LATENCY_MS["min"]), float(WEB_LATENCY_MS["max"])) if web else (1.0, 1000.0)
+    return round(min(high, max(low, est * rng.uniform(0.6, 1.4))), 1)
 
 
 def _specs(tools: list[dict[str, Any]], est: dict[str, int]) -> tuple[ToolSpec, ...]:
@@ -110,10 +123,11 @@ def _mistaken_args(tool: ToolSpec, args: dict[str, Any]) -> dict[str, Any] | Non
 
 def _single_turn(source: str, dataset: str, question_text: str, tools_doc: list[dict[str, Any]],
                  truth: list[Any], seed: int, entries: tuple[tuple[str, str], ...]) -> Plan:
-    rng = _rng(seed, source)
-    est = _latencies(rng, tools_doc)
+    rng, web = _rng(seed, source), web_times(seed, source)
+    est = _latencies(rng, tools_doc, web)
     tools = _specs(tools_doc, est)
-    calls = [PlanCall(c.name, c.args, _call_ms(rng, est[c.name]), _made_up(rng, c.name, c.args)) for c in truth]
+    calls = [PlanCall(c.name, c.args, _call_ms(rng, est[c.name], web), _made_up(rng, c.name, c.args))
+             for c in truth]
     calls = _with_failures(rng, calls, tools)
     return Plan(source, dataset, question_text, tools, tuple(calls), _answer(calls), entries=entries)
 
@@ -175,7 +189,8 @@ def multi_turn_plan(entry: dict[str, Any], seed: int) -> Plan | None:
     truth = answers("multi_turn_base")[entry["id"]][0]
     tools_doc = _some_tools([doc_tool(fn, "bfcl", {"class": cls, "method": fn["name"]})
                              for cls in classes for fn in class_functions(cls)], truth, rng)
-    est = _latencies(rng, tools_doc)
+    web = web_times(seed, entry["id"])
+    est = _latencies(rng, tools_doc, web)
     tools = _specs(tools_doc, est)
     objects = {cls: new_instance(cls, entry.get("initial_config", {}).get(cls, {})) for cls in classes}
     owner = {fn["name"]: cls for cls in classes for fn in class_functions(cls)}
@@ -194,7 +209,7 @@ def multi_turn_plan(entry: dict[str, Any], seed: int) -> Plan | None:
         except Exception as exc:  # noqa: BLE001 - a BFCL method failing is a result like any other
             result, error = None, ("exception", f"{type(exc).__name__}: {exc}")
         deps = (len(calls) - 1,) if calls else ()
-        calls.append(PlanCall(fn, args, _call_ms(rng, est[fn]), _jsonable(result), error, deps))
+        calls.append(PlanCall(fn, args, _call_ms(rng, est[fn], web), _jsonable(result), error, deps))
     return Plan(entry["id"], "multi_turn_base", question(entry), tools, tuple(calls), _answer(calls),
                 entries=(("multi_turn_base", entry["id"]),))
 

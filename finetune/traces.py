@@ -93,6 +93,11 @@ class Trace:
     def frames(self) -> list[Segment]:
         return [s for s in self.segments if s.kind == FRAME]
 
+    @property
+    def waits(self) -> int:
+        """How often the model parks ([TRAP][END]) for results it cannot go on without."""
+        return sum(1 for s in self.segments if s.kind == MODEL and s.text.strip() == "[TRAP][END]")
+
 
 # Training traces are rendered for the tuned model, which gets no in-context examples.
 TUNED = TUNED_PROFILE

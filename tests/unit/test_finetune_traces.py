@@ -20,7 +20,7 @@ from engine.state import Status
 from engine.tools import ToolSpec
 from finetune import split
 from finetune.build import build, plans
-from finetune.plans import combined_plan, demo_plan, entry_plan
+from finetune.plans import combined_plan, demo_plan, entry_plan, web_times
 from finetune.traces import FORCED, FRAME, MISTAKE, MODEL, Message, Plan, PlanCall, render, simulate
 from tests.scripted import ScriptedBackend
 from webapp.tools.bfcl import dataset, question
@@ -173,6 +173,28 @@ def test_it_refuses_to_combine_two_functions_of_one_name():
     a = dataset("simple_python")[0]
     clash = {**a, "function": [{**a["function"][0], "description": "something else"}]}
     assert combined_plan([("simple_python", a), ("simple_python", clash)], 0) is None
+
+
+def test_it_gives_a_share_of_the_plans_web_api_tool_times():
+    made = [p for e in dataset("parallel")[:60] if (p := entry_plan("parallel", e, 0))]
+    web = [p for p in made if web_times(0, p.source)]
+    assert 0.35 * len(made) <= len(web) <= 0.65 * len(made)  # WEB_SHARE of them, seeded
+    assert any(t.est_latency_ms > 1000 for p in web for t in p.tools)
+    for plan in made:
+        low, high = (200, 5000) if plan in web else (1, 1000)
+        assert all(low <= c.latency_ms <= high for c in plan.calls)
+        assert all(low <= t.est_latency_ms <= high for t in plan.tools)
+    assert entry_plan("parallel", dataset("parallel")[0], 0) == made[0]  # reproducible
+
+
+def test_it_parks_a_web_plan_until_its_results_come():
+    plan = next(p for e in dataset("parallel") if (p := entry_plan("parallel", e, 0))
+                and min(c.latency_ms for c in p.calls) > 600 and not any(c.error or c.mistake for c in p.calls))
+    trace = simulate(plan, "async", 10.0, ScriptedBackend([]))
+    assert trace.waits >= 1
+    assert [s.kind for s in trace.segments[-2:]] == [FRAME, MODEL]  # the answer follows the last result
+    assert trace.segments[-1].at_ms > max(c.latency_ms for c in plan.calls)
+    assert sum(len(f.delivered) for f in trace.frames) == len(plan.calls)
 
 
 @pytest.mark.slow
