@@ -130,6 +130,33 @@ def test_it_tells_a_run_cut_in_its_answer_from_one_cut_while_calling():
     assert not cut_in_answer([cut], "I think the answer is")
 
 
+def test_it_tells_an_answer_begun_with_a_result_out_from_one_that_waited():
+    from types import SimpleNamespace as Ev
+
+    from webapp.bench.runner import answered_early
+
+    def written(*pieces):
+        return [Ev(kind="token", payload={"text": p}) for p in pieces]
+
+    def decoded(cid):
+        return Ev(kind="call_decoded", payload={"call_id": cid, "name": "f", "args": {}})
+
+    def frame(*calls):
+        return Ev(kind="interrupt_injected", payload={"calls": list(calls), "messages": []})
+
+    calls = [*written("[CALL]", " c1 [HEAD]", " f() [END]"), decoded("c1"),
+             *written(" [CALL]", " c2 [HEAD]", " f() [END]"), decoded("c2")]
+    assert answered_early([*calls, *written(" Done", ": 2 calls"), frame("c2"), *written(" [CALL]")])
+    assert not answered_early([*calls, *written(" [TRAP]", "[END]"), frame("c1", "c2"), *written("Done.")])
+    assert not answered_early([*calls, frame("c1", "c2"), *written("Both returned.")])
+    assert not answered_early([*calls, *written(" [TR", "AP][", "END]"), frame("c1"), *written(" [TRAP][END]"),
+                               frame("c2")])
+    # Words before any call, or a person's message after the answer began: not an early answer.
+    assert not answered_early([*written("Let me check."), frame()])
+    assert not answered_early([*calls, frame("c1", "c2"), *written("Done."),
+                               Ev(kind="interrupt_injected", payload={"calls": [], "messages": ["Also Paris."]})])
+
+
 def test_it_reports_dispatch_over_every_call_and_names_the_worst_row():
     def calls(*ms):
         return [{"call_id": f"c{i}", "name": "f", "drawn_latency_ms": 100.0, "started_ms": 1.0, "finished_ms": 2.0,

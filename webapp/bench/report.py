@@ -101,6 +101,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # Rows measured before this figure existed have none.
             "repeated_calls": sum(r.get("repeated_calls") or 0 for r in group)
             if any("repeated_calls" in r for r in group) else None,
+            # Runs that began the answer with a result still out (none for older rows).
+            "runs_answered_early": sum(bool(r.get("answered_early")) for r in group)
+            if any("answered_early" in r for r in group) else None,
             "messages": _messages(group),
             "failures": failures(group),
         })
@@ -245,8 +248,8 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]],
             "| paper | bound ms | bound speedup | measured/bound | bound at standalone rate ms | "
             "measured/bound at standalone rate | ms/token measured | dispatch ms | overlap ms | extra tokens vs sync | "
             "accuracy | errors | runs with model mistakes | runs cut at the token limit | calls repeated after "
-            "their result |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "their result | answers begun with a result out |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in results if r["label"] == label and r["profile"] == profile):
             cut = cut_cell(r["runs_at_token_limit"], r.get("runs_cut_in_answer"))
@@ -264,7 +267,8 @@ def markdown(params: dict[str, Any], results: list[dict[str, Any]],
                 f"{r['token_ms']} | {r['dispatch_ms'] if r['dispatch_ms'] is not None else '–'} | "
                 f"{r.get('overlap_ms') if r.get('overlap_ms') is not None else '–'} | "
                 f"{r['extra_tokens_vs_sync']} | {accuracy} | {r['errors']} | {r['runs_with_model_errors']} | "
-                f"{cut} | {r['repeated_calls'] if r.get('repeated_calls') is not None else '–'} |")
+                f"{cut} | {r['repeated_calls'] if r.get('repeated_calls') is not None else '–'} | "
+                f"{r['runs_answered_early'] if r.get('runs_answered_early') is not None else '–'} |")
     lines += overhead_lines(costs or [])
     lines += goal_lines(goals or [])
     lines += failure_lines(results)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -246,6 +247,28 @@ def cut_in_answer(events: list[TraceEvent], text: str) -> bool:
     return bool(decoded) and decoded <= answered and "[" not in tail
 
 
+# CML markers, and one the frame cut short: what is left of the model's text is words.
+_MARKERS = re.compile(r"\[[A-Z]*\]?")
+
+
+def answered_early(events: list[TraceEvent]) -> bool:
+    """The model began its answer while a result was still out: after a call, it wrote words (not a
+    call, not `[TRAP][END]`) and a frame of results went in after them. Its answer was then written
+    without those results, and the late frame arrives mid-answer (where a model that waits for
+    results had written `[TRAP][END]`)."""
+    since_call, called = "", False
+    for e in events:
+        if e.kind == EventKind.CALL_DECODED:
+            since_call, called = "", True
+        elif e.kind == EventKind.TOKEN:
+            since_call += e.payload["text"]
+        elif e.kind == EventKind.INTERRUPT_INJECTED:
+            if called and e.payload.get("calls") and re.search(r"\w", _MARKERS.sub("", since_call)):
+                return True
+            since_call = ""
+    return False
+
+
 def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str, Any]:
     events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
     timeline = Timeline.of(events)
@@ -295,6 +318,7 @@ def measure(task: Task, scenario: Scenario, mode: str, setup: Setup) -> dict[str
         "tokens": len(tokens), "finish_reason": finish.get("finish_reason", ""),
         "repeated_calls": repeated_calls(events),
         "cut_in_answer": cut_in_answer(events, task.final_text),
+        "answered_early": answered_early(events),
         "injected_tokens": timeline.injected_tokens,
         "overlap_ms": timeline.overlap_ms(),
         "calls": _calls(scenario, setup, events, started, finished, dispatch),
