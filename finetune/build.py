@@ -2,7 +2,7 @@
 scenarios, each simulated in one mode and rendered to token ids with the engine's own tokenizer.
 
 usage: python -m finetune.build [--out var/finetune/data] [--model qwen2.5-coder-0.5b] [--limit N]
-       [--combined N] [--variants]
+       [--combined N] [--variants] [--web-share F]
 Writes train.jsonl and eval.jsonl (one trace per line: ids, mask, source, dataset, mode) and
 stats.json (counts per dataset and mode, token lengths).
 """
@@ -167,6 +167,12 @@ def check_split(say) -> None:
         f"{recorded['digest'][:12]}")
 
 
+def _web_share() -> float:
+    from finetune.plans import WEB_SHARE
+
+    return WEB_SHARE
+
+
 def build(out: Path, model: str, seed: int, limit: int | None, say=print,
           combined: int | None = None, variants: bool = False) -> dict[str, Any]:
     from finetune.split import load_heldout
@@ -178,7 +184,7 @@ def build(out: Path, model: str, seed: int, limit: int | None, say=print,
     heldout = load_heldout()
     stats: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "combined": combined_count(limit, combined),
                              "variants": VARIANTS_FROM if variants else {},
-                             "max_tokens": MAX_TOKENS}
+                             "max_tokens": MAX_TOKENS, "web_share": _web_share()}
     for side in ("train", "eval"):
         say(f"{side} plans:")
         counts: Counter[str] = Counter()
@@ -221,8 +227,16 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"questions made of two train entries (default {COMBINED_TRAIN}, or --limit)")
     parser.add_argument("--variants", action="store_true",
                         help="trace the entries of many calls twice (see VARIANTS_FROM)")
+    parser.add_argument("--web-share", type=float, default=None,
+                        help="share of the BFCL plans whose tools take web-API times (default 0, see WEB_SHARE)")
     args = parser.parse_args(argv)
+    if args.web_share is not None and not 0 <= args.web_share <= 1:
+        parser.error("--web-share must be between 0 and 1")
     _setup_django()
+    if args.web_share is not None:
+        from finetune import plans as plan_module
+
+        plan_module.WEB_SHARE = args.web_share
     stats = build(args.out, args.model, args.seed, args.limit, combined=args.combined,
                   variants=args.variants)
     print(json.dumps({k: v for k, v in stats.items() if k in ("train", "eval", "seconds")}, indent=1))

@@ -24,9 +24,11 @@ from workers.executors.simulated import draw_latency_ms, simulated_result
 SINGLE_TURN = ("simple_python", "multiple", "parallel", "parallel_multiple")
 ERROR_SHARE = 0.12  # traces in which one call fails (tool error or timeout)
 MISTAKE_SHARE = 0.10  # traces in which the model's first attempt at one call is refused
-# Traces whose tools take as long as web APIs (200-5000 ms): results that come in long after the
-# last call, so the model learns to wait ([TRAP][END]) rather than start its answer without them.
-WEB_SHARE = 0.5
+# Plans whose tools take as long as web APIs (200-5000 ms): results that come in long after the
+# last call. Off: trained with 0.5 (nineteenth session) the adapter began fewer answers with a
+# result out on the web profile, but lost accuracy and repeated more calls on the held-out rows
+# the goals read (docs/benchmarks.md), so the shipped adapter's data has none.
+WEB_SHARE = 0.0
 MULTI_TURN_TOOLS = 8  # functions offered in a multi-turn trace (the used ones and distractors)
 NO_FUNCTION = "None of the available functions can help with that, so I cannot do it with a call."
 

@@ -4,7 +4,7 @@
 # adapter, exports it to GGUF, installs it under finetune/adapters/ with its manifest, evaluates
 # base vs tuned and writes the report. Each phase's wall time goes into the manifest.
 # usage: scripts/finetune.sh [--model NAME] [--steps N] [--accum K] [--rank R] [--layers N] [--limit N]
-#                            [--combined N] [--variants] [--no-install] [--no-eval]
+#                            [--combined N] [--variants] [--web-share F] [--no-install] [--no-eval]
 #   a smoke run: FINETUNE_DIR=var/finetune-smoke scripts/finetune.sh --steps 2 --limit 2 --no-install --no-eval
 #   (FINETUNE_DIR: where data, run and logs go, default var/finetune; FINETUNE_EVAL_GOAL_LIMIT:
 #   held-out scenarios per dataset in the rows the accuracy goals are read from, default 50, every
@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
     --model) model="$2"; train_args+=(--model "$2"); build_args+=(--model "$2"); shift ;;
     --steps|--rank|--accum|--lr|--layers) train_args+=("$1" "$2"); shift ;;
     --limit) build_args+=(--limit "$2"); shift ;;
-    --combined) build_args+=(--combined "$2"); shift ;;
+    --combined|--web-share) build_args+=("$1" "$2"); shift ;;
     --variants) build_args+=(--variants) ;;
     --no-eval) evaluate=0 ;;
     --no-install) install=0; evaluate=0 ;;

@@ -18,6 +18,7 @@ from engine.modelfiles import verified_path
 from engine.scheduler import Scheduler
 from engine.state import Status
 from engine.tools import ToolSpec
+from finetune import plans as plans_module
 from finetune import split
 from finetune.build import build, plans
 from finetune.plans import combined_plan, demo_plan, entry_plan, web_times
@@ -175,7 +176,9 @@ def test_it_refuses_to_combine_two_functions_of_one_name():
     assert combined_plan([("simple_python", a), ("simple_python", clash)], 0) is None
 
 
-def test_it_gives_a_share_of_the_plans_web_api_tool_times():
+def test_it_gives_a_share_of_the_plans_web_api_tool_times(monkeypatch):
+    assert not any(web_times(0, e["id"]) for e in dataset("parallel"))  # off by default
+    monkeypatch.setattr(plans_module, "WEB_SHARE", 0.5)
     made = [p for e in dataset("parallel")[:60] if (p := entry_plan("parallel", e, 0))]
     web = [p for p in made if web_times(0, p.source)]
     assert 0.35 * len(made) <= len(web) <= 0.65 * len(made)  # WEB_SHARE of them, seeded
@@ -187,7 +190,8 @@ def test_it_gives_a_share_of_the_plans_web_api_tool_times():
     assert entry_plan("parallel", dataset("parallel")[0], 0) == made[0]  # reproducible
 
 
-def test_it_parks_a_web_plan_until_its_results_come():
+def test_it_parks_a_web_plan_until_its_results_come(monkeypatch):
+    monkeypatch.setattr(plans_module, "WEB_SHARE", 0.5)
     plan = next(p for e in dataset("parallel") if (p := entry_plan("parallel", e, 0))
                 and min(c.latency_ms for c in p.calls) > 600 and not any(c.error or c.mistake for c in p.calls))
     trace = simulate(plan, "async", 10.0, ScriptedBackend([]))
