@@ -167,14 +167,9 @@ def check_split(say) -> None:
         f"{recorded['digest'][:12]}")
 
 
-def _web_share() -> float:
-    from finetune.plans import WEB_SHARE
-
-    return WEB_SHARE
-
-
 def build(out: Path, model: str, seed: int, limit: int | None, say=print,
           combined: int | None = None, variants: bool = False) -> dict[str, Any]:
+    from finetune import plans as plan_module
     from finetune.split import load_heldout
 
     started = time.monotonic()
@@ -184,7 +179,7 @@ def build(out: Path, model: str, seed: int, limit: int | None, say=print,
     heldout = load_heldout()
     stats: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "combined": combined_count(limit, combined),
                              "variants": VARIANTS_FROM if variants else {},
-                             "max_tokens": MAX_TOKENS, "web_share": _web_share()}
+                             "max_tokens": MAX_TOKENS, "web_share": plan_module.WEB_SHARE}
     for side in ("train", "eval"):
         say(f"{side} plans:")
         counts: Counter[str] = Counter()
