@@ -125,6 +125,12 @@ class LocalDriver:
         backend = run.backend
         assert isinstance(backend, LocalBackend)
         seq = self._seq(run)
+        if run.sub.forced_text and not run.forced and (run.replay is None or not run.replay.tokens_left):
+            # The script is used up: its stop token parked the task until the results came, and
+            # they are in. What the model would write after them is not the script, and is not
+            # bounded: a small model copying the script's call block got an error frame for each
+            # copy, over and over, till its token budget.
+            return end_of_turn(self._table, run)
         if run.unevaluated:
             seq.append(run.unevaluated)
             run.unevaluated = []

@@ -50,6 +50,24 @@ def test_a_call_whose_worker_process_is_killed_is_redelivered_once(start_engine,
     assert len(kinds(task, "interrupt_injected")) == 1
 
 
+def test_a_forced_task_ends_once_its_script_is_used_up_and_the_result_is_in(start_engine, celery_worker_proc,
+                                                                              alice, redis_client):
+    # The script ends long before the result: the task waits for it, the model sees it, and the
+    # task ends there, whatever the model would have gone on to write.
+    start_engine("engine-script-end")
+    task = forced_task(alice, redis_client, "[CALL] s1 [HEAD] sleep(seconds=2) [END] waiting")
+    wait_for(lambda: Task.objects.get(pk=task.pk).is_final, 60, "the task to end")
+    task.refresh_from_db()
+    assert task.status == "finished"
+    assert task.final_text.startswith("[CALL] s1 [HEAD] sleep(seconds=2) [END] waiting")
+    assert task.final_text.rstrip().endswith('[INTR] s1 [HEAD] {"slept":2} [END]')
+    assert len(kinds(task, "interrupt_injected")) == 1
+    events = list(TraceEvent.objects.filter(task=task).order_by("seq"))
+    assert events[-1].kind == "finish" and events[-1].payload["finish_reason"] == "stop"
+    injected_at = next(e.seq for e in events if e.kind == "interrupt_injected")
+    assert not [e for e in events if e.kind == "token" and e.seq > injected_at]
+
+
 def test_a_duplicate_report_gives_one_interrupt(start_engine, celery_worker_proc, alice, redis_client):
     start_engine("engine-duplicates")
     task = forced_task(alice, redis_client, "[CALL] s1 [HEAD] sleep(seconds=0.2) [END]" + FILLER + FILLER)

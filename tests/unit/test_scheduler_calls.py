@@ -308,3 +308,19 @@ def test_the_engine_writes_no_trap_for_a_forced_script():
     text = "".join(e.payload["text"] for e in events if e.kind == "token")
     assert text.endswith("then the end") and "[TRAP]" not in text
     assert events[-1].kind == "parked" and events[-1].payload["reason"] == "end_of_sequence"
+
+
+def test_it_ends_a_forced_task_once_its_script_is_used_up_and_the_results_are_in():
+    # Left to itself, this model copies the script's call block: each copy is a duplicate id and
+    # an error frame, and it would go on to the token budget.
+    backend = ScriptedBackend([b"[CALL] a [HEAD] f(a=1) [END]"] * 20)
+    scheduler = Scheduler(lambda name: backend, clock=Clock(), wall=lambda: 1000.0)
+    events = scheduler.submit(TaskSubmission(1, "scripted", "go", 400, 1000.0, tools=[F.to_dict()],
+                                             forced_text="[CALL] a [HEAD] f(a=1) [END] then the end"))
+    events += run_until_idle(scheduler)
+    assert scheduler.task(1).status is Status.PARKED
+    events += scheduler.deliver(1, "a", ok=True, value={"sum": 2}) + run_until_idle(scheduler)
+    assert kinds(events, "interrupt_injected", "call_error") == ["interrupt_injected"]
+    assert events[-1].kind == "finish" and events[-1].payload["finish_reason"] == "stop"
+    text = "".join(e.payload["text"] for e in events if e.kind == "token")
+    assert text == "[CALL] a [HEAD] f(a=1) [END] then the end"
