@@ -160,3 +160,13 @@ def test_the_prompts_cached_tokens_are_the_reused_prompt_tokens():
     assert events[-1].payload["metrics"]["reused_prompt_tokens"] == 0
     reused = events2[-1].payload["metrics"]["reused_prompt_tokens"]
     assert reused == len(backend.requests[0]["input_ids"]) and reused > 0
+
+
+def test_it_refuses_a_scripted_task_on_a_server():
+    backend = ScriptedRemoteBackend([b"unused"])
+    scheduler = Scheduler(lambda name: backend, clock=Clock(), wall=lambda: 1000.0)
+    events = scheduler.submit(TaskSubmission(1, "scripted", "go", 20, 1000.0, tools=[F.to_dict()],
+                                             forced_text="[CALL] a [HEAD] f(a=1) [END]"))
+    assert events[-1].kind == "finish" and events[-1].payload["status"] == "failed"
+    assert "scripted task needs a local model" in events[-1].payload["reason"]
+    assert not scheduler.has_work() and not backend.requests
