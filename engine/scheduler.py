@@ -245,16 +245,16 @@ class Scheduler:
         """The prompt's tokens and the checks that it fits; the task's end if it cannot run."""
         backend, sub = run.backend, run.sub
         assert backend is not None
+        if sub.forced_text and not isinstance(backend, LocalBackend):
+            # A server samples its own tokens: a script would be ignored, and the run would be
+            # labelled forced all the same. Refused before its prompt goes to the server's tokenizer.
+            return run.finish(Status.FAILED, f"a scripted task needs a local model; {backend.spec.name} "
+                                             "is served by a server that samples its own tokens")
         try:
             profile = profile_for(backend.spec)
             run.prompt_ids = profile.prompt_ids(backend, sub.prompt, list(run.tools.values()), sub.mode,
                                                 conversation=sub.conversation)
             if sub.forced_text:
-                if not isinstance(backend, LocalBackend):
-                    # A server samples its own tokens: a script would be ignored, and the run
-                    # would be labelled forced all the same.
-                    return run.finish(Status.FAILED, f"a scripted task needs a local model; {backend.spec.name} "
-                                                     "is served by a server that samples its own tokens")
                 run.forced = deque(backend.tokenize(sub.forced_text) + sorted(backend.stop_ids())[:1])
         except BackendError as exc:  # a remote tokenizer that does not answer
             return run.finish(Status.FAILED, str(exc))
