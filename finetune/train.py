@@ -338,6 +338,10 @@ def finalize(args: argparse.Namespace, log: dict[str, Any], step: int, n_train: 
         "first_eval_loss": log["eval"][0]["loss"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+    if device == "cuda":
+        import torch
+
+        summary["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     (args.out / "losses.json").write_text(json.dumps(log) + "\n", encoding="utf-8")
     (args.out / "train.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(f"trained {step} steps in {summary['train_seconds']:.0f} s; train loss {summary['final_train_loss']}, "
