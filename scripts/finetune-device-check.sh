@@ -25,6 +25,15 @@ WHEELS=(transformers==5.23.0 peft==0.21.2 gguf==0.19.0)
 # Two small runs: adapters on every layer (the default) and on the top layer over a frozen one.
 RUNS=("all 0" "top1 1")
 
+# On a machine with its own torch (python3 there), the carried pins go on top of it.
+with_wheels() {
+  if [ "$1" = python3 ] && [ -d "$CHECK/whl" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ft-site \
+      "$CHECK"/whl/*.whl
+    export PYTHONPATH=/tmp/ft-site
+  fi
+}
+
 case "${1:-}" in
   prepare)
     source scripts/lib.sh
@@ -43,11 +52,7 @@ case "${1:-}" in
     out="${2:?usage: run OUT [PY]}"
     py="${3:-python3}"
     mkdir -p "$out"
-    if [ "$py" = python3 ] && [ -d "$CHECK/whl" ]; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ft-site \
-        "$CHECK"/whl/*.whl
-      export PYTHONPATH=/tmp/ft-site
-    fi
+    with_wheels "$py"
     "$py" -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '', 'transformers', transformers.__version__,
       'peft', peft.__version__)" | tee "$out/versions.txt"
@@ -65,11 +70,7 @@ case "${1:-}" in
     out="${2:?usage: speed OUT [PY]}"
     py="${3:-python3}"
     mkdir -p "$out"
-    if [ "$py" = python3 ] && [ -d "$CHECK/whl" ]; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ft-site \
-        "$CHECK"/whl/*.whl
-      export PYTHONPATH=/tmp/ft-site
-    fi
+    with_wheels "$py"
     work=$(mktemp -d)
     tar xzf "$CHECK/full-data.tgz" -C "$work"
     # SPEED_SHAPE and SPEED_STEPS make a quick local try of this command possible.
