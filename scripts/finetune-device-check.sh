@@ -15,14 +15,15 @@
 # recipe (all layers, 4 traces a step) and of the default (top 12 layers, 3 a step) on the full
 # training data (--combined 0, the shipped adapter's).
 #
-# .devcheck/ must be ignored by git (.git/info/exclude) and carried to the other machine.
+# .devcheck/ (ignored by git) is what a call to the other machine carries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHECK=.devcheck
 MODEL=qwen2.5-coder-0.5b  # the stand-in copies its tokenizer and file name
 # The pins of requirements/finetune.txt that a machine with its own torch needs on top of it.
-WHEELS=(transformers==5.23.0 peft==0.21.2 gguf==0.19.0)
-# Two small runs: adapters on every layer (the default) and on the top layer over a frozen one.
+mapfile -t WHEELS < <(grep -E '^(transformers|peft|gguf)==' requirements/finetune.txt)
+# Two small runs: adapters on every layer (the shipped recipe) and on the top layer over a frozen one (the
+# default recipe's Frozen path).
 RUNS=("all 0" "top1 1")
 
 # On a machine with its own torch (python3 there), the carried pins go on top of it.
