@@ -100,10 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
-    parser.add_argument("--base", type=Path, default=ROOT / ".devcheck" / "models" /
-                        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", help="the tiny stand-in both runs trained on")
+    parser.add_argument("--base", type=Path, help="the tiny stand-in both runs trained on (default: .devcheck/'s)")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest loss difference (nats) at any step")
     args = parser.parse_args(argv)
+    if args.base is None:
+        from engine.catalog import get_model
+
+        args.base = ROOT / ".devcheck" / "models" / get_model(MODEL).filename
     return 0 if compare(args.a, args.b, args.base, args.tolerance) else 1
 
 
