@@ -12,7 +12,6 @@ Runs in the service's virtualenv (llama.cpp, numpy); no torch.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -34,13 +33,13 @@ def losses(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def probe_logits(base: Path, adapter: Path | None) -> np.ndarray:
     from engine.backends.llamacpp import LlamaCppBackend
     from engine.catalog import AdapterSpec, get_model, tuned
+    from engine.modelfiles import sha256_of
 
     spec = get_model(MODEL)
     if adapter is not None:
-        data = adapter.read_bytes()
         spec = tuned(spec, name=f"{MODEL}-devcheck", label="device check",
-                     adapter=AdapterSpec(name="devcheck", path=str(adapter),
-                                         sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+                     adapter=AdapterSpec(name="devcheck", path=str(adapter), sha256=sha256_of(adapter),
+                                         size=adapter.stat().st_size))
     backend = LlamaCppBackend(spec, base, adapter_path=adapter, n_ctx=256,
                               max_idle_contexts=1)
     seq = backend.open_sequence()
