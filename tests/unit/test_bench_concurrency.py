@@ -6,10 +6,11 @@ import pytest
 from django.conf import settings
 
 from engine.backends.llamacpp import LlamaCppBackend
+from engine.backends.llamacpp_batched import BatchedLlamaBackend
 from engine.catalog import get_model
 from engine.modelfiles import verified_path
 from engine.profiles import profile_for
-from webapp.bench.concurrency import QUESTION, _of_ceiling, ceiling
+from webapp.bench.concurrency import QUESTION, _of_ceiling, alone, ceiling
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +45,16 @@ def test_it_leaves_a_row_without_tokens_unrated():
     row = {"aggregate_tok_s": None}
     _of_ceiling(row, 40.0, {"speedup": 2.0, "speedup_all": 1.5})
     assert "of_ceiling" not in row
+
+
+def test_it_sets_one_task_on_each_backend_side_by_side_in_pairs(plain):
+    spec = get_model(settings.ASYNCLM_TEST_MODEL)
+    batched = BatchedLlamaBackend(spec, verified_path(spec, settings.ASYNCLM_MODEL_DIR), n_ctx=512, n_seq=2)
+    flushes = batched.flushes
+    out = alone(plain, batched, [], tokens=6, pairs=3)
+    assert out["pairs"] == 3
+    assert len(out["contexts_tok_s"]) == len(out["batched_tok_s"]) == 3
+    assert all(rate > 0 for rate in out["contexts_tok_s"] + out["batched_tok_s"])
+    ratios = sorted(b / c for b, c in zip(out["batched_tok_s"], out["contexts_tok_s"], strict=True))
+    assert out["ratio_p50"] == pytest.approx(ratios[1], abs=0.001)
+    assert batched.flushes > flushes  # the batched runs went through the batched backend

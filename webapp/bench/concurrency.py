@@ -12,6 +12,7 @@ process through the engine's scheduler, on the same model file and in the same r
   30 ms tool in async mode, answered in this process, so interrupts land while others decode.
   Aggregate tokens/s (all tokens / first token to last), per-task tokens/s p50, and time to first
   token p50.
+- alone: one task on each backend, alternated in pairs (a task alone must lose little to batching).
 - shared prefix: time to first token of a task whose prompt (system prompt and tools) is already
   in the cache of a running task, against a cold one.
 """
@@ -203,6 +204,27 @@ def budget_sweep(make: Callable[[int], Any], tools: list[ToolSpec], budgets: tup
     return rows
 
 
+def alone(before: LocalBackend, after: LocalBackend, tools: list[ToolSpec], tokens: int = 128,
+          pairs: int = 8) -> dict[str, Any]:
+    """One task on a context of its own against one task on the batched backend, `pairs` times,
+    alternated (and which goes first swapped every pair): a single run of each, minutes apart or
+    even back to back, differs by as much as the machine's drift (a batched x1 row of 0.93 of a
+    context's rate in the same run that measured 1.006 over 20 alternated pairs). `ratio_p50`:
+    the median of the pairs' batched / contexts ratios."""
+    rates: dict[str, list[float]] = {"contexts": [], "batched": []}
+    ratios = []
+    for i in range(pairs):
+        order = [("contexts", before), ("batched", after)]
+        pair = {label: run_tasks(backend, 1, tokens, tools, False)["aggregate_tok_s"]
+                for label, backend in (order if i % 2 == 0 else order[::-1])}
+        for label, rate in pair.items():
+            rates[label].append(rate)
+        if pair["contexts"] and pair["batched"]:
+            ratios.append(pair["batched"] / pair["contexts"])
+    return {"pairs": pairs, "contexts_tok_s": rates["contexts"], "batched_tok_s": rates["batched"],
+            "ratio_p50": round(statistics.median(ratios), 3) if ratios else None}
+
+
 def _drain(scheduler: Scheduler) -> None:
     while scheduler.has_work():
         scheduler.step()
@@ -231,6 +253,10 @@ def concurrency(before: LocalBackend, after: LocalBackend, tools: list[ToolSpec]
                 rows[label] = {"calls": calls, **run_tasks(backend, n, tokens, tools, calls)}
                 out[label]["runs"].append(rows[label])
                 say(f"  {label} {'with calls' if calls else 'plain'} x{n}: {rows[label]}")
+            if not calls and n == 1:
+                out["alone"] = alone(before, after, tools, tokens)
+                say(f"  one task, batched against a context of its own, {out['alone']['pairs']} alternated pairs: "
+                    f"{out['alone']['ratio_p50']} (median of the pairs' ratios)")
             if not calls:
                 reference = rows["contexts"] if n == 1 else run_tasks(before, 1, tokens, tools, False)
                 _of_ceiling(rows["batched"], reference["aggregate_tok_s"], out["ceiling"][str(n)])
