@@ -19,6 +19,12 @@ def plain():
     return LlamaCppBackend(spec, verified_path(spec, settings.ASYNCLM_MODEL_DIR), n_ctx=512)
 
 
+@pytest.fixture(scope="module")
+def batched():
+    spec = get_model(settings.ASYNCLM_TEST_MODEL)
+    return BatchedLlamaBackend(spec, verified_path(spec, settings.ASYNCLM_MODEL_DIR), n_ctx=512, n_seq=4)
+
+
 def test_it_measures_one_and_n_tokens_both_ways(plain):
     prompt = profile_for(plain.spec).prompt_ids(plain, QUESTION.format(i=0), [], "async")
     out = ceiling(plain, prompt, 4, repeats=2)
@@ -35,6 +41,21 @@ def test_it_measures_one_and_n_tokens_both_ways(plain):
     seq.close()
 
 
+def test_it_times_the_batched_backends_step_in_the_same_rounds(plain, batched):
+    prompt = profile_for(plain.spec).prompt_ids(plain, QUESTION.format(i=0), [], "async")
+    flushes = batched.flushes
+    out = ceiling(plain, prompt, 4, repeats=2, batched=batched)
+    for row in out.values():
+        assert row["ms_batched"] > 0
+        assert row["batched_of_all"] == pytest.approx(row["ms_all"] / row["ms_batched"], abs=0.01)
+    # One flush a round for each of 1 and 4 sequences, after the prompts went in.
+    assert batched.flushes - flushes >= 4
+    # Its sequences are free again: the backend can hold as many tasks as before.
+    seqs = [batched.open_sequence(prompt) for _ in range(4)]
+    for seq in seqs:
+        seq.close()
+
+
 def test_it_rates_a_batched_row_against_its_own_blocks_ceiling():
     row = {"aggregate_tok_s": 60.0}
     _of_ceiling(row, 40.0, {"speedup": 2.0, "speedup_all": 1.5})
@@ -47,9 +68,7 @@ def test_it_leaves_a_row_without_tokens_unrated():
     assert "of_ceiling" not in row
 
 
-def test_it_sets_one_task_on_each_backend_side_by_side_in_pairs(plain):
-    spec = get_model(settings.ASYNCLM_TEST_MODEL)
-    batched = BatchedLlamaBackend(spec, verified_path(spec, settings.ASYNCLM_MODEL_DIR), n_ctx=512, n_seq=2)
+def test_it_sets_one_task_on_each_backend_side_by_side_in_pairs(plain, batched):
     flushes = batched.flushes
     out = alone(plain, batched, [], tokens=6, pairs=3)
     assert out["pairs"] == 3

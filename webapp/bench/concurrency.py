@@ -37,7 +37,7 @@ QUESTION = "Write a long story about a lighthouse keeper, number {i}."
 CALL_LATENCY_S = 0.03
 
 
-def ceiling(backend: Any, prompt: list[int], n: int, repeats: int = 12) -> dict[str, Any]:
+def ceiling(backend: Any, prompt: list[int], n: int, repeats: int = 12, batched: Any = None) -> dict[str, Any]:
     """ms per evaluation of 1 and of N tokens of one sequence (a per-context backend's) after the
     tasks' own prompt (attention over as long a context as theirs), alternated so that both see
     the machine at the same speed, two ways:
@@ -45,6 +45,10 @@ def ceiling(backend: Any, prompt: list[int], n: int, repeats: int = 12) -> dict[
     - `all`: the same tokens with every one's logits computed and read out, which is the arithmetic
       of one token of each of N sequences: each needs its own next-token logits, and the output
       layer (vocabulary x hidden size) is about a quarter of a small model's multiply-adds.
+    With `batched` (the batched backend), a third way in the same rounds: one token of each of 1
+    and of N sequences of its own context, each holding the same prompt, evaluated by one `flush`
+    (`ms_batched`; `batched_of_all` = ms_all / ms_batched): the backend's batch against the
+    arithmetic it cannot avoid, without the scheduler's work per token.
     Returns {"1": {...}, "N": {...}} with `ms`, `ms_all` and the speedups in tokens/s over 1 token."""
     import llama_cpp
 
@@ -72,21 +76,42 @@ def ceiling(backend: Any, prompt: list[int], n: int, repeats: int = 12) -> dict[
                 np.ctypeslib.as_array(row, shape=(llama.n_vocab(),)).copy()
         return (time.perf_counter() - t) * 1000
 
-    times: dict[tuple[int, bool], list[float]] = {}
+    seqs = [] if batched is None else [batched.open_sequence(head) for _ in range(max(n, 1))]
+    for other in seqs:
+        other.append(head[other.n_tokens:])
+    if batched is not None:
+        batched.flush(everything=True)
+
+    def timed_batched(k: int) -> float:
+        for other in seqs[:k]:
+            other.truncate(len(head))
+            other.append(prompt[len(head):len(head) + 1])
+        t = time.perf_counter()
+        batched.flush()  # copies each sequence's logits, as the ceiling's `all` reads them out
+        return (time.perf_counter() - t) * 1000
+
+    times: dict[tuple[int, str], list[float]] = {}
+    ways = ("last", "all", "batched") if seqs else ("last", "all")
     try:
         for _ in range(repeats):
             for k in dict.fromkeys((1, n)):
-                for every in (False, True):
-                    times.setdefault((k, every), []).append(timed(k, every))
+                for way in ways:
+                    ms = timed_batched(k) if way == "batched" else timed(k, way == "all")
+                    times.setdefault((k, way), []).append(ms)
     finally:
         llama_cpp.llama_batch_free(batch)
         seq.close()
+        for other in seqs:
+            other.close()
     out: dict[str, Any] = {}
-    one, one_all = (statistics.median(times[(1, every)]) for every in (False, True))
+    one, one_all = (statistics.median(times[(1, way)]) for way in ("last", "all"))
     for k in dict.fromkeys((1, n)):
-        ms, ms_all = (statistics.median(times[(k, every)]) for every in (False, True))
+        ms, ms_all = (statistics.median(times[(k, way)]) for way in ("last", "all"))
         out[str(k)] = {"ms": round(ms, 2), "ms_all": round(ms_all, 2), "speedup": round(k * one / ms, 2),
                        "speedup_all": round(k * one_all / ms_all, 2)}
+        if seqs:
+            ms_batched = statistics.median(times[(k, "batched")])
+            out[str(k)].update(ms_batched=round(ms_batched, 2), batched_of_all=round(ms_all / ms_batched, 3))
     return out
 
 
@@ -244,9 +269,10 @@ def concurrency(before: LocalBackend, after: LocalBackend, tools: list[ToolSpec]
     for calls in (False, True):
         for n in ns:
             if not calls:
-                block = ceiling(before, prompt, n)
+                block = ceiling(before, prompt, n, batched=after)
                 out["ceiling"][str(n)] = {**block[str(n)], "one_ms": block["1"]["ms"],
-                                          "one_ms_all": block["1"]["ms_all"]}
+                                          "one_ms_all": block["1"]["ms_all"],
+                                          "one_ms_batched": block["1"].get("ms_batched")}
                 say(f"  ceiling, {n} token(s) of one sequence against 1: {out['ceiling'][str(n)]}")
             rows = {}
             for label, backend in (("contexts", before), ("batched", after)):
